@@ -1,0 +1,73 @@
+"""Devices, seeds and profiles: the three things every notebook sets up first."""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+class CourseError(Exception):
+    """An error a learner can act on; its message is one line saying what to do."""
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: `prefer` if given and available, else CUDA, else MPS, else CPU.
+
+    Never hard-code "cuda" in a notebook; call this instead.
+    """
+    if prefer is not None:
+        if prefer.startswith("cuda") and not torch.cuda.is_available():
+            raise CourseError(f"device {prefer!r} asked for but CUDA is not available: use get_device() or 'cpu'")
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch (CPU and CUDA); with `deterministic`, ask torch for
+    deterministic kernels so a run is reproducible from its seed."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise CourseError(f"seed must be a non-negative int, got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def default_profile() -> str:
+    """COURSE_PROFILE from the environment if set, else 'gpu' when CUDA is available, else 'cpu'."""
+    env = os.environ.get("COURSE_PROFILE", "").strip()
+    if env:
+        if env not in PROFILES:
+            raise CourseError(f"COURSE_PROFILE={env!r} is not a profile: use one of {', '.join(PROFILES)}")
+        return env
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def select_profile(sizes: Mapping[str, Mapping[str, Any]], profile: str) -> dict[str, Any]:
+    """The sizes for `profile` from a {profile: {name: value}} table, checked for a known name
+    and for every profile defining the same keys."""
+    if profile not in PROFILES:
+        raise CourseError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
+    missing = [p for p in PROFILES if p not in sizes]
+    if missing:
+        raise CourseError(f"the sizes table lacks profile(s) {missing}: give smoke, cpu and gpu")
+    keys = set(sizes[PROFILES[0]])
+    for p in PROFILES[1:]:
+        if set(sizes[p]) != keys:
+            raise CourseError(f"profile {p!r} defines {sorted(set(sizes[p]) ^ keys)} differently from 'smoke': give every profile the same keys")
+    return dict(sizes[profile])

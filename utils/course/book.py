@@ -1,0 +1,53 @@
+"""Build the static site with Jupyter Book v1 (warnings are errors).
+
+The site is built from a staging copy (_build/site_src) holding _config.yml, _toc.yml,
+book/ and the solution notebooks: the committed ones (no outputs) or, with
+`executed=True`, the papermill-executed ones from _build/executed/, so the site shows
+real outputs while jupyter-book itself never executes anything.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from utils.core import CourseError
+from utils.course import REPO_ROOT
+from utils.course.chapters import ready_chapters
+
+
+def stage(root: Path, build_dir: Path, executed: bool) -> Path:
+    src = build_dir / "site_src"
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, src / name)
+    shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "solutions").mkdir()
+    for ch in ready_chapters():
+        nb = (build_dir / "executed" / f"{ch.id}.ipynb") if executed else (root / "solutions" / f"{ch.id}.ipynb")
+        if not nb.exists():
+            raise CourseError(f"{nb} is missing: run `python -m utils.course run --profile cpu` first")
+        shutil.copy2(nb, src / "solutions" / nb.name)
+    return src
+
+
+def build(root: Path = REPO_ROOT, build_dir: Path | None = None, executed: bool = False) -> Path:
+    """Build the site into <build_dir>/html and return the path of its index.html."""
+    build_dir = (build_dir or root / "_build").resolve()
+    src = stage(root, build_dir, executed)
+    jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
+    if jb is None:
+        raise CourseError("jupyter-book is not installed: run `pip install -r requirements.txt`")
+    cmd = [jb, "build", str(src), "--warningiserror", "--keep-going", "--all", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise CourseError(f"jupyter-book build failed (exit {proc.returncode}); the warnings above say where")
+    html = build_dir / "html"
+    if html.exists():
+        shutil.rmtree(html)
+    shutil.copytree(src / "_build" / "html", html)
+    return html / "index.html"

@@ -1,0 +1,48 @@
+"""The chapter registry: the one list of chapters that the runner, the checks, the
+README's chapter map and the curriculum page agree with (tests enforce it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.core import CourseError
+
+
+@dataclass(frozen=True)
+class Chapter:
+    id: str            # file stem: solutions/<id>.ipynb, notebooks/<id>.ipynb, book/chapters/<id>.md
+    title: str
+    problems: str      # Nanda's problem numbers, or the source work
+    difficulty: str    # Nanda's A-D scale (A easiest)
+    hours: str         # a learner's time for the exercise notebook
+    status: str        # "ready" (notebook, tests, page) or "planned"
+
+
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter("00_orientation", "Orientation: the toolkit on a tiny agent", "-", "A", "1-2", "ready"),
+    Chapter("01_policy_gradient_q_learning", "Interpreting small policy-gradient and Q-learning agents", "8.15-8.18", "A-B", "6-8", "planned"),
+    Chapter("02_algorithm_distillation", "Algorithm Distillation: RL in context or imitation?", "8.9", "B-C", "6-8", "planned"),
+    Chapter("03_rlhf_brain_scan", "The RLHF brain scan: DPO, GRPO and RLOO in weights and SAE features", "8.10-8.13", "B", "6-8", "planned"),
+    Chapter("04_steering_with_rl", "Steering a language model with RL over SAE features: Control RL and AutoSteer", "seeds 002, 004", "C", "8-10", "planned"),
+    Chapter("05_alphazero_concepts", "Concepts in an AlphaZero-style agent", "8.1-8.4", "B-C", "6-8", "planned"),
+    Chapter("06_goal_misgeneralisation", "Goal misgeneralisation in gridworlds", "8.5-8.7", "B", "6-8", "planned"),
+    Chapter("07_decision_transformers", "Decision transformers", "8.8", "B", "4-6", "planned"),
+    Chapter("08_model_free_planning", "Planning in a model-free recurrent agent", "8.14", "C-D", "8-12", "planned"),
+    Chapter("09_behavioural_cloning_and_dynamics", "Behavioural cloning and training dynamics", "8.19-8.20", "B-C", "6-8", "planned"),
+    Chapter("10_choose_your_own_adventure", "Choose your own adventure", "8.21", "B-D", "open", "planned"),
+)
+
+
+def ready_chapters() -> list[Chapter]:
+    return [c for c in CHAPTERS if c.status == "ready"]
+
+
+def get_chapter(name: str) -> Chapter:
+    """A ready chapter by id (or by its number prefix, e.g. '00')."""
+    ready = ready_chapters()
+    for c in ready:
+        if name in (c.id, c.id.split("_")[0]):
+            return c
+    planned = [c.id for c in CHAPTERS if c.status != "ready" and name in (c.id, c.id.split("_")[0])]
+    if planned:
+        raise CourseError(f"chapter {planned[0]!r} is planned, not written yet: ready chapters are {', '.join(c.id for c in ready)}")
+    raise CourseError(f"unknown chapter {name!r}: ready chapters are {', '.join(c.id for c in ready)}")

@@ -1,0 +1,87 @@
+"""The fast rules (seconds): every problem found is one line; exit 1 if any."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from utils.course import REPO_ROOT
+from utils.course.chapters import CHAPTERS, ready_chapters
+from utils.course.notebooks import ExerciseMarkupError, generate
+from utils.course.setup_cell import SETUP_TAG, setup_cell_source
+
+
+def _tags(cell) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def notebook_problems(path: Path, setup_src: str) -> list[str]:
+    rel = path.relative_to(path.parents[1])
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:
+        return [f"{rel}: not a readable notebook ({type(e).__name__})"]
+    probs = []
+    if nb.metadata.get("kernelspec", {}).get("name") != "python3":
+        probs.append(f"{rel}: kernelspec is not python3")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if any(c.get("outputs") or c.get("execution_count") for c in code):
+        probs.append(f"{rel}: has outputs or execution counts (run `make notebooks` to strip them)")
+    if not any("parameters" in _tags(c) for c in code):
+        probs.append(f"{rel}: no code cell tagged 'parameters'")
+    setup = [c for c in code if SETUP_TAG in _tags(c)]
+    if not setup:
+        probs.append(f"{rel}: no standard setup cell (a code cell tagged 'setup')")
+    elif setup[0] is not code[0]:
+        probs.append(f"{rel}: the setup cell must be the first code cell")
+    elif setup[0].source != setup_src:
+        probs.append(f"{rel}: setup cell differs from the standard one (run `make notebooks`)")
+    params = [c for c in code if "parameters" in _tags(c)]
+    if params and "PROFILE" not in params[0].source:
+        probs.append(f"{rel}: the parameters cell does not set PROFILE")
+    return probs
+
+
+def problems(root: Path = REPO_ROOT) -> list[str]:
+    out: list[str] = []
+    setup_src = setup_cell_source(root)
+    for folder in ("solutions", "notebooks"):
+        for path in sorted((root / folder).glob("*.ipynb")):
+            out += notebook_problems(path, setup_src)
+    try:
+        stale = generate(root, write=False)
+    except ExerciseMarkupError as e:
+        out.append(str(e))
+        stale = {}
+    for path in stale:
+        if path.parent.name == "notebooks":
+            out.append(f"{path.relative_to(root)}: stale or missing; regenerate with `make notebooks`")
+    known = {c.id for c in CHAPTERS}
+    for folder in ("solutions", "notebooks"):
+        for path in sorted((root / folder).glob("*.ipynb")):
+            if path.stem not in known:
+                out.append(f"{path.relative_to(root)}: not in the chapter registry (utils/course/chapters.py)")
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    toc_files = set(_toc_files(toc))
+    for ch in ready_chapters():
+        for rel in (f"solutions/{ch.id}.ipynb", f"book/chapters/{ch.id}.md"):
+            if not (root / rel).exists():
+                out.append(f"{rel}: missing for ready chapter {ch.id}")
+            if rel.rsplit(".", 1)[0] not in toc_files:
+                out.append(f"{rel}: not listed in _toc.yml")
+    return out
+
+
+def _toc_files(node) -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("file", "root") and isinstance(v, str):
+                found.append(v.rsplit(".", 1)[0] if v.endswith((".md", ".ipynb")) else v)
+            else:
+                found += _toc_files(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += _toc_files(v)
+    return found
