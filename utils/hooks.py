@@ -11,7 +11,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookedRootModule, HookPoint
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 from utils.core import CourseError
 

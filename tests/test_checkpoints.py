@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from utils.checkpoints import (CheckpointError, artifact_path, load_checkpoint, read_manifest, register_artifact,
+                               save_checkpoint, verify_all)
+
+
+def _save(tmp_path, name="net", value=1.0):
+    state = {"w": torch.full((3,), value)}
+    return save_checkpoint(state, name, {"d": 3}, "python make_net.py", {"acc": 0.9}, data_dir=tmp_path)
+
+
+def test_roundtrip_and_manifest(tmp_path):
+    entry = _save(tmp_path)
+    state, got = load_checkpoint("net", data_dir=tmp_path)
+    assert torch.equal(state["w"], torch.ones(3))
+    assert got["sha256"] == entry["sha256"] and got["command"] == "python make_net.py"
+    assert got["metrics"] == {"acc": 0.9} and got["config"] == {"d": 3}
+    assert json.loads((tmp_path / "manifest.json").read_text())["artifacts"]["net"]["file"] == "net.pt"
+    assert verify_all(tmp_path) == []
+
+
+def test_corrupted_file_gives_one_line_error(tmp_path):
+    _save(tmp_path)
+    p = tmp_path / "net.pt"
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint("net", data_dir=tmp_path)
+    msg = str(e.value)
+    assert "corrupted" in msg and "python make_net.py" in msg and "\n" not in msg
+    assert len(verify_all(tmp_path)) == 1
+
+
+def test_missing_and_unknown(tmp_path):
+    _save(tmp_path)
+    (tmp_path / "net.pt").unlink()
+    with pytest.raises(CheckpointError, match="missing: regenerate it with `python make_net.py`"):
+        artifact_path("net", tmp_path)
+    with pytest.raises(CheckpointError, match="no artifact named 'other'"):
+        artifact_path("other", tmp_path)
+
+
+def test_corrupted_manifest(tmp_path):
+    _save(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_failed_save_keeps_previous_artifact(tmp_path):
+    _save(tmp_path, value=1.0)
+    before = (tmp_path / "net.pt").read_bytes()
+    with pytest.raises(CheckpointError):
+        save_checkpoint(["not", "a", "dict"], "net", {}, "cmd", {}, data_dir=tmp_path)
+    assert (tmp_path / "net.pt").read_bytes() == before
+    assert load_checkpoint("net", tmp_path)[0]["w"].sum() == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_register_needs_command_and_file(tmp_path):
+    (tmp_path / "tok.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="command"):
+        register_artifact(tmp_path / "tok.json", "tok", {}, "", {}, data_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        register_artifact(tmp_path / "nope.json", "nope", {}, "cmd", {}, data_dir=tmp_path)
+    register_artifact(tmp_path / "tok.json", "tok", {}, "cmd", {}, data_dir=tmp_path)
+    assert artifact_path("tok", tmp_path).name == "tok.json"
+
+
+def test_shipped_artifacts_verify():
+    """Every artifact the repository ships matches its manifest."""
+    assert verify_all() == []

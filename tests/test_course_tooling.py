@@ -1,0 +1,213 @@
+"""The single-source generator, the fast checks, the runner CLI and the setup cell."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from utils.course import REPO_ROOT
+from utils.course.check import problems
+from utils.course.notebooks import STUB, ExerciseMarkupError, generate, stub_source
+from utils.course.setup_cell import COLAB_SKIP, setup_cell_source
+
+SOLUTION = '''import torch
+
+
+def f(x):
+    """Docstring stays."""
+    # EXERCISE BEGIN
+    # Hint: double it.
+    y = x * 2
+    return y
+    # EXERCISE END
+
+
+print("top level stays")'''
+
+
+def test_stub_source_keeps_signature_docstring_hints():
+    out = stub_source(SOLUTION)
+    assert 'def f(x):\n    """Docstring stays."""\n    # Hint: double it.\n    ' + STUB in out
+    assert "y = x * 2" not in out and "EXERCISE" not in out
+    assert 'print("top level stays")' in out
+    ns = {}
+    exec(out, ns)
+    with pytest.raises(NotImplementedError):
+        ns["f"](1)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ("# EXERCISE BEGIN\nx = 1\n# EXERCISE END", "top level"),
+    ("def f():\n    # EXERCISE BEGIN\n    return 1\n", "no '# EXERCISE END'"),
+    ("def f():\n    return 1\n    # EXERCISE END", "without a BEGIN"),
+    ("def f():\n    # EXERCISE BEGIN\n    # EXERCISE BEGIN\n    return 1\n    # EXERCISE END", "nested"),
+    ("if True:\n    # EXERCISE BEGIN\n    x = 1\n    # EXERCISE END", "top level"),
+])
+def test_bad_markup_is_rejected(bad, msg):
+    with pytest.raises(ExerciseMarkupError, match=msg):
+        stub_source(bad)
+
+
+def test_repository_passes_check():
+    assert problems() == []
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    for folder in ("solutions", "notebooks", "book"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
+    assert problems(tmp_path) == []
+    return tmp_path
+
+
+def _edit(path, fn):
+    nb = nbformat.read(path, as_version=4)
+    fn(nb)
+    nbformat.write(nb, path)
+
+
+def test_check_catches_each_rule(repo_copy):
+    sol = repo_copy / "solutions" / "00_orientation.ipynb"
+    ex = repo_copy / "notebooks" / "00_orientation.ipynb"
+
+    def edit_solution_code(nb):
+        cell = next(c for c in nb.cells if "# EXERCISE BEGIN" in c.source)
+        cell.source = cell.source.replace('"layers.', '"layers.') + "\n# changed"
+
+    _edit(sol, edit_solution_code)
+    assert any("stale" in p for p in problems(repo_copy))
+    generate(repo_copy)
+    assert problems(repo_copy) == []
+
+    _edit(ex, lambda nb: nb.cells[3].update(outputs=[nbformat.v4.new_output("stream", text="x")]))
+    assert any("has outputs" in p for p in problems(repo_copy))
+    generate(repo_copy)
+
+    _edit(sol, lambda nb: nb.metadata.kernelspec.update(name="julia"))
+    assert any("kernelspec is not python3" in p for p in problems(repo_copy))
+    _edit(sol, lambda nb: nb.metadata.kernelspec.update(name="python3"))
+
+    def untag_parameters(nb):
+        for c in nb.cells:
+            if "parameters" in c.metadata.get("tags", []):
+                c.metadata["tags"] = []
+    _edit(sol, untag_parameters)
+    assert any("no code cell tagged 'parameters'" in p for p in problems(repo_copy))
+
+
+def test_check_catches_edited_setup_cell(repo_copy):
+    sol = repo_copy / "solutions" / "00_orientation.ipynb"
+
+    def edit_setup(nb):
+        cell = next(c for c in nb.cells if "setup" in c.metadata.get("tags", []))
+        cell.source += "\nprint('hi')"
+    _edit(sol, edit_setup)
+    assert any("setup cell differs" in p for p in problems(repo_copy))
+    generate(repo_copy)  # the tooling restores the standard cell
+    assert problems(repo_copy) == []
+
+    def drop_setup(nb):
+        nb.cells = [c for c in nb.cells if "setup" not in c.metadata.get("tags", [])]
+    _edit(sol, drop_setup)
+    assert any("no standard setup cell" in p for p in problems(repo_copy))
+
+
+def test_setup_cell_is_identical_everywhere():
+    src = setup_cell_source()
+    for path in [*sorted((REPO_ROOT / "solutions").glob("*.ipynb")), *sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))]:
+        nb = nbformat.read(path, as_version=4)
+        assert [c.source for c in nb.cells if "setup" in c.metadata.get("tags", [])] == [src], path
+
+
+def _run_setup_cell(in_colab, tmp_path, fake_clone=True, cwd=None):
+    """Execute the setup cell's definitions with Colab faked and commands captured."""
+    ns = {}
+    src = setup_cell_source().replace("COURSE_ROOT = course_setup()", "")
+    exec(src, ns)
+    commands = []
+
+    def run(cmd):
+        commands.append(cmd)
+        if fake_clone and cmd[:2] == ["git", "clone"]:
+            dest = Path(cmd[-1])
+            (dest / "utils" / "course").mkdir(parents=True)
+            shutil.copy2(REPO_ROOT / "requirements.txt", dest / "requirements.txt")
+
+    old_path = list(sys.path)
+    try:
+        root = ns["course_setup"](in_colab=in_colab, run=run, colab_root=str(tmp_path / "course"))
+    finally:
+        added = [p for p in sys.path if p not in old_path]
+        sys.path[:] = old_path
+    return root, commands, added
+
+
+def test_setup_cell_in_colab_clones_and_installs_all_pins_but_torch(tmp_path):
+    root, commands, added = _run_setup_cell(True, tmp_path)
+    assert root == tmp_path / "course" and str(root) in added
+    clone, install = commands
+    assert clone[:2] == ["git", "clone"] and clone[-2] == "https://github.com/open-problems-rl-interp/course"
+    assert install[1:4] == ["-m", "pip", "install"]
+    pins = [p for p in install if "==" in p]
+    names = {p.split("==")[0].lower() for p in pins}
+    assert "torch" not in names and not names & set(COLAB_SKIP)
+    assert {"transformer_lens", "sae_lens", "trl", "minigrid", "circuitsvis"} <= names
+    assert all(p.count("==") == 1 for p in pins)
+
+
+def test_setup_cell_in_colab_reuses_existing_clone(tmp_path):
+    (tmp_path / "course" / "utils" / "course").mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / "requirements.txt", tmp_path / "course" / "requirements.txt")
+    _, commands, _ = _run_setup_cell(True, tmp_path, fake_clone=False)
+    assert [c[:2] for c in commands] == [[sys.executable, "-m"]]
+
+
+def test_setup_cell_locally_runs_no_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT / "solutions")
+    root, commands, _ = _run_setup_cell(False, tmp_path)
+    assert root == REPO_ROOT and commands == []
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="utils/ not found"):
+        _run_setup_cell(False, tmp_path)
+
+
+def _course(*args, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, "-m", "utils.course", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["run", "--profile", "turbo", "00"], "unknown profile 'turbo'"),
+    (["run", "--profile", "smoke", "99_nothing"], "unknown chapter '99_nothing'"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_runner_bad_input_is_one_line_exit_2(args, msg):
+    proc = _course(*args)
+    assert proc.returncode == 2
+    assert msg in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_runner_executes_with_papermill_and_reports(tmp_path):
+    from utils.course.run import run
+
+    src = tmp_path / "src"
+    src.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("PROFILE = 'cpu'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import numpy as np\nx = np.ones(10**6)\nprint('profile', PROFILE)"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, src / "good.ipynb")
+    nb.cells.append(nbformat.v4.new_code_cell("assert PROFILE == 'cpu', 'boom'"))
+    nbformat.write(nb, src / "bad.ipynb")
+    results = run(["good", "bad"], "smoke", build_dir=tmp_path / "build", src_dir=src)
+    good, bad = results
+    assert good.status == "ok" and bad.status == "failed" and "boom" in bad.error
+    assert good.seconds > 0 and good.peak_mem_mb > 10
+    executed = nbformat.read(tmp_path / "build" / "executed" / "good.ipynb", as_version=4)
+    assert "profile smoke" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    report = json.loads((tmp_path / "build" / "run_report.json").read_text())
+    assert report["good:smoke"]["status"] == "ok" and report["bad:smoke"]["status"] == "failed"

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from utils.core import CourseError
+from utils.probes import probe_with_baselines, train_probe
+
+
+def _data(n=400, d=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return x, y
+
+
+def test_probe_decodes_linear_variable_and_baselines_do_not():
+    x, y = _data()
+    rep = probe_with_baselines(x, y, random_acts=torch.randn_like(x))
+    assert rep.probe.test_acc > 0.9
+    assert rep.shuffled.test_acc < 0.7
+    assert rep.random_model.test_acc < 0.7
+    assert rep.gain > 0.2
+    assert "shuffled labels" in rep.table()
+
+
+def test_probe_direction_points_along_signal():
+    x, y = _data()
+    d = train_probe(x, y).direction(1)
+    assert d.norm() == pytest.approx(1.0, abs=1e-5)
+    assert d[0] > 0.6 and abs(d[2:]).max() < 0.3
+
+
+def test_probe_held_out_is_honest_on_noise():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 150, generator=g)  # more dims than the train split can pin down
+    y = torch.randint(0, 2, (200,), generator=g)
+    res = train_probe(x, y)
+    assert res.train_acc > 0.9  # it memorises
+    assert res.test_acc < 0.7  # but does not generalise
+
+
+def test_probe_bad_inputs():
+    with pytest.raises(CourseError, match="at least 8"):
+        train_probe(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(CourseError, match="single class"):
+        train_probe(torch.randn(20, 3), torch.zeros(20))
+    with pytest.raises(CourseError, match="labels"):
+        train_probe(torch.randn(20, 3), torch.zeros(19))
