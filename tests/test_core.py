@@ -55,3 +55,12 @@ def test_select_profile():
         select_profile({"smoke": {}, "cpu": {}}, "cpu")
     with pytest.raises(CourseError, match="same keys"):
         select_profile({"smoke": {"n": 1}, "cpu": {"m": 2}, "gpu": {"n": 3}}, "cpu")
+
+
+def test_torch_threads_restores():
+    from utils.core import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

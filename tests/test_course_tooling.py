@@ -211,3 +211,17 @@ def test_runner_executes_with_papermill_and_reports(tmp_path):
     assert "profile smoke" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     report = json.loads((tmp_path / "build" / "run_report.json").read_text())
     assert report["good:smoke"]["status"] == "ok" and report["bad:smoke"]["status"] == "failed"
+
+
+def test_clean_streams_keeps_final_progress_state(tmp_path):
+    from utils.course.run import clean_streams
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stderr", text="\rbar 0%"),
+                           nbformat.v4.new_output("stream", name="stderr", text="\rbar 50%"),
+                           nbformat.v4.new_output("stream", name="stderr", text="\rbar 100%\n"),
+                           nbformat.v4.new_output("stream", name="stdout", text="done\n")]
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    clean_streams(tmp_path / "a.ipynb")
+    outs = nbformat.read(tmp_path / "a.ipynb", as_version=4).cells[0].outputs
+    assert [(o.name, o.text) for o in outs] == [("stderr", "bar 100%\n"), ("stdout", "done\n")]

@@ -71,3 +71,22 @@ def select_profile(sizes: Mapping[str, Mapping[str, Any]], profile: str) -> dict
         if set(sizes[p]) != keys:
             raise CourseError(f"profile {p!r} defines {sorted(set(sizes[p]) ^ keys)} differently from 'smoke': give every profile the same keys")
     return dict(sizes[profile])
+
+
+class torch_threads:
+    """Context manager: run with `n` torch intra-op threads, restoring the old setting after.
+
+    Small networks (a few thousand parameters, batches of tens) run fastest on one thread;
+    on a busy 2-core machine, torch's default of one thread per core can make them 10x slower.
+    """
+
+    def __init__(self, n: int = 1):
+        self.n, self.old = n, None
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from utils.core import CourseError
+from utils.core import CourseError, torch_threads
 
 
 @dataclass
@@ -53,6 +53,11 @@ def train_probe(acts: Tensor, labels: Tensor, test_frac: float = 0.25, seed: int
     tr, te = _split(len(acts), test_frac, seed)
     mu, sd = acts[tr].mean(0), acts[tr].std(0).clamp_min(1e-6)
     x = (acts - mu) / sd
+    with torch_threads(1 if x.numel() < 2_000_000 else torch.get_num_threads()):  # small problems: one thread is fastest
+        return _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay)
+
+
+def _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -> ProbeResult:
     g = torch.Generator().manual_seed(seed)
     lin = torch.nn.Linear(x.shape[1], n_classes)
     with torch.no_grad():

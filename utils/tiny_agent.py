@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.core import CourseError
+from utils.core import CourseError, torch_threads
 from utils.hooks import HookedMLPPolicy
 
 LEFT, RIGHT = 0, 1
@@ -103,6 +103,11 @@ class TrainConfig:
 def train_cue_agent(cfg: TrainConfig, progress: bool = True) -> tuple[HookedMLPPolicy, dict[str, list[float]]]:
     """Advantage actor-critic (n-step returns) on CueCorridor. Returns the policy and a log
     with the mean episode return per iteration."""
+    with torch_threads(1):  # a tiny network: one thread is fastest
+        return _train(cfg, progress)
+
+
+def _train(cfg: TrainConfig, progress: bool) -> tuple[HookedMLPPolicy, dict[str, list[float]]]:
     torch.manual_seed(cfg.seed)
     env = CueCorridor(cfg.n_envs, cfg.length, seed=cfg.seed, n_noise=cfg.n_noise)
     policy = HookedMLPPolicy(env.obs_dim, 2, cfg.hidden)

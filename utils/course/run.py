@@ -58,6 +58,27 @@ class _PeakMemory:
         self._thread.join()
 
 
+def clean_streams(path: Path) -> None:
+    """Merge each cell's consecutive stream outputs and resolve carriage returns, so a tqdm
+    bar shows as its final state (one line) on the website instead of one block per update."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == out.name:
+                merged[-1].text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream":
+                out.text = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+        if "outputs" in cell:
+            cell.outputs = merged
+    nbformat.write(nb, path)
+
+
 def run_notebook(src: Path, out: Path, profile: str, chapter: str, timeout: int | None = None) -> RunResult:
     import papermill as pm
 
@@ -74,6 +95,8 @@ def run_notebook(src: Path, out: Path, profile: str, chapter: str, timeout: int 
         status = "failed"
         error = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
     finally:
+        if out.exists():
+            clean_streams(out)
         if env_before is None:
             os.environ.pop("COURSE_PROFILE", None)
         else:
