@@ -3,7 +3,7 @@ PY ?= python3
 PROFILE ?= cpu
 CHAPTERS ?=
 
-.PHONY: help install book test notebooks check run smoke site clean
+.PHONY: help install book test notebooks check run smoke site bench clean
 
 help:
 	@echo "make book       install what is missing, execute every chapter (cpu profile), build the site"
@@ -12,6 +12,7 @@ help:
 	@echo "make check      fast rules: notebooks in sync, no outputs, parameters and setup cells"
 	@echo "make run PROFILE=smoke CHAPTERS=00_orientation   execute chapters with papermill"
 	@echo "make site       build the site from the committed notebooks (no execution)"
+	@echo "make bench      course PPO vs Stable-Baselines3 PPO on the same gridworld and budget"
 
 install:
 	$(PY) -m pip install -q -r requirements.txt
@@ -37,6 +38,9 @@ smoke:
 
 site:
 	$(PY) -m utils.course book
+
+bench:
+	$(PY) scripts/bench_ppo.py
 
 clean:
 	rm -rf _build

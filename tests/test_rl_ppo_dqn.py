@@ -1,0 +1,86 @@
+"""The course's PPO and DQN: they learn the gridworld and CartPole, are deterministic from a
+seed, and reject bad configs and inputs with one-line CourseErrors before training."""
+import numpy as np
+import pytest
+import torch
+
+from utils.core import CourseError
+from utils.hooks import HookedMLPPolicy
+from utils.rl.analysis import evaluate_gridworld, fraction_recovered_ci, random_policy_rates
+from utils.rl.dqn import DQNConfig, epsilon_at, train_dqn
+from utils.rl.envs import make_env
+from utils.rl.ppo import PPOConfig, train_ppo
+
+torch.set_num_threads(1)
+
+
+def test_ppo_learns_gridworld_well_above_chance():
+    res = train_ppo(PPOConfig(total_steps=110_000, seed=0), progress=False)
+    ev = evaluate_gridworld(res.policy, 500, seed=9)
+    assert ev["success"].mean() > random_policy_rates(2000)["success"] + 0.3
+    assert len(res.log["return"]) == res.config.n_iterations and all(np.isfinite(res.log["sps"]))
+
+
+def test_ppo_is_deterministic_from_its_seed():
+    a = train_ppo(PPOConfig(total_steps=4_096, seed=3), progress=False).policy
+    b = train_ppo(PPOConfig(total_steps=4_096, seed=3), progress=False).policy
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_ppo_early_stop_at_success_threshold():
+    res = train_ppo(PPOConfig(total_steps=400_000, stop_at_success=0.6, seed=0), progress=False)
+    assert res.reached_threshold_at is not None and res.log["env_steps"][-1] < 400_000
+
+
+def test_dqn_learns_gridworld_above_chance():
+    res = train_dqn(DQNConfig(total_steps=60_000, gamma=0.9, seed=0), progress=False)
+    ev = evaluate_gridworld(res.qnet, 500, seed=9)
+    assert ev["success"].mean() > random_policy_rates(2000)["success"] + 0.15
+
+
+def test_ppo_on_cartpole_through_gymnasium():
+    res = train_ppo(PPOConfig(env_id="CartPole-v1", total_steps=16_384, n_envs=8, n_steps=128, seed=0), progress=False)
+    first, last = np.nanmean(res.log["return"][:2]), np.nanmean(res.log["return"][-3:])
+    assert last > 1.5 * first
+
+
+def test_epsilon_schedule():
+    cfg = DQNConfig(total_steps=1000, exploration_fraction=0.5, start_eps=1.0, end_eps=0.1)
+    assert epsilon_at(0, cfg) == 1.0 and epsilon_at(250, cfg) == pytest.approx(0.55) and epsilon_at(900, cfg) == 0.1
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(n_envs=0), "n_envs"), (dict(lr=-1e-3), "lr"), (dict(gamma=1.5), "gamma"), (dict(n_minibatches=3), "divisible"),
+    (dict(total_steps=100), "rollout"), (dict(hidden=()), "hidden"), (dict(env_id="NoSuchEnv-v0"), "unknown environment"),
+    (dict(clip_coef=0), "clip_coef"), (dict(stop_at_success=1.5), "stop_at_success"),
+])
+def test_ppo_bad_config(kw, match):
+    with pytest.raises(CourseError, match=match):
+        train_ppo(PPOConfig(**kw), progress=False)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(n_envs=0), "n_envs"), (dict(lr=-1.0), "lr"), (dict(batch_size=10_000, buffer_size=1_000), "buffer_size"),
+    (dict(learning_starts=10**9), "learning_starts"), (dict(tau=0.0), "tau"), (dict(env_id="nope"), "unknown environment"),
+])
+def test_dqn_bad_config(kw, match):
+    with pytest.raises(CourseError, match=match):
+        train_dqn(DQNConfig(**kw), progress=False)
+
+
+def test_bad_inputs_are_one_line_course_errors():
+    with pytest.raises(CourseError, match="unknown environment") as e:
+        make_env("colour_gaol", 4)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CourseError, match="n_envs"):
+        make_env("colour_goal", 0)
+    with pytest.raises(CourseError, match="flat Box"):
+        make_env("MiniGrid-CourseColourGoal-7x7-v0", 2)
+    with pytest.raises(CourseError, match="policy expects obs_dim"):
+        train_ppo(PPOConfig(total_steps=4_096), policy=HookedMLPPolicy(10, 4), progress=False)
+    policy = HookedMLPPolicy(77, 4)
+    with pytest.raises(CourseError, match="shape"):
+        policy(torch.zeros(3, 76))
+    with pytest.raises(CourseError):
+        fraction_recovered_ci(torch.ones(3), torch.ones(3), torch.ones(3))
