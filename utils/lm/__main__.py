@@ -1,0 +1,57 @@
+"""`python -m utils.lm build [NAME...]` rebuilds the embedded LM artifacts from scratch on CPU
+(all of them, in dependency order, when no name is given); `python -m utils.lm list` shows
+them with their metrics; `python -m utils.lm verify` checks every file's sha256."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    from utils.core import CourseError
+
+    p = argparse.ArgumentParser(prog="python -m utils.lm")
+    sub = p.add_subparsers(dest="verb", required=True)
+    b = sub.add_parser("build", help="rebuild artifacts (default: all)")
+    b.add_argument("names", nargs="*")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub.add_parser("list", help="artifacts and their metrics")
+    sub.add_parser("verify", help="check every artifact file against the manifest")
+    args = p.parse_args(argv)
+    try:
+        if args.verb == "build":
+            from utils.lm.artifacts import build
+
+            t0 = time.time()
+            out = build(args.names, progress=not args.quiet)
+            print(json.dumps(out, indent=1, default=str))
+            print(f"total build time: {time.time() - t0:.1f} s")
+        elif args.verb == "list":
+            from utils.checkpoints import read_manifest
+
+            for name, e in read_manifest()["artifacts"].items():
+                if name.startswith("lm/"):
+                    print(f"{name}: {e['bytes'] / 1e6:.2f} MB  {json.dumps(e['metrics'], default=str)}")
+        elif args.verb == "verify":
+            from utils.checkpoints import read_manifest
+            from utils.lm.api import local_dir
+
+            bad = []
+            for name in read_manifest()["artifacts"]:
+                if name.startswith("lm/"):
+                    try:
+                        local_dir(name)
+                    except CourseError as e:
+                        bad.append(str(e))
+            print("\n".join(bad) or "all lm artifacts verified")
+            return 1 if bad else 0
+    except CourseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""One way to load a language model or an SAE, from either source.
+
+    lm = load_model("tiny-reviews")      # embedded: trained here, shipped in data/lm/
+    lm = load_model("gpt2")              # hub: GPT-2 small (gpu profile, needs the network)
+    lm.hf, lm.tokenizer                  # transformers PreTrainedModel + tokenizer (TRL trains these)
+    lm.tl                                # TransformerLens HookedTransformer (hooks, caches, SAEs)
+    lm.path                              # local dir or hub id (TRL rebuilds its reference model from it)
+    sae = load_sae("tiny-reviews")       # sae_lens.SAE on the model's middle residual stream
+    sae = load_sae("gpt2", layer=8)      # gpt2-small-res-jb, blocks.8.hook_resid_pre
+    sae = load_sae("gemma-2-2b", layer=12)  # Gemma Scope 16k canonical, layer 12
+
+Local artifacts are verified against data/manifest.json (sha256) before loading. A hub
+name fails at once when the hub cannot be used (HF_HUB_OFFLINE set, or huggingface.co
+not reachable within a couple of seconds) and the files are not already cached, with a
+message naming the embedded alternative: never a hang or a deep library traceback.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from utils.checkpoints import DATA_DIR, CheckpointError, artifact_path, read_manifest, sha256_file
+from utils.core import CourseError
+
+LOCAL_MODELS = ("tiny-reviews", "tiny-ttt", "tiny-qa")
+DEFAULT_SAE_LAYER = 1   # blocks.1.hook_resid_pre: the middle of the 2-layer models
+
+HUB_MODELS: dict[str, dict[str, Any]] = {
+    "gpt2": {"local": "tiny-reviews", "sae_release": "gpt2-small-res-jb",
+             "sae_id": "blocks.{layer}.hook_resid_pre", "default_layer": 8, "tl_name": "gpt2"},
+    "gemma-2-2b": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical",
+                   "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b"},
+    "gemma-2-2b-it": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical",
+                      "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b-it"},
+}
+_HUB_IDS = {"gpt2": "gpt2", "gemma-2-2b": "google/gemma-2-2b", "gemma-2-2b-it": "google/gemma-2-2b-it"}
+
+
+def model_artifact(name: str) -> str:
+    return f"lm/{name}"
+
+
+def sae_artifact(name: str, layer: int) -> str:
+    return f"lm/{name}/sae-L{layer}"
+
+
+@dataclass
+class LM:
+    """A causal LM in both forms. `hf` and `tokenizer` are what transformers and TRL use;
+    `tl` (built on first use) is the TransformerLens form with the same log-probs."""
+    name: str
+    source: str                     # "local" or "hub"
+    hf: Any                         # transformers.PreTrainedModel
+    tokenizer: Any                  # transformers.PreTrainedTokenizerFast
+    path: str                       # local directory or hub id
+    entry: dict | None = None       # manifest entry (config, metrics) of a local model
+    _tl: Any = field(default=None, repr=False)
+
+    @property
+    def tl(self):
+        if self._tl is None:
+            if self.source == "local":
+                from utils.lm.convert import to_hooked
+
+                self._tl = to_hooked(self.hf, self.tokenizer, name=self.name, device=self.hf.device)
+            else:
+                import warnings
+
+                from transformer_lens import HookedTransformer
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._tl = HookedTransformer.from_pretrained(
+                        HUB_MODELS[self.name]["tl_name"], hf_model=self.hf, tokenizer=self.tokenizer,
+                        device=self.hf.device, dtype=self.hf.dtype)
+        return self._tl
+
+
+# ------------------------------------------------------------------- hub reachability
+def hub_offline_env() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
+    """True if a TCP connection to the hub opens within `timeout` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_unavailable(what: str, local: str, why: str) -> CourseError:
+    return CourseError(
+        f"{what} needs the Hugging Face hub, which is unavailable ({why}), and it is not in the local cache: "
+        f"use the embedded alternative {local!r} (load_model({local!r}) / load_sae({local!r})), "
+        f"or run where huggingface.co is reachable")
+
+
+def _hub_mode() -> bool:
+    """True to load from the hub, False to use the local cache only (HF_HUB_OFFLINE set, or no connection)."""
+    if hub_offline_env():
+        return False
+    return hub_reachable()
+
+
+# ------------------------------------------------------------------------ local models
+def _verify_files(entry: dict, directory: Path) -> None:
+    for rel, sha in entry["config"].get("files", {}).items():
+        p = directory / rel
+        if not p.exists():
+            raise CheckpointError(f"{p} is missing: regenerate it with `{entry['command']}`")
+        if sha256_file(p) != sha:
+            raise CheckpointError(f"{p} is corrupted (sha256 does not match the manifest): regenerate it with `{entry['command']}`")
+
+
+def local_dir(artifact: str, data_dir: str | os.PathLike = DATA_DIR) -> tuple[Path, dict]:
+    """The verified directory of a local artifact (main file and every listed file) and its manifest entry."""
+    main = artifact_path(artifact, data_dir)
+    entry = read_manifest(data_dir)["artifacts"][artifact]
+    _verify_files(entry, main.parent)
+    return main.parent, entry
+
+
+def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike = DATA_DIR) -> LM:
+    """The LM `name`: an embedded model (tiny-reviews, tiny-ttt, tiny-qa) or a hub model
+    (gpt2, gemma-2-2b, gemma-2-2b-it)."""
+    from utils.core import get_device
+
+    dev = get_device(device)
+    if name in LOCAL_MODELS:
+        from transformers import GPT2LMHeadModel
+
+        from utils.lm.tokenizer import load_tokenizer
+
+        d, entry = local_dir(model_artifact(name), data_dir)
+        tok = load_tokenizer(d)
+        model = GPT2LMHeadModel.from_pretrained(str(d)).to(dev).eval()
+        return LM(name, "local", model, tok, str(d), entry)
+    if name in HUB_MODELS:
+        info = HUB_MODELS[name]
+        online = _hub_mode()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hub_id = _HUB_IDS[name]
+        try:
+            tok = AutoTokenizer.from_pretrained(hub_id, local_files_only=not online)
+            model = AutoModelForCausalLM.from_pretrained(hub_id, local_files_only=not online).to(dev).eval()
+        except Exception as e:  # noqa: BLE001 - any failure here is "the hub model is not available"
+            if online:
+                raise CourseError(f"could not load hub model {name!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  f"the embedded alternative is {info['local']!r}") from None
+            why = "HF_HUB_OFFLINE is set" if hub_offline_env() else "huggingface.co is not reachable"
+            raise _hub_unavailable(f"model {name!r}", info["local"], why) from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return LM(name, "hub", model, tok, hub_id)
+    raise CourseError(f"unknown model {name!r}: embedded models are {', '.join(LOCAL_MODELS)}; "
+                      f"hub models are {', '.join(HUB_MODELS)}")
+
+
+def load_sae(name: str, layer: int | None = None, width: str = "16k", device: str | None = None,
+             data_dir: str | os.PathLike = DATA_DIR):
+    """The residual-stream SAE of model `name` at `layer` (a `sae_lens.SAE`). Embedded models:
+    blocks.{layer}.hook_resid_pre (layer 1 by default). gpt2: gpt2-small-res-jb
+    (blocks.{layer}.hook_resid_pre, default 8). gemma-2-2b: Gemma Scope canonical
+    (layer_{layer}/width_{width}, default 12)."""
+    from sae_lens import SAE
+
+    from utils.core import get_device
+
+    dev = str(get_device(device))
+    if name in LOCAL_MODELS:
+        layer = DEFAULT_SAE_LAYER if layer is None else layer
+        art = sae_artifact(name, layer)
+        if art not in read_manifest(data_dir)["artifacts"]:
+            have = sorted(a for a in read_manifest(data_dir)["artifacts"] if a.startswith(f"lm/{name}/sae-"))
+            raise CourseError(f"no SAE for {name!r} at layer {layer}: available {have or 'none'} "
+                              f"(train one with utils.lm.saes.train_sae)")
+        d, _ = local_dir(art, data_dir)
+        return SAE.load_from_disk(str(d), device=dev)
+    if name in HUB_MODELS:
+        info = HUB_MODELS[name]
+        layer = info["default_layer"] if layer is None else layer
+        sae_id = info["sae_id"].format(layer=layer, width=width)
+        if not _hub_mode():
+            # SAELens has no cache-only switch: refuse rather than let it try the network
+            why = "HF_HUB_OFFLINE is set" if hub_offline_env() else "huggingface.co is not reachable"
+            raise _hub_unavailable(f"SAE {info['sae_release']}/{sae_id}", info["local"], why)
+        return SAE.from_pretrained(info["sae_release"], sae_id, device=dev)
+    raise CourseError(f"unknown model {name!r} for load_sae: embedded models are {', '.join(LOCAL_MODELS)}; "
+                      f"hub models are {', '.join(HUB_MODELS)}")
+
+
+def available_models() -> dict[str, list[str]]:
+    return {"local": list(LOCAL_MODELS), "hub": list(HUB_MODELS)}
