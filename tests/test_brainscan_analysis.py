@@ -1,0 +1,79 @@
+"""Model-level brain-scan helpers on a tiny random GPT-2 (no training, no downloads), and the verdict rule."""
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from utils.brainscan import analysis as A
+from utils.brainscan import metrics as M
+from utils.brainscan.report import fmt, ordering_verdict
+from utils.core import CourseError
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    base = GPT2LMHeadModel(cfg).eval()
+    tuned = GPT2LMHeadModel(cfg).eval()
+    tuned.load_state_dict(base.state_dict())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if name == "transformer.h.0.attn.c_attn.weight":      # a known rank-2 change
+                u, v = torch.randn(p.shape[0], 2, generator=g), torch.randn(2, p.shape[1], generator=g)
+                p.add_(0.1 * u @ v)
+            else:
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+    return base, tuned
+
+
+def test_deltas_and_table(pair):
+    base, tuned = pair
+    d = A.weight_deltas(base, tuned)
+    assert set(d) == {n for n, _ in base.named_parameters()}
+    names = A.truncatable_names(d)
+    assert "transformer.wte.weight" in names and "transformer.h.1.mlp.c_proj.weight" in names
+    assert all(d[n].ndim == 2 for n in names) and not any("ln_" in n or "bias" in n for n in names)
+    rows = {r["name"]: r for r in A.delta_table(d)}
+    r = rows["transformer.h.0.attn.c_attn.weight"]
+    assert (r["layer"], r["kind"]) == (0, "attn.c_attn")
+    assert 1.0 < r["erank_energy"] <= 2.0 + 1e-9 and r["erank_rv"] <= 2.0 + 1e-9   # rank 2 exactly
+    assert A.global_norm(d) == pytest.approx(math.sqrt(sum(float((x ** 2).sum()) for x in d.values())), rel=1e-6)
+
+
+def test_rebuilt_models(pair):
+    base, tuned = pair
+    d = A.weight_deltas(base, tuned)
+    x = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():
+        out = lambda m: m(x).logits  # noqa: E731
+        assert torch.allclose(out(A.rebuilt_model(base, d, 0)), out(base), atol=1e-6)                 # k=0 is the base model
+        assert torch.allclose(out(A.rebuilt_model(base, d, None, keep_1d=True)), out(tuned), atol=1e-5)  # all deltas: tuned
+    half = A.rebuilt_model(base, d, None, scale=0.5, keep_1d=True)
+    assert A.global_norm(A.weight_deltas(base, half)) == pytest.approx(0.5 * A.global_norm(d), rel=1e-4)
+    r1 = A.rebuilt_model(base, d, 1)
+    dr = A.weight_deltas(base, r1)
+    assert torch.linalg.matrix_rank(dr["transformer.h.0.attn.c_attn.weight"], atol=1e-6) == 1
+    assert all(float(dr[n].abs().max()) == 0.0 for n in dr if dr[n].ndim == 1)   # 1-D parameters stay at base
+    assert A.alignment(d, d, A.truncatable_names(d)) == pytest.approx(1.0)
+    assert A.random_alignment((64, 64), k=5) < 0.6
+
+
+def test_site_sae_rejects_non_residual_hooks():
+    with pytest.raises(CourseError):
+        A.site_sae(None, "blocks.0.attn.hook_z", [])
+
+
+def test_ordering_verdict():
+    hi, lo, mid = (1.0, 0.9, 1.1), (0.5, 0.4, 0.6), (0.95, 0.5, 1.4)
+    assert ordering_verdict(hi, [lo, lo]) == "held"
+    assert ordering_verdict(hi, [lo], extra_ok=False) == "direction only"
+    assert ordering_verdict(lo, [hi]) == "reversed"
+    assert ordering_verdict(hi, [mid]) == "not separated"
+    assert ordering_verdict(lo, [hi], x_larger=False) == "held"
+    one = M.seed_interval([0.3])
+    assert ordering_verdict(one, [M.seed_interval([0.1])]).startswith("one seed")
+    assert "opposite" in ordering_verdict(one, [M.seed_interval([0.5])])
+    assert fmt(one) == "0.300 (1 seed)" and fmt((1.0, 0.5, 1.5), 1) == "1.0 [0.5, 1.5]"

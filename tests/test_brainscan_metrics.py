@@ -1,0 +1,122 @@
+"""The brain-scan metrics on matrices and vectors with known answers."""
+import math
+
+import pytest
+import torch
+
+from utils.brainscan import metrics as M
+from utils.core import CourseError
+
+
+def _with_singular_values(s, m=12, n=9, seed=0):
+    """A random m x n matrix whose singular values are exactly `s`."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    S = torch.zeros(m, n, dtype=torch.float64)
+    for i, v in enumerate(s):
+        S[i, i] = v
+    return U @ S @ V.T
+
+
+def test_effective_rank_of_rank_one_and_of_r_equal_directions():
+    assert M.effective_rank_energy(_with_singular_values([3.0])) == pytest.approx(1.0)
+    assert M.effective_rank_roy_vetterli(_with_singular_values([3.0])) == pytest.approx(1.0)
+    for r in (2, 5, 9):
+        A = _with_singular_values([2.0] * r)
+        assert M.effective_rank_energy(A) == pytest.approx(r, rel=1e-9)
+        assert M.effective_rank_roy_vetterli(A) == pytest.approx(r, rel=1e-9)
+
+
+def test_the_two_definitions_differ_as_computed_by_hand():
+    A = _with_singular_values([2.0, 1.0])
+    # energy: p = (4/5, 1/5); classic: p = (2/3, 1/3)
+    p = torch.tensor([0.8, 0.2], dtype=torch.float64)
+    q = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)
+    assert M.effective_rank_energy(A) == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
+    assert M.effective_rank_roy_vetterli(A) == pytest.approx(float(torch.exp(-(q * q.log()).sum())))
+    assert M.effective_rank_energy(A) < M.effective_rank_roy_vetterli(A)
+
+
+def test_ranks_and_energy_are_scale_invariant_and_zero_matrix_is_zero():
+    A = _with_singular_values([5.0, 2.0, 1.0, 0.5])
+    for f in (M.effective_rank_energy, M.effective_rank_roy_vetterli, M.top1_energy):
+        assert f(7.3 * A) == pytest.approx(f(A))
+        assert f(torch.zeros(4, 3)) == 0.0
+
+
+def test_top1_energy():
+    assert M.top1_energy(_with_singular_values([3.0, 1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(9 / 14)
+    assert M.top1_energy(torch.eye(4)) == pytest.approx(0.25)
+
+
+def test_truncate_rank_is_eckart_young():
+    A = _with_singular_values([4.0, 3.0, 2.0, 1.0])
+    for k in range(5):
+        R = M.truncate_rank(A, k)
+        assert torch.linalg.matrix_rank(R) == k
+        # the error of the best rank-k approximation is the norm of the dropped singular values
+        assert float((A - R).norm()) == pytest.approx(math.sqrt(sum(v ** 2 for v in [4.0, 3.0, 2.0, 1.0][k:])), abs=1e-9)
+    assert torch.equal(M.truncate_rank(A, None), A)
+    assert torch.equal(M.truncate_rank(A, 50), A)
+    with pytest.raises(CourseError):
+        M.truncate_rank(A, -1)
+    with pytest.raises(CourseError):
+        M.truncate_rank(torch.ones(3), 1)
+
+
+def test_direction_alignment_known_cases():
+    A = _with_singular_values([5.0, 4.0, 3.0, 2.0, 1.0], m=20, n=10)
+    assert M.direction_alignment(A, A, k=5) == pytest.approx(1.0)
+    assert M.direction_alignment(A, -3 * A, k=5) == pytest.approx(1.0)   # sign and scale do not matter
+    e = torch.eye(20, dtype=torch.float64)
+    X = torch.outer(e[0], e[1][:10])            # left direction e0
+    Y = torch.outer(e[1], e[1][:10])            # left direction e1, orthogonal
+    assert M.direction_alignment(X, Y, k=1) == pytest.approx(0.0, abs=1e-12)
+    Z = torch.outer((e[0] + e[1]) / math.sqrt(2), e[2][:10])
+    assert M.direction_alignment(X, Z, k=1) == pytest.approx(1 / math.sqrt(2))
+    with pytest.raises(CourseError):
+        M.direction_alignment(A, A.T, k=2)
+
+
+def test_recovery_fraction():
+    assert M.recovery_fraction(0.5, 0.0, 1.0) == 0.5
+    assert M.recovery_fraction(-0.2, -1.0, -0.2) == pytest.approx(1.0)
+    assert M.recovery_fraction(0.0, 0.0, 1.0) == 0.0
+    assert math.isnan(M.recovery_fraction(1.0, 1.0, 1.0))
+
+
+def test_topk_jaccard():
+    a = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    assert M.topk_jaccard(a, a.clone(), 3) == 1.0
+    b = torch.tensor([0.0, 4.0, 3.0, 2.0, 1.0, 5.0])   # top-3 {5, 1, 2} vs {0, 1, 2}: 2 shared of 4
+    assert M.topk_jaccard(a, b, 3) == pytest.approx(0.5)
+    assert M.topk_jaccard(a, a.flip(0), 3) == 0.0
+    with pytest.raises(CourseError):
+        M.topk_jaccard(a, a, 0)
+    with pytest.raises(CourseError):
+        M.topk_jaccard(a, a[:5], 2)
+
+
+def test_firing_frequency_and_disrupted_features():
+    acts = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 3.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    assert torch.equal(M.firing_frequency(acts), torch.tensor([0.75, 0.0, 0.5]))
+    fb = torch.tensor([0.10, 0.10, 0.20, 0.0, 0.0005])
+    ft = torch.tensor([0.104, 0.12, 0.0, 0.01, 0.0009])
+    # relative 5%: +4% no, +20% yes, died yes, born yes, too rare (below min_freq) no
+    assert M.disrupted_features(fb, ft, 0.05).tolist() == [False, True, True, True, False]
+    # absolute 5 points of frequency: only the feature that died
+    assert M.disrupted_features(fb, ft, 0.05, relative=False).tolist() == [False, False, True, False, False]
+    with pytest.raises(CourseError):
+        M.disrupted_features(fb, ft[:3])
+
+
+def test_seed_interval_and_separation():
+    m, lo, hi = M.seed_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and hi - m == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert lo == pytest.approx(2 * m - hi)
+    one = M.seed_interval([0.7])
+    assert one[0] == 0.7 and math.isnan(one[1])
+    assert M.intervals_separate((1, 0.9, 1.1), (2, 1.8, 2.2))
+    assert not M.intervals_separate((1, 0.9, 1.9), (2, 1.8, 2.2))
+    assert not M.intervals_separate(one, (2, 1.8, 2.2))

@@ -1,0 +1,146 @@
+"""Model-level analysis: weight deltas, rank-k rebuilt models, norm-matched models, SAE
+feature statistics. The per-matrix arithmetic lives in `utils.brainscan.metrics`.
+
+Which matrices are truncated (`truncatable_names`): every 2-D weight of the model, i.e. the
+token and position embeddings (the token embedding is tied to the unembedding) and, in
+every block, attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj. 1-D parameters (biases,
+LayerNorm gains and biases) have no rank: in a rank-k model they stay at their BASE values,
+so k=0 is the base model and the gap between "all 2-D deltas at full rank" and the tuned
+model is what the 1-D parameters carry.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from utils.brainscan import metrics as M
+from utils.core import CourseError, torch_threads
+
+
+def weight_deltas(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, Tensor]:
+    """{parameter name: W_tuned - W_base} for every parameter (tied weights appear once)."""
+    b = dict(base.named_parameters())
+    t = dict(tuned.named_parameters())
+    if set(b) != set(t):
+        raise CourseError(f"the two models have different parameters: {sorted(set(b) ^ set(t))[:5]}")
+    out = {}
+    for name, p in t.items():
+        if p.shape != b[name].shape:
+            raise CourseError(f"{name}: shapes differ, {tuple(b[name].shape)} vs {tuple(p.shape)}")
+        out[name] = (p.detach().float().cpu() - b[name].detach().float().cpu())
+    return out
+
+
+def truncatable_names(deltas: dict[str, Tensor]) -> list[str]:
+    return [n for n, d in deltas.items() if d.ndim == 2]
+
+
+_LAYER = re.compile(r"\.h\.(\d+)\.")
+
+
+def matrix_info(name: str) -> tuple[int | None, str]:
+    """(block index or None for embeddings, short kind such as 'attn.c_attn')."""
+    m = _LAYER.search(name)
+    kind = name.split(".h.")[-1].split(".", 1)[-1].removesuffix(".weight") if m else name.split(".")[-2]
+    return (int(m.group(1)) if m else None), kind
+
+
+def delta_table(deltas: dict[str, Tensor]) -> list[dict]:
+    """One row per 2-D delta: name, layer, kind, shape, Frobenius norm, both effective ranks, top-1 energy."""
+    rows = []
+    for name in truncatable_names(deltas):
+        d = deltas[name]
+        layer, kind = matrix_info(name)
+        rows.append({"name": name, "layer": layer, "kind": kind, "shape": tuple(d.shape),
+                     "fro": float(d.norm()), "erank_energy": M.effective_rank_energy(d),
+                     "erank_rv": M.effective_rank_roy_vetterli(d), "top1": M.top1_energy(d)})
+    return rows
+
+
+def global_norm(deltas: dict[str, Tensor]) -> float:
+    """Frobenius norm of all deltas together (every parameter)."""
+    return float(torch.sqrt(sum((d.double() ** 2).sum() for d in deltas.values())))
+
+
+def rebuilt_model(base: torch.nn.Module, deltas: dict[str, Tensor], k: int | None = None,
+                  scale: float = 1.0, keep_1d: bool = False) -> torch.nn.Module:
+    """A copy of `base` with W_base + scale * trunc_k(dW) in every 2-D matrix. 1-D parameters
+    get `scale * dW` if keep_1d (the norm-matched model), else stay at base (the rank-k model).
+    k=None: full rank."""
+    model = copy.deepcopy(base).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            d = deltas[name]
+            if d.ndim == 2:
+                p.add_(scale * M.truncate_rank(d, k).to(p.dtype).to(p.device))
+            elif keep_1d:
+                p.add_(scale * d.to(p.dtype).to(p.device))
+    return model
+
+
+def alignment(deltas_a: dict[str, Tensor], deltas_b: dict[str, Tensor], names: Iterable[str], k: int = 5) -> float:
+    """Mean over matrices of `direction_alignment` between two runs' deltas."""
+    vals = [M.direction_alignment(deltas_a[n], deltas_b[n], k) for n in names]
+    return sum(vals) / len(vals)
+
+
+def random_alignment(shape: tuple[int, int], k: int = 5, seed: int = 0) -> float:
+    """The alignment of two independent Gaussian matrices of `shape`: the chance level."""
+    g = torch.Generator().manual_seed(seed)
+    return M.direction_alignment(torch.randn(shape, generator=g), torch.randn(shape, generator=g), k)
+
+
+# ------------------------------------------------------------------------ SAE sites
+def hooked(lm, hf_model):
+    """The TransformerLens form of `hf_model` (a base or tuned copy of `lm.hf`), built exactly as
+    `lm.tl` is, so its residual stream is the one the SAEs were trained on."""
+    import contextlib
+    import io
+
+    from utils.lm.api import LM
+
+    with torch_threads(1), contextlib.redirect_stdout(io.StringIO()):   # silence "Moving model to device"
+        return LM(lm.name, lm.source, hf_model, lm.tokenizer, lm.path).tl
+
+
+def site_sae(lm, hook_name: str, texts: Sequence[str], sae_steps: int = 400, seed: int = 0):
+    """The SAE for residual site `hook_name` of `lm`'s BASE model: the shipped/pretrained one
+    (`load_sae`) for resid_pre sites that have one; for an embedded model, otherwise, one
+    trained here with SAELens on base-model activations of `texts`."""
+    from utils.lm import load_sae
+
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook_name)
+    if not m:
+        raise CourseError(f"SAE sites are residual hooks such as 'blocks.1.hook_resid_pre', got {hook_name!r}")
+    layer, where = int(m.group(1)), m.group(2)
+    if where == "pre":
+        try:
+            return load_sae(lm.name, layer=layer)
+        except CourseError:
+            if lm.source != "local":
+                raise
+    if lm.source != "local":
+        raise CourseError(f"no pretrained SAE for {hook_name!r} of {lm.name!r}: use resid_pre sites")
+    from utils.lm.saes import SAEConfig, train_sae
+
+    sae, _ = train_sae(lm.tl, lm.tokenizer, list(texts),
+                       SAEConfig(hook_name=hook_name, steps=sae_steps, n_docs=len(texts), seed=seed),
+                       model_name=lm.name)
+    return sae
+
+
+@torch.no_grad()
+def feature_stats(tl_model, tokenizer, sae, texts: Sequence[str], hook_name: str | None = None) -> dict[str, Tensor]:
+    """{'mean': feature activations mean-pooled over every non-BOS token of `texts` [d_sae],
+    'freq': firing frequency of each feature over those tokens [d_sae]}."""
+    from utils.lm.saes import cache_resid
+
+    hook_name = hook_name or sae.cfg.metadata.hook_name
+    with torch_threads(1):
+        acts, _, _ = cache_resid(tl_model, tokenizer, list(texts), hook_name)
+        feats = sae.encode(acts.to(sae.device if hasattr(sae, "device") else acts.device))
+    return {"mean": feats.mean(0).cpu(), "freq": M.firing_frequency(feats).cpu()}

@@ -1,0 +1,180 @@
+"""The brain-scan metrics, each a pure function of tensors (unit-tested on known matrices).
+
+Weight deltas (dW = W_tuned - W_base, one per weight matrix):
+- `effective_rank_energy`: the definition the source used. p_i = s_i^2 / sum_j s_j^2
+  over the singular values of dW; erank = exp(-sum_i p_i log p_i).
+- `effective_rank_roy_vetterli`: the classic definition (Roy & Vetterli 2007), with
+  p_i = s_i / sum_j s_j. For the same matrix it is never smaller than the energy one
+  (squaring concentrates the distribution), so the two are not comparable across papers.
+- `top1_energy`: s_1^2 / sum_j s_j^2, the share of the squared Frobenius norm in the top direction.
+- `direction_alignment`: mean over the top-k left singular vectors u_i of A of
+  max_j |u_i . u_j| over the top-k of B (1 = B contains A's directions, ~sqrt(2 log k / d) for random).
+- `truncate_rank`: the best rank-k approximation U_k S_k V_k^T (Eckart-Young).
+All of these are invariant to rescaling dW except the norm itself: a norm-matched
+control therefore matters for the behavioural and feature metrics, not for the ranks.
+
+Behaviour: `recovery_fraction` = (score_k - score_base) / (score_full - score_base).
+
+SAE features:
+- `topk_jaccard`: |top-k(a) & top-k(b)| / |top-k(a) | top-k(b)| of two mean-pooled
+  feature-activation vectors.
+- `firing_frequency`, `disrupted_features`: the count of features whose firing frequency
+  changes by more than `threshold`, relative to the base frequency by default.
+
+Seeds: `seed_interval` (t-interval over seeds) and `intervals_separate`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from utils.core import CourseError, torch_threads
+
+
+def _matrix(dW: Tensor, name: str = "dW") -> Tensor:
+    if not isinstance(dW, Tensor) or dW.ndim != 2:
+        raise CourseError(f"{name} must be a 2-D tensor (a weight matrix), got "
+                          f"{getattr(dW, 'shape', type(dW).__name__)}")
+    return dW.detach().double()
+
+
+def _svd(M: Tensor):
+    # one thread: on a busy 2-core machine a multi-threaded LAPACK SVD of a small matrix can be 50x slower
+    with torch_threads(1):
+        return torch.linalg.svd(M, full_matrices=False)
+
+
+def singular_values(dW: Tensor) -> Tensor:
+    with torch_threads(1):
+        return torch.linalg.svdvals(_matrix(dW))
+
+
+def _entropy_rank(p: Tensor) -> float:
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def effective_rank_energy(dW: Tensor) -> float:
+    """exp(entropy) of p_i = s_i^2 / sum s_j^2 (the source's definition). 0 for a zero matrix."""
+    s = singular_values(dW)
+    total = (s ** 2).sum()
+    return 0.0 if total == 0 else _entropy_rank(s ** 2 / total)
+
+
+def effective_rank_roy_vetterli(dW: Tensor) -> float:
+    """exp(entropy) of p_i = s_i / sum s_j (Roy & Vetterli's classic definition). 0 for a zero matrix."""
+    s = singular_values(dW)
+    total = s.sum()
+    return 0.0 if total == 0 else _entropy_rank(s / total)
+
+
+def top1_energy(dW: Tensor) -> float:
+    """s_1^2 / sum s_j^2: the fraction of the squared Frobenius norm in the top singular direction."""
+    s = singular_values(dW)
+    total = (s ** 2).sum()
+    return 0.0 if total == 0 else float(s[0] ** 2 / total)
+
+
+def truncate_rank(dW: Tensor, k: int | None) -> Tensor:
+    """U_k S_k V_k^T, the best rank-k approximation of dW (k=None or k >= rank: dW itself)."""
+    M = _matrix(dW)
+    if k is None or k >= min(M.shape):
+        return dW.detach().clone()
+    if k < 0:
+        raise CourseError(f"k must be >= 0 (or None for full rank), got {k}")
+    U, S, Vh = _svd(M)
+    return ((U[:, :k] * S[:k]) @ Vh[:k]).to(dW.dtype)
+
+
+def top_left_singular_vectors(dW: Tensor, k: int) -> Tensor:
+    U, _, _ = _svd(_matrix(dW))
+    return U[:, :k]
+
+
+def direction_alignment(dA: Tensor, dB: Tensor, k: int = 5) -> float:
+    """mean_i max_j |u_i^A . u_j^B| over the top-k left singular vectors of two deltas of one matrix."""
+    if dA.shape != dB.shape:
+        raise CourseError(f"direction_alignment needs deltas of the same matrix, got shapes {tuple(dA.shape)} and {tuple(dB.shape)}")
+    if k <= 0:
+        raise CourseError(f"k must be positive, got {k}")
+    k = min(k, min(dA.shape))
+    Ua, Ub = top_left_singular_vectors(dA, k), top_left_singular_vectors(dB, k)
+    return float((Ua.T @ Ub).abs().max(dim=1).values.mean())
+
+
+def recovery_fraction(score_k: float, score_base: float, score_full: float) -> float:
+    """Share of the base -> tuned change in a behavioural score that the rank-k model reproduces."""
+    gap = score_full - score_base
+    if gap == 0:
+        return float("nan")
+    return float((score_k - score_base) / gap)
+
+
+def topk_features(acts: Tensor, k: int) -> set[int]:
+    if acts.ndim != 1:
+        raise CourseError(f"expected a 1-D vector of mean feature activations, got shape {tuple(acts.shape)}")
+    if not 0 < k <= acts.numel():
+        raise CourseError(f"k must be in [1, {acts.numel()}], got {k}")
+    return set(torch.topk(acts.detach().float(), k).indices.tolist())
+
+
+def topk_jaccard(acts_a: Tensor, acts_b: Tensor, k: int) -> float:
+    """Jaccard index of the top-k features (by mean-pooled activation) of two models."""
+    if acts_a.shape != acts_b.shape:
+        raise CourseError(f"feature vectors differ in shape: {tuple(acts_a.shape)} vs {tuple(acts_b.shape)}")
+    a, b = topk_features(acts_a, k), topk_features(acts_b, k)
+    return len(a & b) / len(a | b)
+
+
+def firing_frequency(feature_acts: Tensor) -> Tensor:
+    """Fraction of tokens on which each feature is active (> 0): [n_tokens, d_sae] -> [d_sae]."""
+    if feature_acts.ndim != 2:
+        raise CourseError(f"expected feature activations [n_tokens, d_sae], got shape {tuple(feature_acts.shape)}")
+    return (feature_acts > 0).float().mean(0)
+
+
+def disrupted_features(freq_base: Tensor, freq_tuned: Tensor, threshold: float = 0.05, relative: bool = True,
+                       min_freq: float = 1e-3) -> Tensor:
+    """Boolean mask of features whose firing frequency moved by more than `threshold`.
+
+    relative=True (the default this course uses): |f_t - f_b| > threshold * f_b, among features
+    that fire on at least `min_freq` of tokens in either model (a feature that is born or dies
+    counts). relative=False: |f_t - f_b| > threshold in absolute frequency."""
+    if freq_base.shape != freq_tuned.shape:
+        raise CourseError(f"frequency vectors differ in shape: {tuple(freq_base.shape)} vs {tuple(freq_tuned.shape)}")
+    if threshold < 0:
+        raise CourseError(f"threshold must be >= 0, got {threshold}")
+    diff = (freq_tuned - freq_base).abs()
+    if not relative:
+        return diff > threshold
+    alive = torch.maximum(freq_base, freq_tuned) >= min_freq
+    return alive & (diff > threshold * freq_base)
+
+
+# ------------------------------------------------------------------------- seeds
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): a 95% Student-t interval over independent seeds. With one seed the
+    bounds are NaN: one run has no seed-to-seed interval."""
+    x = [float(v) for v in values]
+    n = len(x)
+    if n == 0:
+        raise CourseError("seed_interval needs at least one value")
+    mean = sum(x) / n
+    if n == 1:
+        return mean, float("nan"), float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
+    half = _T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def intervals_separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
+    """True if two (mean, low, high) intervals do not overlap (False when either bound is NaN)."""
+    if any(math.isnan(v) for v in (*a[1:], *b[1:])):
+        return False
+    return a[1] > b[2] or b[1] > a[2]
