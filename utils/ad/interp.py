@@ -1,0 +1,173 @@
+"""Interpretability tools for AD models: attention scores, probe datasets, constructed contexts.
+
+Attention scores take a pattern [batch, heads, query, key] (from
+`cache["blocks.{l}.attn.hook_pattern"]`) and masks saying which keys are interesting:
+- attention to reward: mass on keys whose token shows a reward (r_{t-1} = 1), i.e. the
+  tokens whose observation is the goal cell;
+- same state: mass on earlier keys with the same observation as the query;
+- induction: mass on the key *after* an earlier occurrence of the query's observation in
+  the same episode step sequence (that key holds the action taken then, as its previous
+  action) - the "look up what I did last time I was here" pattern.
+Each score is reported beside its chance level: the mass a uniform causal head would put
+on the same keys.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from utils.ad.data import OBS, PREV_REWARD
+from utils.ad.sources import History
+from utils.core import CourseError
+
+
+def attention_to_reward(pattern: Tensor, rewarded: Tensor, query_mask: Tensor | None = None) -> Tensor:
+    """Mean attention mass per head [H] that queries put on rewarded keys.
+
+    pattern [B, H, Q, K] (rows sum to 1 over causal keys); rewarded [B, K] bool;
+    query_mask [B, Q] bool selects the queries to average over (default: all)."""
+    if pattern.ndim != 4 or rewarded.shape != (pattern.shape[0], pattern.shape[3]):
+        raise CourseError(f"need pattern [B, H, Q, K] and rewarded [B, K], got {tuple(pattern.shape)} and {tuple(rewarded.shape)}")
+    if query_mask is None:
+        query_mask = torch.ones(pattern.shape[0], pattern.shape[2], dtype=torch.bool)
+    if query_mask.shape != (pattern.shape[0], pattern.shape[2]):
+        raise CourseError(f"query_mask must be [B, Q] = {(pattern.shape[0], pattern.shape[2])}, got {tuple(query_mask.shape)}")
+    mass = (pattern * rewarded[:, None, None, :].to(pattern.dtype)).sum(-1)  # [B, H, Q]
+    w = query_mask[:, None, :].to(pattern.dtype)
+    return (mass * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1)
+
+
+def uniform_baseline(keys: Tensor, query_mask: Tensor) -> float:
+    """The mass a uniform causal head would put on `keys` [B, K] from the queries in query_mask [B, Q]."""
+    b, q = query_mask.shape
+    causal = torch.tril(torch.ones(q, keys.shape[1]))
+    frac = (causal[None] * keys[:, None, :].float()).sum(-1) / causal.sum(-1)  # [B, Q]
+    return float((frac * query_mask).sum() / query_mask.sum().clamp_min(1))
+
+
+def reward_keys(tokens: Tensor) -> Tensor:
+    """[B, K] bool: tokens that show a reward (their observation is the goal cell)."""
+    return tokens[..., PREV_REWARD] > 0
+
+
+def found_goal_queries(tokens: Tensor) -> Tensor:
+    """[B, Q] bool: queries after the first rewarded token of the context (the goal is known)."""
+    seen = torch.cumsum(reward_keys(tokens).long(), 1) > 0
+    return seen & ~reward_keys(tokens)
+
+
+def same_state_mass(pattern: Tensor, tokens: Tensor, episode_len: int, induction: bool = False) -> tuple[Tensor, float]:
+    """(score per head [H], uniform baseline): attention from each query to keys in *earlier
+    episodes* with the same observation (induction=False) or to the token right after such a
+    key (induction=True: it carries the action taken in that state, as its previous action)."""
+    o = tokens[..., OBS]
+    b, t = o.shape
+    ep = torch.arange(t) // episode_len
+    same = (o[:, :, None] == o[:, None, :]) & (ep[None, :, None] > ep[None, None, :])  # [B, Q, K]
+    if induction:
+        shifted = torch.zeros_like(same)
+        step = torch.arange(t) % episode_len
+        ok = step[1:] != 0  # the next token must be in the same episode
+        shifted[:, :, 1:] = same[:, :, :-1] & ok[None, None, :]
+        same = shifted
+    mass = (pattern * same[:, None].to(pattern.dtype)).sum(-1).mean((0, 2))
+    causal = torch.tril(torch.ones(t, t))
+    base = float(((same.float() * causal).sum(-1) / causal.sum(-1)).mean())
+    return mass, base
+
+
+def goal_found_labels(history: History) -> Tensor:
+    """[n, E, L] bool: whether the goal has been rewarded at any earlier step of the history."""
+    r = history.rewards.reshape(len(history), -1)
+    seen = (torch.cumsum(r, 1) - r) > 0
+    return seen.reshape(history.rewards.shape)
+
+
+def random_walk_hits(goals: Tensor, n_episodes: int, size: int = 9, episode_len: int = 20, seed: int = 0,
+                     max_tries: int = 200) -> History:
+    """'Sloppy but successful' episodes: random-policy episodes that pass over the goal at
+    least once (resampled until they do). They look like the first episodes of training,
+    yet they show the learner exactly where the goal is."""
+    from utils.ad.sources import annealed_expert_histories
+
+    goals = torch.as_tensor(goals, dtype=torch.long)
+    n = len(goals)
+    out = None
+    need = torch.ones(n, n_episodes, dtype=torch.bool)
+    for k in range(max_tries):
+        h = annealed_expert_histories(goals, n_episodes, 1.0, 1.0, size, episode_len, seed=seed + 7919 * k)
+        if out is None:
+            out = History(h.obs.clone(), h.actions.clone(), h.rewards.clone(), goals)
+        hit = h.rewards.sum(-1) > 0
+        take = need & hit
+        for f in ("obs", "actions", "rewards"):
+            getattr(out, f)[take] = getattr(h, f)[take]
+        need &= ~take
+        if not need.any():
+            return out
+    raise CourseError(f"random walks did not reach {int(need.any(1).sum())} goal(s) in {max_tries} tries: pick goals nearer the start")
+
+
+def episode_start_windows(history: History, context_episodes: int, none_action: int = 5,
+                          starts: list[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Contexts ending at the first step of an episode: the `context_episodes - 1` whole
+    episodes before it plus that first token. One window per task and start episode.
+
+    Returns tokens [N, (K - 1) * L + 1, 3] and labels {'task', 'episode' (index of the first
+    episode in the window), 'goal', 'found' (a reward is visible in the window)}."""
+    from utils.ad.data import make_tokens
+
+    n, e, l = history.obs.shape
+    k1 = context_episodes - 1
+    if k1 < 1 or k1 >= e:
+        raise CourseError(f"need 2 <= context_episodes <= {e}, got {context_episodes}")
+    starts = list(range(0, e - k1)) if starts is None else starts
+    toks, task, ep = [], [], []
+    for s in starts:
+        if not 0 <= s <= e - k1 - 1:
+            raise CourseError(f"start episode {s} leaves no room for {k1} episodes and a query in {e} episodes")
+        w = make_tokens(history.obs[:, s:s + k1 + 1], history.actions[:, s:s + k1 + 1], history.rewards[:, s:s + k1 + 1], none_action)
+        toks.append(w[:, :k1 * l + 1])
+        task.append(torch.arange(n))
+        ep.append(torch.full((n,), s))
+    tokens = torch.cat(toks)
+    task = torch.cat(task)
+    labels = {"task": task, "episode": torch.cat(ep), "goal": history.tasks[task],
+              "found": (tokens[..., PREV_REWARD] > 0).any(1)}
+    return tokens, labels
+
+
+@torch.no_grad()
+def last_position_residuals(model, tokens: Tensor, hook_names: list[str], batch_size: int = 256) -> dict[str, Tensor]:
+    """{hook name: activation at the last position [N, d]} for every window in `tokens`."""
+    unknown = [h for h in hook_names if h not in model.hook_dict]
+    if unknown:
+        raise CourseError(f"unknown hook name(s) {unknown}: e.g. 'blocks.0.hook_resid_post'")
+    out: dict[str, list[Tensor]] = {h: [] for h in hook_names}
+    for i in range(0, len(tokens), batch_size):
+        _, cache = model.run_with_cache(tokens[i:i + batch_size], names_filter=hook_names)
+        for h in hook_names:
+            out[h].append(cache[h][:, -1].cpu())
+    return {h: torch.cat(v) for h, v in out.items()}
+
+
+@torch.no_grad()
+def head_patching(model, clean: Tensor, corrupt: Tensor, metric) -> Tensor:
+    """Fraction of the clean-vs-corrupt metric gap recovered by patching each head's output
+    (`blocks.{l}.attn.hook_z`) at the last position from the clean run: [n_layers, n_heads]."""
+    from utils.hooks import fraction_recovered
+
+    if clean.shape != corrupt.shape:
+        raise CourseError(f"clean and corrupt contexts differ in shape: {tuple(clean.shape)} vs {tuple(corrupt.shape)}")
+    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(clean, names_filter=names)
+    m_clean, m_corrupt = metric(model(clean)), metric(model(corrupt))
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for l, name in enumerate(names):
+        for h in range(model.cfg.n_heads):
+            def hook(z, hook, h=h, name=name):
+                z = z.clone()
+                z[:, -1, h] = cache[name][:, -1, h]
+                return z
+            out[l, h] = fraction_recovered(metric(model.run_with_hooks(corrupt, fwd_hooks=[(name, hook)])), m_clean, m_corrupt)
+    return out
