@@ -1,0 +1,389 @@
+"""AutoSteer on tic-tac-toe: an RL agent sets the strengths of ~20 labelled SAE features
+while the frozen tiny-ttt LM plays O against a perfect (minimax) X.
+
+    lm, sae = load_model("tiny-ttt"), load_sae("tiny-ttt")
+    labels = label_features(lm, sae, n_features=20)          # automatic labels from board predicates
+    res = train_autosteer(AutoSteerConfig(), lm, sae, labels.features)
+    rec = play_condition(lm, sae, labels.features, "policy", n_games=1000, policy=res.policy)
+
+Observation: the board as 9 numbers (X = +1, O = -1, empty = 0). Action: one strength per
+steered feature in the box [-1, 1] (AutoSteer's was about +-0.2 in its API's units); the
+steering vector coef * sum_i a_i W_dec[f_i] is added to the residual stream at the SAE's
+layer at the position that predicts the move. Rewards per LM move, as in the source:
+unparseable -10 (a random legal move is played instead), occupied cell -5 (likewise), and at
+the end of the game draw +10, loss -2 (win +10; impossible against minimax).
+
+RL: the course's PPO pieces (`compute_gae`, `clipped_surrogate_loss` from utils.rl.ppo)
+with a Gaussian policy over the box (the course's `train_ppo` is for discrete actions).
+Evaluation uses the substrate's independent game runner, `utils.lm.rewards.play_vs_minimax`.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from utils.core import CourseError, set_seed
+from utils.lm import corpora as C
+from utils.lm import rewards as R
+from utils.rl.ppo import clipped_surrogate_loss, compute_gae
+from utils.steering.hook import feature_delta
+
+CONDITIONS = ("none", "random", "policy")
+
+
+# ------------------------------------------------------------------ board predicates
+def board_obs(board: str) -> list[float]:
+    return [1.0 if c == "X" else -1.0 if c == "O" else 0.0 for c in board]
+
+
+def _threats(board: str, side: str) -> set[int]:
+    """Empty cells that complete a line of `side` (two of its marks and one empty cell)."""
+    out = set()
+    for line in C.LINES:
+        marks = [board[i] for i in line]
+        if marks.count(side) == 2 and marks.count(".") == 1:
+            out.add(line[marks.index(".")])
+    return out
+
+
+def predicate_names() -> list[str]:
+    return ([f"cell {i} empty" for i in range(9)] + [f"X on {i}" for i in range(9)] + [f"O on {i}" for i in range(9)]
+            + [f"must block {i}" for i in range(9)] + [f"O wins at {i}" for i in range(9)])
+
+
+def board_predicates(board: str) -> list[float]:
+    """45 predicates: cell i empty, X on i, O on i, X threatens a line through empty i
+    (O must block there), O can win at i."""
+    block, win = _threats(board, "X"), _threats(board, "O")
+    return ([float(c == ".") for c in board] + [float(c == "X") for c in board] + [float(c == "O") for c in board]
+            + [float(i in block) for i in range(9)] + [float(i in win) for i in range(9)])
+
+
+def situation(board: str) -> str:
+    """A coarse label of an O-to-move position for the per-situation analysis."""
+    if _threats(board, "O"):
+        return "O can win"
+    if _threats(board, "X"):
+        return "must block"
+    return "opening (1 X)" if board.count("X") == 1 else "quiet"
+
+
+def o_turn_prompts(n_games: int, seed: int) -> list[list[int]]:
+    """Move lists at O's turn from weak-play games (ttt_corpus) and from games vs minimax."""
+    out = []
+    for g in C.ttt_corpus(n_games, seed=seed):
+        for k in range(1, len(g["moves"]), 2):
+            out.append(g["moves"][:k])
+    return out
+
+
+# -------------------------------------------------------------- steered next-token calls
+def _group_by_length(lm, prompts: Sequence[str]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        groups[len(lm.tokenizer(p)["input_ids"])].append(i)
+    return groups
+
+
+@torch.no_grad()
+def steered_logprobs(lm, sae, prompts: Sequence[str], deltas: Tensor | None) -> Tensor:
+    """Next-token log-probs [n, vocab] with deltas [n, d_model] added to the residual stream at
+    the SAE's hook, at the last position (None: no steering)."""
+    tl, tok = lm.tl, lm.tokenizer
+    hook_name = sae.cfg.metadata.hook_name
+    device = next(tl.parameters()).device
+    out = torch.zeros(len(prompts), tl.cfg.d_vocab)
+    for _, idx in _group_by_length(lm, prompts).items():
+        ids = torch.tensor([tok(prompts[i])["input_ids"] for i in idx], device=device)
+        hooks = []
+        if deltas is not None:
+            d = deltas[idx].to(device)
+
+            def hook(resid, hook=None, d=d):  # noqa: ARG001
+                resid[:, -1] = resid[:, -1] + d.to(resid.dtype)
+                return resid
+
+            hooks = [(hook_name, hook)]
+        logits = tl.run_with_hooks(ids, fwd_hooks=hooks)[:, -1]
+        out[idx] = torch.log_softmax(logits.float(), -1).cpu()
+    return out
+
+
+@torch.no_grad()
+def last_token_features(lm, sae, prompts: Sequence[str]) -> Tensor:
+    """SAE activations [n, d_sae] at the last token of each prompt."""
+    tl, tok = lm.tl, lm.tokenizer
+    hook_name = sae.cfg.metadata.hook_name
+    device = next(tl.parameters()).device
+    out = torch.zeros(len(prompts), sae.W_dec.shape[0])
+    for _, idx in _group_by_length(lm, prompts).items():
+        ids = torch.tensor([tok(prompts[i])["input_ids"] for i in idx], device=device)
+        _, cache = tl.run_with_cache(ids, names_filter=hook_name)
+        out[idx] = sae.encode(cache[hook_name][:, -1]).float().cpu()
+    return out
+
+
+# --------------------------------------------------------------- automatic feature labels
+@dataclass
+class FeatureLabels:
+    features: list[int]            # the steered features, best-correlated first
+    labels: list[str]              # "must block 4 (r=+0.81)"
+    corr: np.ndarray               # [d_sae, n_predicates] Pearson correlation (nan -> 0)
+    predicates: list[str]
+    n_positions: int
+
+
+def label_features(lm, sae, n_features: int = 20, n_games: int = 800, seed: int = 7) -> FeatureLabels:
+    """Correlate every SAE feature (at the move-predicting token) with 45 board predicates
+    on O-to-move positions of weak-play games. Each feature is labelled by its best predicate;
+    we keep the strongest feature of each predicate (by |r|) until `n_features` are chosen,
+    then the next strongest overall."""
+    d_sae = sae.W_dec.shape[0]
+    if not 1 <= n_features <= d_sae:
+        raise CourseError(f"n_features must be in [1, {d_sae}], got {n_features}")
+    positions = o_turn_prompts(n_games, seed)
+    prompts = [C.ttt_prompt(m) for m in positions]
+    acts = last_token_features(lm, sae, prompts).numpy()
+    preds = np.array([board_predicates(C.board_from_moves(m)) for m in positions])
+    a = acts - acts.mean(0)
+    p = preds - preds.mean(0)
+    denom = np.sqrt((a ** 2).sum(0))[:, None] * np.sqrt((p ** 2).sum(0))[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(denom > 0, a.T @ p / np.where(denom > 0, denom, 1), 0.0)
+    best = np.abs(corr).max(1)
+    ranked = [int(f) for f in np.argsort(-best) if best[f] > 0]
+    # one feature per predicate first (the strongest), so the agent gets a varied set of handles
+    feats, used = [], set()
+    for f in ranked:
+        j = int(np.abs(corr[f]).argmax())
+        if j not in used and len(feats) < n_features:
+            feats.append(f)
+            used.add(j)
+    feats += [f for f in ranked if f not in feats][: n_features - len(feats)]
+    names = predicate_names()
+    labels = []
+    for f in feats:
+        j = int(np.abs(corr[f]).argmax())
+        labels.append(f"{names[j]} (r={corr[f, j]:+.2f})")
+    return FeatureLabels(feats, labels, corr, names, len(positions))
+
+
+# ---------------------------------------------------------------------- the RL agent
+class GaussianPolicy(nn.Module):
+    """mean(board) [B, k] in the box, a state-independent log-std, and a critic V(board)."""
+
+    def __init__(self, n_features: int, hidden: int = 64, log_std: float = -0.7):
+        super().__init__()
+        self.n_features = n_features
+        self.actor = nn.Sequential(nn.Linear(9, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                   nn.Linear(hidden, n_features))
+        nn.init.zeros_(self.actor[-1].weight)
+        nn.init.zeros_(self.actor[-1].bias)
+        self.log_std = nn.Parameter(torch.full((n_features,), log_std))
+        self.critic = nn.Sequential(nn.Linear(9, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                    nn.Linear(hidden, 1))
+
+    def dist(self, obs: Tensor) -> torch.distributions.Normal:
+        return torch.distributions.Normal(self.actor(obs), self.log_std.exp().expand(len(obs), -1))
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self.critic(obs)[..., 0]
+
+    def mean_action(self, obs: Tensor) -> Tensor:
+        return self.actor(obs).clamp(-1, 1)
+
+
+@dataclass
+class AutoSteerConfig:
+    coef: float = 4.0              # residual-stream units per unit of strength (W_dec rows have norm 1)
+    n_envs: int = 64               # games played in parallel
+    n_steps: int = 8               # LM moves per env per rollout
+    iterations: int = 30
+    n_epochs: int = 4
+    n_minibatches: int = 4
+    lr: float = 3e-3
+    clip_coef: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    max_grad_norm: float = 0.5
+    hidden: int = 64
+    seed: int = 0
+
+    def validate(self) -> "AutoSteerConfig":
+        for k in ("n_envs", "n_steps", "iterations", "n_epochs", "n_minibatches", "hidden"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v <= 0:
+                raise CourseError(f"AutoSteerConfig.{k} must be a positive int, got {v!r}")
+        if not (self.coef > 0 and math.isfinite(self.coef)) or not self.lr > 0 or not self.clip_coef > 0:
+            raise CourseError("AutoSteerConfig.coef, lr and clip_coef must be positive")
+        return self
+
+
+class SteeredTicTacToe:
+    """n_envs games of the steered LM (O) against minimax X; always stopped at O's turn."""
+
+    def __init__(self, lm, sae, features: Sequence[int], coef: float, n_envs: int, seed: int = 0):
+        self.lm, self.sae, self.features, self.coef, self.n = lm, sae, torch.tensor(list(features)), coef, n_envs
+        self.rng = random.Random(seed)
+        self.games = [self._new_game() for _ in range(n_envs)]
+        self.finished: list[dict] = []
+
+    def _new_game(self) -> list[int]:
+        return [C.minimax_player(C.EMPTY_BOARD, self.rng)]
+
+    def obs(self) -> Tensor:
+        return torch.tensor([board_obs(C.board_from_moves(g)) for g in self.games])
+
+    def step(self, strengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Play one steered LM move in every game (then X's reply); (rewards [n], dones [n])."""
+        prompts = [C.ttt_prompt(g) for g in self.games]
+        deltas = self.coef * feature_delta(self.sae, self.features, strengths.clamp(-1, 1))
+        moves = steered_logprobs(self.lm, self.sae, prompts, deltas).argmax(-1)
+        rewards, dones = torch.zeros(self.n), torch.zeros(self.n)
+        for i, g in enumerate(self.games):
+            board = C.board_from_moves(g)
+            mv = R.parse_move(self.lm.tokenizer.decode([int(moves[i])]))
+            if mv is None or board[mv] != ".":
+                rewards[i] += R.AUTOSTEER_REWARDS["unparseable" if mv is None else "occupied"]
+                mv = C.random_player(board, self.rng)
+            g.append(mv)
+            board = C.board_from_moves(g)
+            if C.winner(board) is None:
+                g.append(C.minimax_player(board, self.rng))
+                board = C.board_from_moves(g)
+            w = C.winner(board)
+            if w is not None:
+                outcome = "draw" if w == "draw" else ("win" if w == "O" else "loss")
+                rewards[i] += R.AUTOSTEER_REWARDS[outcome]
+                dones[i] = 1.0
+                self.finished.append({"outcome": outcome})
+                self.games[i] = self._new_game()
+        return rewards, dones
+
+
+@dataclass
+class AutoSteerResult:
+    policy: GaussianPolicy
+    log: dict[str, list]
+    config: AutoSteerConfig
+    seconds: float
+
+
+def train_autosteer(cfg: AutoSteerConfig, lm, sae, features: Sequence[int], progress: bool = True) -> AutoSteerResult:
+    cfg.validate()
+    if len(features) == 0:
+        raise CourseError("give at least one feature to steer")
+    set_seed(cfg.seed)
+    env = SteeredTicTacToe(lm, sae, features, cfg.coef, cfg.n_envs, seed=cfg.seed)
+    policy = GaussianPolicy(len(features), cfg.hidden)
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    T, N, k = cfg.n_steps, cfg.n_envs, len(features)
+    log = {k_: [] for k_ in ("games", "draw_rate", "mean_step_reward", "std", "seconds")}
+    start = time.perf_counter()
+    obs = env.obs()
+    bar = tqdm(range(cfg.iterations), desc="AutoSteer PPO", disable=not progress, mininterval=1.0)
+    for it in bar:
+        ob_buf, act_buf = torch.zeros(T, N, 9), torch.zeros(T, N, k)
+        logp_buf, rew_buf, done_buf, val_buf = (torch.zeros(T, N) for _ in range(4))
+        n_fin = len(env.finished)
+        with torch.no_grad():
+            for t in range(T):
+                d = policy.dist(obs)
+                a = d.sample()
+                ob_buf[t], act_buf[t], logp_buf[t], val_buf[t] = obs, a, d.log_prob(a).sum(-1), policy.value(obs)
+                rew_buf[t], done_buf[t] = env.step(a)
+                obs = env.obs()
+            last_v = policy.value(obs)
+        adv = compute_gae(rew_buf, val_buf, done_buf, last_v, cfg.gamma, cfg.gae_lambda)
+        ret = adv + val_buf
+        b_obs, b_act, b_logp = ob_buf.reshape(T * N, 9), act_buf.reshape(T * N, k), logp_buf.reshape(-1)
+        b_adv, b_ret = adv.reshape(-1), ret.reshape(-1)
+        for _ in range(cfg.n_epochs):
+            for mb in torch.randperm(T * N).split(T * N // cfg.n_minibatches):
+                d = policy.dist(b_obs[mb])
+                a_ = b_adv[mb]
+                a_ = (a_ - a_.mean()) / (a_.std() + 1e-8)
+                pg = clipped_surrogate_loss(d.log_prob(b_act[mb]).sum(-1), b_logp[mb], a_, cfg.clip_coef)
+                v_loss = 0.5 * ((policy.value(b_obs[mb]) - b_ret[mb]) ** 2).mean()
+                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * d.entropy().sum(-1).mean()
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                opt.step()
+        fin = env.finished[n_fin:]
+        log["games"].append(len(env.finished))
+        log["draw_rate"].append(float(np.mean([f["outcome"] == "draw" for f in fin])) if fin else float("nan"))
+        log["mean_step_reward"].append(float(rew_buf.mean()))
+        log["std"].append(float(policy.log_std.detach().exp().mean()))
+        log["seconds"].append(time.perf_counter() - start)
+        if progress:
+            bar.set_postfix(draw=f"{log['draw_rate'][-1]:.2f}", std=f"{log['std'][-1]:.2f}")
+    bar.close()
+    policy.eval()
+    return AutoSteerResult(policy, log, cfg, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- evaluation
+def move_chooser(lm, sae, features: Sequence[int], condition: str, coef: float,
+                 policy: GaussianPolicy | None = None, seed: int = 0, record: list | None = None) -> R.MoveChooser:
+    """A `play_vs_minimax` move chooser: no steering, uniform random strengths in the box
+    (fresh each move), or the trained policy's mean strengths. `record` collects (board, strengths)."""
+    if condition not in CONDITIONS:
+        raise CourseError(f"unknown condition {condition!r}: use one of {', '.join(CONDITIONS)}")
+    if condition == "policy" and policy is None:
+        raise CourseError("condition 'policy' needs a trained policy")
+    feats = torch.tensor(list(features))
+    g = torch.Generator().manual_seed(seed)
+
+    def choose(prompts: list[str]) -> list[str]:
+        boards = [C.board_from_moves(C.parse_moves(p)) for p in prompts]
+        if condition == "none":
+            deltas, a = None, torch.zeros(len(prompts), len(feats))
+        else:
+            if condition == "random":
+                a = torch.rand(len(prompts), len(feats), generator=g) * 2 - 1
+            else:
+                with torch.no_grad():
+                    a = policy.mean_action(torch.tensor([board_obs(b) for b in boards]))
+            deltas = coef * feature_delta(sae, feats, a)
+        if record is not None:
+            record.extend(zip(boards, a.tolist()))
+        ids = steered_logprobs(lm, sae, prompts, deltas).argmax(-1)
+        return [lm.tokenizer.decode([int(i)]) for i in ids]
+
+    return choose
+
+
+def play_condition(lm, sae, features: Sequence[int], condition: str, n_games: int, coef: float = 4.0,
+                   policy: GaussianPolicy | None = None, seed: int = 0,
+                   record: list | None = None) -> list[R.GameRecord]:
+    return R.play_vs_minimax(move_chooser(lm, sae, features, condition, coef, policy, seed, record), n_games,
+                             seed=seed, lm_side="O")
+
+
+def game_rates(records: Sequence[R.GameRecord]) -> dict[str, tuple[int, int]]:
+    """(count, total) for the draw rate (per game) and the illegal-move rate (per LM move)."""
+    return {"draw": (sum(r.outcome == "draw" for r in records), len(records)),
+            "illegal move": (sum(r.unparseable + r.occupied for r in records), sum(r.lm_moves for r in records)),
+            "game with an illegal move": (sum((r.unparseable + r.occupied) > 0 for r in records), len(records))}
+
+
+def strengths_by_situation(record: Sequence[tuple[str, list[float]]]) -> tuple[list[str], np.ndarray, list[int]]:
+    """(situations, mean strength [situations, features], counts) from a policy's record."""
+    by: dict[str, list] = defaultdict(list)
+    for board, a in record:
+        by[situation(board)].append(a)
+    names = [s for s in ("opening (1 X)", "quiet", "must block", "O can win") if s in by]
+    return names, np.array([np.mean(by[s], 0) for s in names]), [len(by[s]) for s in names]
+
