@@ -64,3 +64,23 @@ def test_torch_threads_restores():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_check_fields():
+    from dataclasses import dataclass
+
+    from utils.core import check_fields
+
+    @dataclass
+    class Cfg:
+        n: int = 2
+        lr: float = 0.1
+        gamma: float = 0.9
+        coef: float = 0.0
+
+    check_fields(Cfg(), positive_int=("n",), positive=("lr",), unit=("gamma",), nonneg=("coef",))
+    for bad, msg in [(Cfg(n=0), "Cfg.n must be a positive int"), (Cfg(n=True), "positive int"), (Cfg(lr=-1.0), "Cfg.lr must be a positive number"),
+                     (Cfg(lr=float("nan")), "positive number"), (Cfg(gamma=1.5), r"Cfg.gamma must be in \[0, 1\]"),
+                     (Cfg(coef=-0.1), "Cfg.coef must be >= 0")]:
+        with pytest.raises(CourseError, match=msg):
+            check_fields(bad, positive_int=("n",), positive=("lr",), unit=("gamma",), nonneg=("coef",))

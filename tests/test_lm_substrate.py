@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.checkpoints import DATA_DIR, CheckpointError, read_manifest, sha256_file
+from utils.checkpoints import DATA_DIR, CheckpointError, read_manifest
 from utils.core import CourseError
 from utils.lm import api, artifacts
 from utils.lm import corpora as C

@@ -90,3 +90,33 @@ class torch_threads:
 
     def __exit__(self, *exc):
         torch.set_num_threads(self.old)
+
+
+def check_fields(cfg: Any, *, positive_int: tuple[str, ...] = (), positive: tuple[str, ...] = (),
+                 unit: tuple[str, ...] = (), nonneg: tuple[str, ...] = ()) -> None:
+    """Validate a config dataclass's fields by kind, raising a one-line CourseError naming the
+    first bad one: `positive_int` (ints > 0), `positive` (finite numbers > 0), `unit` (numbers
+    in [0, 1]) and `nonneg` (numbers >= 0)."""
+    import math
+
+    cls = type(cfg).__name__
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in positive_int:
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+            raise CourseError(f"{cls}.{name} must be a positive int, got {v!r}")
+    for name in positive:
+        v = getattr(cfg, name)
+        if not (number(v) and v > 0):
+            raise CourseError(f"{cls}.{name} must be a positive number, got {v!r}")
+    for name in unit:
+        v = getattr(cfg, name)
+        if not (number(v) and 0 <= v <= 1):
+            raise CourseError(f"{cls}.{name} must be in [0, 1], got {v!r}")
+    for name in nonneg:
+        v = getattr(cfg, name)
+        if not (number(v) and v >= 0):
+            raise CourseError(f"{cls}.{name} must be >= 0, got {v!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.ad.envs import MOVES, BernoulliBandit, DarkRoom, next_cell
+from utils.ad.envs import BernoulliBandit, DarkRoom, next_cell
 from utils.core import CourseError
 
 

@@ -20,7 +20,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from utils.checkpoints import DATA_DIR, register_artifact, sha256_file
 from utils.core import CourseError

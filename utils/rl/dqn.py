@@ -12,7 +12,6 @@ Reference: Mnih et al. 2015 (DQN); CleanRL's dqn.py (Huang et al. 2022).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError, check_fields, set_seed
 from utils.hooks import HookedMLPPolicy
 from utils.rl.envs import check_env_name, make_env
 
@@ -53,17 +52,9 @@ class DQNConfig:
     device: str = "cpu"
 
     def validate(self) -> "DQNConfig":
-        ints = dict(total_steps=self.total_steps, n_envs=self.n_envs, buffer_size=self.buffer_size, batch_size=self.batch_size,
-                    grad_steps=self.grad_steps, target_update_every=self.target_update_every, success_window=self.success_window)
-        for name, v in ints.items():
-            if not isinstance(v, (int, np.integer)) or v <= 0:
-                raise CourseError(f"DQNConfig.{name} must be a positive int, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise CourseError(f"DQNConfig.lr must be a positive number, got {self.lr!r}")
-        for name in ("gamma", "start_eps", "end_eps", "exploration_fraction"):
-            v = getattr(self, name)
-            if not 0 <= v <= 1:
-                raise CourseError(f"DQNConfig.{name} must be in [0, 1], got {v!r}")
+        check_fields(self, positive_int=("total_steps", "n_envs", "buffer_size", "batch_size", "grad_steps",
+                                         "target_update_every", "success_window"),
+                     positive=("lr",), unit=("gamma", "start_eps", "end_eps", "exploration_fraction"))
         if not 0 < self.tau <= 1:
             raise CourseError(f"DQNConfig.tau must be in (0, 1], got {self.tau!r}")
         if self.learning_starts < 0 or self.learning_starts >= self.total_steps:

@@ -14,7 +14,6 @@ References: Schulman et al. 2017 (PPO), Schulman et al. 2016 (GAE), Huang et al.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError, check_fields, set_seed
 from utils.hooks import HookedMLPPolicy
 from utils.rl.envs import check_env_name, make_env
 
@@ -67,22 +66,8 @@ class PPOConfig:
 
     def validate(self) -> "PPOConfig":
         """Raise a one-line CourseError for an impossible config (before anything is built)."""
-        ints = dict(total_steps=self.total_steps, n_envs=self.n_envs, n_steps=self.n_steps, n_epochs=self.n_epochs,
-                    n_minibatches=self.n_minibatches, success_window=self.success_window)
-        for name, v in ints.items():
-            if not isinstance(v, (int, np.integer)) or v <= 0:
-                raise CourseError(f"PPOConfig.{name} must be a positive int, got {v!r}")
-        for name in ("lr", "clip_coef"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
-                raise CourseError(f"PPOConfig.{name} must be a positive number, got {v!r}")
-        for name in ("gamma", "gae_lambda"):
-            v = getattr(self, name)
-            if not 0 <= v <= 1:
-                raise CourseError(f"PPOConfig.{name} must be in [0, 1], got {v!r}")
-        for name in ("ent_coef", "vf_coef", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise CourseError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        check_fields(self, positive_int=("total_steps", "n_envs", "n_steps", "n_epochs", "n_minibatches", "success_window"),
+                     positive=("lr", "clip_coef"), unit=("gamma", "gae_lambda"), nonneg=("ent_coef", "vf_coef", "max_grad_norm"))
         if self.batch_size % self.n_minibatches:
             raise CourseError(f"n_envs * n_steps = {self.batch_size} is not divisible by n_minibatches = {self.n_minibatches}")
         if self.total_steps < self.batch_size:

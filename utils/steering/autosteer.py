@@ -19,7 +19,6 @@ Evaluation uses the substrate's independent game runner, `utils.lm.rewards.play_
 """
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import defaultdict
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError, check_fields, set_seed
 from utils.lm import corpora as C
 from utils.lm import rewards as R
 from utils.rl.ppo import clipped_surrogate_loss, compute_gae
@@ -221,12 +220,8 @@ class AutoSteerConfig:
     seed: int = 0
 
     def validate(self) -> "AutoSteerConfig":
-        for k in ("n_envs", "n_steps", "iterations", "n_epochs", "n_minibatches", "hidden"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or v <= 0:
-                raise CourseError(f"AutoSteerConfig.{k} must be a positive int, got {v!r}")
-        if not (self.coef > 0 and math.isfinite(self.coef)) or not self.lr > 0 or not self.clip_coef > 0:
-            raise CourseError("AutoSteerConfig.coef, lr and clip_coef must be positive")
+        check_fields(self, positive_int=("n_envs", "n_steps", "iterations", "n_epochs", "n_minibatches", "hidden"),
+                     positive=("coef", "lr", "clip_coef"), unit=("gamma", "gae_lambda"), nonneg=("ent_coef", "vf_coef", "max_grad_norm"))
         return self
 
 
