@@ -80,7 +80,13 @@ def clean_streams(path: Path) -> None:
 
 
 def run_notebook(src: Path, out: Path, profile: str, chapter: str, timeout: int | None = None) -> RunResult:
+    import logging
+
     import papermill as pm
+
+    # papermill tries to parse the parameters cell for its own docs and warns on every
+    # multi-line SIZES entry; injecting PROFILE does not need that parse
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     env_before = os.environ.get("COURSE_PROFILE")
