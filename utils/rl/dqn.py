@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from utils.core import CourseError, check_fields, set_seed
 from utils.hooks import HookedMLPPolicy
-from utils.rl.envs import check_env_name, make_env
+from utils.rl.envs import check_agent_config, make_env
 
 
 @dataclass
@@ -61,11 +61,7 @@ class DQNConfig:
             raise CourseError(f"DQNConfig.learning_starts must be in [0, total_steps={self.total_steps}), got {self.learning_starts}")
         if self.batch_size > self.buffer_size:
             raise CourseError(f"DQNConfig.batch_size ({self.batch_size}) exceeds buffer_size ({self.buffer_size})")
-        if not self.hidden or any((not isinstance(h, (int, np.integer))) or h <= 0 for h in self.hidden):
-            raise CourseError(f"DQNConfig.hidden must be a non-empty tuple of positive ints, got {self.hidden!r}")
-        if self.stop_at_success is not None and not 0 < self.stop_at_success <= 1:
-            raise CourseError(f"DQNConfig.stop_at_success must be in (0, 1] or None, got {self.stop_at_success!r}")
-        check_env_name(self.env_id)
+        check_agent_config(self)
         return self
 
 

@@ -101,3 +101,14 @@ def check_env_name(env_id: str) -> None:
 
     if env_id not in COURSE_ENVS and not (isinstance(env_id, str) and env_id in gym.registry):
         raise CourseError(f"unknown environment {env_id!r}: use one of {', '.join(COURSE_ENVS)} or a Gymnasium id such as 'CartPole-v1'")
+
+
+def check_agent_config(cfg) -> None:
+    """The checks PPOConfig and DQNConfig share: hidden sizes, the early-stop threshold and the
+    environment name, each a one-line CourseError."""
+    name = type(cfg).__name__
+    if not cfg.hidden or any((not isinstance(h, (int, np.integer))) or h <= 0 for h in cfg.hidden):
+        raise CourseError(f"{name}.hidden must be a non-empty tuple of positive ints, got {cfg.hidden!r}")
+    if cfg.stop_at_success is not None and not 0 < cfg.stop_at_success <= 1:
+        raise CourseError(f"{name}.stop_at_success must be in (0, 1] or None, got {cfg.stop_at_success!r}")
+    check_env_name(cfg.env_id)

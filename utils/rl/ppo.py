@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from utils.core import CourseError, check_fields, set_seed
 from utils.hooks import HookedMLPPolicy
-from utils.rl.envs import check_env_name, make_env
+from utils.rl.envs import check_agent_config, make_env
 
 
 @dataclass
@@ -72,11 +72,7 @@ class PPOConfig:
             raise CourseError(f"n_envs * n_steps = {self.batch_size} is not divisible by n_minibatches = {self.n_minibatches}")
         if self.total_steps < self.batch_size:
             raise CourseError(f"total_steps = {self.total_steps} is less than one rollout (n_envs * n_steps = {self.batch_size})")
-        if not self.hidden or any((not isinstance(h, (int, np.integer))) or h <= 0 for h in self.hidden):
-            raise CourseError(f"PPOConfig.hidden must be a non-empty tuple of positive ints, got {self.hidden!r}")
-        if self.stop_at_success is not None and not 0 < self.stop_at_success <= 1:
-            raise CourseError(f"PPOConfig.stop_at_success must be in (0, 1] or None, got {self.stop_at_success!r}")
-        check_env_name(self.env_id)
+        check_agent_config(self)
         return self
 
 
