@@ -9,14 +9,7 @@ from utils.core import CourseError
 
 
 def _with_singular_values(s, m=12, n=9, seed=0):
-    """A random m x n matrix whose singular values are exactly `s`."""
-    g = torch.Generator().manual_seed(seed)
-    U, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
-    V, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    S = torch.zeros(m, n, dtype=torch.float64)
-    for i, v in enumerate(s):
-        S[i, i] = v
-    return U @ S @ V.T
+    return M.matrix_with_singular_values(s, m, n, seed)
 
 
 def test_effective_rank_of_rank_one_and_of_r_equal_directions():

@@ -34,6 +34,18 @@ from torch import Tensor
 from utils.core import CourseError, torch_threads
 
 
+def matrix_with_singular_values(s: Sequence[float], m: int, n: int, seed: int = 0) -> Tensor:
+    """A random m x n float64 matrix whose singular values are exactly `s` (a known answer for
+    testing rank metrics)."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    S = torch.zeros(m, n, dtype=torch.float64)
+    for i, v in enumerate(s):
+        S[i, i] = v
+    return U @ S @ V.T
+
+
 def _matrix(dW: Tensor, name: str = "dW") -> Tensor:
     if not isinstance(dW, Tensor) or dW.ndim != 2:
         raise CourseError(f"{name} must be a 2-D tensor (a weight matrix), got "

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.core import CourseError, check_fields, set_seed
+from utils.core import CourseError, check_fields
 from utils.hooks import HookedMLPPolicy
-from utils.rl.envs import check_agent_config, make_env
+from utils.rl.envs import check_agent_config, setup_run
 
 
 @dataclass
@@ -87,18 +87,7 @@ def epsilon_at(step: int, cfg: DQNConfig) -> float:
 
 
 def train_dqn(cfg: DQNConfig, qnet: HookedMLPPolicy | None = None, env=None, progress: bool = True) -> DQNResult:
-    cfg.validate()
-    set_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    env = env if env is not None else make_env(cfg.env_id, cfg.n_envs, seed=cfg.seed, **cfg.env_kwargs)
-    if env.n_envs != cfg.n_envs:
-        raise CourseError(f"the env has {env.n_envs} envs but the config says n_envs={cfg.n_envs}")
-    if qnet is None:
-        qnet = HookedMLPPolicy(env.obs_dim, env.n_actions, cfg.hidden, value_head=False)
-    if qnet.obs_dim != env.obs_dim or qnet.n_actions != env.n_actions:
-        raise CourseError(f"Q-network expects obs_dim={qnet.obs_dim}, n_actions={qnet.n_actions}; "
-                          f"{cfg.env_id} has obs_dim={env.obs_dim}, n_actions={env.n_actions}")
-    qnet.to(device)
+    env, qnet, device = setup_run(cfg, qnet, env, value_head=False, label="Q-network")
     target = copy.deepcopy(qnet)
     optimizer = torch.optim.Adam(qnet.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)

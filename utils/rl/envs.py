@@ -112,3 +112,25 @@ def check_agent_config(cfg) -> None:
     if cfg.stop_at_success is not None and not 0 < cfg.stop_at_success <= 1:
         raise CourseError(f"{name}.stop_at_success must be in (0, 1] or None, got {cfg.stop_at_success!r}")
     check_env_name(cfg.env_id)
+
+
+def setup_run(cfg, net, env, value_head: bool, label: str):
+    """What train_ppo and train_dqn do first: validate `cfg`, seed, build (or check) the batched
+    env and the HookedMLPPolicy, and move the network to cfg.device. Returns (env, net, device)."""
+    import torch
+
+    from utils.core import set_seed
+    from utils.hooks import HookedMLPPolicy
+
+    cfg.validate()
+    set_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    env = env if env is not None else make_env(cfg.env_id, cfg.n_envs, seed=cfg.seed, **cfg.env_kwargs)
+    if env.n_envs != cfg.n_envs:
+        raise CourseError(f"the env has {env.n_envs} envs but the config says n_envs={cfg.n_envs}")
+    if net is None:
+        net = HookedMLPPolicy(env.obs_dim, env.n_actions, cfg.hidden, value_head=value_head)
+    if net.obs_dim != env.obs_dim or net.n_actions != env.n_actions:
+        raise CourseError(f"{label} expects obs_dim={net.obs_dim}, n_actions={net.n_actions}; "
+                          f"{cfg.env_id} has obs_dim={env.obs_dim}, n_actions={env.n_actions}")
+    return env, net.to(device), device

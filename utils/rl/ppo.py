@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.core import CourseError, check_fields, set_seed
+from utils.core import CourseError, check_fields
 from utils.hooks import HookedMLPPolicy
-from utils.rl.envs import check_agent_config, make_env
+from utils.rl.envs import check_agent_config, setup_run
 
 
 @dataclass
@@ -113,18 +113,7 @@ def clipped_surrogate_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tenso
 
 def train_ppo(cfg: PPOConfig, policy: HookedMLPPolicy | None = None, env=None, progress: bool = True) -> PPOResult:
     """Train a HookedMLPPolicy with PPO. Pass `env` to reuse a batched env (else make_env(cfg.env_id))."""
-    cfg.validate()
-    set_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    env = env if env is not None else make_env(cfg.env_id, cfg.n_envs, seed=cfg.seed, **cfg.env_kwargs)
-    if env.n_envs != cfg.n_envs:
-        raise CourseError(f"the env has {env.n_envs} envs but the config says n_envs={cfg.n_envs}")
-    if policy is None:
-        policy = HookedMLPPolicy(env.obs_dim, env.n_actions, cfg.hidden)
-    if policy.obs_dim != env.obs_dim or policy.n_actions != env.n_actions:
-        raise CourseError(f"policy expects obs_dim={policy.obs_dim}, n_actions={policy.n_actions}; "
-                          f"{cfg.env_id} has obs_dim={env.obs_dim}, n_actions={env.n_actions}")
-    policy.to(device)
+    env, policy, device = setup_run(cfg, policy, env, value_head=True, label="policy")
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
 
     T, N = cfg.n_steps, cfg.n_envs
