@@ -3,7 +3,10 @@
 The site is built from a staging copy (_build/site_src) holding _config.yml, _toc.yml,
 book/ and the solution notebooks: the committed ones (no outputs) or, with
 `executed=True`, the papermill-executed ones from _build/executed/, so the site shows
-real outputs while jupyter-book itself never executes anything.
+real outputs while jupyter-book itself never executes anything. Staging folds the
+plumbing cells (setup, parameters, papermill's injected parameters) behind one-line
+captions (`utils.course.notebooks.fold_plumbing`), and points the site's MathJax cache at
+_build/mathjax so the pinned MathJax copy (book/_ext/site_assets.py) is fetched once.
 """
 from __future__ import annotations
 
@@ -12,32 +15,40 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
+import yaml
+
 from utils.core import CourseError
 from utils.course import REPO_ROOT
 from utils.course.chapters import ready_chapters
+from utils.course.notebooks import fold_plumbing
 
 
-def stage(root: Path, build_dir: Path, executed: bool) -> Path:
+def stage(root: Path, build_dir: Path, executed: bool, executed_dir: Path | None = None) -> Path:
     src = build_dir / "site_src"
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(root / name, src / name)
+    shutil.copy2(root / "_toc.yml", src / "_toc.yml")
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    config.setdefault("sphinx", {}).setdefault("config", {})["offline_mathjax_cache"] = str(root.resolve() / "_build" / "mathjax")
+    (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns("__pycache__"))
     (src / "solutions").mkdir()
     for ch in ready_chapters():
-        nb = (build_dir / "executed" / f"{ch.id}.ipynb") if executed else (root / "solutions" / f"{ch.id}.ipynb")
+        nb = ((executed_dir or build_dir / "executed") / f"{ch.id}.ipynb") if executed else (root / "solutions" / f"{ch.id}.ipynb")
         if not nb.exists():
             raise CourseError(f"{nb} is missing: run `python -m utils.course run --profile cpu` first")
-        shutil.copy2(nb, src / "solutions" / nb.name)
+        nbformat.write(fold_plumbing(nbformat.read(nb, as_version=4)), src / "solutions" / nb.name)
     return src
 
 
-def build(root: Path = REPO_ROOT, build_dir: Path | None = None, executed: bool = False) -> Path:
-    """Build the site into <build_dir>/html and return the path of its index.html."""
+def build(root: Path = REPO_ROOT, build_dir: Path | None = None, executed: bool = False,
+          executed_dir: Path | None = None) -> Path:
+    """Build the site into <build_dir>/html and return the path of its index.html; with
+    `executed`, from the notebooks in `executed_dir` (default <build_dir>/executed)."""
     build_dir = (build_dir or root / "_build").resolve()
-    src = stage(root, build_dir, executed)
+    src = stage(root, build_dir, executed, executed_dir)
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
     if jb is None:
         raise CourseError("jupyter-book is not installed: run `pip install -r requirements.txt`")

@@ -1,6 +1,14 @@
-"""The fast rules (seconds): every problem found is one line; exit 1 if any."""
+"""The fast rules (seconds): every problem found is one line; exit 1 if any.
+
+One rule is a warning for now: code lines longer than MAX_CODE_LINE characters (the site
+wraps them, book/_ext/static/course.css, but code reads best within the column). While
+LONG_LINES_FAIL is False, `problems()` prints one warning line per notebook to stderr and
+does not count them; flip it to True once the notebooks meet the limit.
+`python -m utils.course.check --long-lines` lists every offending line.
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nbformat
@@ -8,8 +16,11 @@ import yaml
 
 from utils.course import REPO_ROOT
 from utils.course.chapters import CHAPTERS, ready_chapters
-from utils.course.notebooks import ExerciseMarkupError, generate
+from utils.course.notebooks import FOLD_TAG, ExerciseMarkupError, generate, is_folded
 from utils.course.setup_cell import SETUP_TAG, setup_cell_source
+
+MAX_CODE_LINE = 100       # characters in a line of a code cell
+LONG_LINES_FAIL = False   # False: long lines are warnings; True: they are problems (exit 1)
 
 
 def _tags(cell) -> list[str]:
@@ -40,7 +51,41 @@ def notebook_problems(path: Path, setup_src: str) -> list[str]:
     params = [c for c in code if "parameters" in _tags(c)]
     if params and "PROFILE" not in params[0].source:
         probs.append(f"{rel}: the parameters cell does not set PROFILE")
+    for what, cells in (("setup", setup[:1]), ("parameters", params[:1])):
+        if cells and not is_folded(cells[0]):
+            probs.append(f"{rel}: the {what} cell is not folded on the site (tag '{FOLD_TAG}' and its caption; "
+                         "run `make notebooks`)")
     return probs
+
+
+def long_lines(root: Path = REPO_ROOT, limit: int = MAX_CODE_LINE) -> list[str]:
+    """One line per code line longer than `limit`, in the solutions (the exercise notebooks
+    are generated from them) and, once, in the standard setup cell."""
+    out = []
+    for n, line in enumerate(setup_cell_source(root).split("\n"), 1):
+        if len(line) > limit:
+            out.append(f"utils/course/setup_cell.py (the setup cell) line {n}: {len(line)} characters (limit {limit})")
+    for path in sorted((root / "solutions").glob("*.ipynb")):
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception:
+            continue  # notebook_problems reports it
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or SETUP_TAG in _tags(cell):
+                continue
+            for n, line in enumerate(cell.source.split("\n"), 1):
+                if len(line) > limit:
+                    out.append(f"{path.relative_to(root)} cell {i} line {n}: {len(line)} characters (limit {limit})")
+    return out
+
+
+def _long_line_warnings(found: list[str]) -> list[str]:
+    per_file: dict[str, int] = {}
+    for line in found:
+        name = line.split(" ", 1)[0]
+        per_file[name] = per_file.get(name, 0) + 1
+    return [f"warning: {name}: {k} code line(s) over {MAX_CODE_LINE} characters "
+            "(`python -m utils.course.check --long-lines` lists them)" for name, k in per_file.items()]
 
 
 def problems(root: Path = REPO_ROOT) -> list[str]:
@@ -70,6 +115,12 @@ def problems(root: Path = REPO_ROOT) -> list[str]:
                 out.append(f"{rel}: missing for ready chapter {ch.id}")
             if rel.rsplit(".", 1)[0] not in toc_files:
                 out.append(f"{rel}: not listed in _toc.yml")
+    found = long_lines(root)
+    if LONG_LINES_FAIL:
+        out += found
+    else:
+        for line in _long_line_warnings(found):
+            print(line, file=sys.stderr)
     return out
 
 
@@ -85,3 +136,11 @@ def _toc_files(node) -> list[str]:
         for v in node:
             found += _toc_files(v)
     return found
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--long-lines"]:
+        lines = long_lines()
+        print("\n".join(lines) or f"no code line over {MAX_CODE_LINE} characters")
+        sys.exit(1 if lines and LONG_LINES_FAIL else 0)
+    sys.exit("usage: python -m utils.course.check --long-lines  (the other rules: python -m utils.course check)")

@@ -11,7 +11,10 @@ In a solution's code cell an exercise region is marked like this, inside a funct
 
 The exercise notebook keeps everything but the region's code, which becomes
 `raise NotImplementedError(...)` at the region's indentation. The generator also
-writes the standard setup cell into every notebook and strips outputs.
+writes the standard setup cell into every notebook, strips outputs, and folds the plumbing
+cells on the website: the setup and parameters cells get Jupyter Book's `hide-input` tag
+and a one-line caption (`mystnb.code_prompt_show`) that says what they do. In Jupyter and
+Colab the tag changes nothing: the cells stay as they are.
 """
 from __future__ import annotations
 
@@ -28,6 +31,17 @@ from utils.course.setup_cell import SETUP_TAG, setup_cell_source
 BEGIN = re.compile(r"^(\s*)# EXERCISE BEGIN\s*$")
 END = re.compile(r"^(\s*)# EXERCISE END\s*$")
 STUB = 'raise NotImplementedError("Exercise: write this function body, then run the check below.")'
+
+# Cells folded on the website (by their tag) and the caption shown on the folded cell.
+# `injected-parameters` is the cell papermill adds to executed notebooks; the site build
+# folds it too (utils.course.book applies `fold_plumbing` to what it stages).
+FOLD_TAG = "hide-input"
+FOLD_CAPTIONS = {
+    SETUP_TAG: "Course setup: installs the pinned packages in Colab, makes utils importable",
+    "parameters": "Parameters: PROFILE (smoke | cpu | gpu) and the sizes it selects",
+    "injected-parameters": "Parameters papermill injected for this run",
+}
+_PROFILE = re.compile(r"""^PROFILE\s*=\s*["']([\w-]+)["']""", re.M)
 
 
 class ExerciseMarkupError(ValueError):
@@ -87,8 +101,42 @@ def has_exercise(source: str) -> bool:
     return any(BEGIN.match(line) for line in source.split("\n"))
 
 
+def fold_caption(cell) -> str | None:
+    """The caption for a plumbing cell folded on the site, or None for any other cell."""
+    tags = cell.get("metadata", {}).get("tags", [])
+    tag = next((t for t in FOLD_CAPTIONS if t in tags), None)
+    if cell.cell_type != "code" or tag is None:
+        return None
+    caption = FOLD_CAPTIONS[tag]
+    if tag == "injected-parameters" and (m := _PROFILE.search(cell.source)):
+        caption = f"This page ran with PROFILE = {m.group(1)!r}, set by papermill"
+    return caption
+
+
+def fold_plumbing(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Tag the setup and parameters cells `hide-input` with a one-line caption (in place)."""
+    for cell in nb.cells:
+        caption = fold_caption(cell)
+        if caption is None:
+            continue
+        meta = cell.setdefault("metadata", {})
+        if FOLD_TAG not in meta.setdefault("tags", []):
+            meta["tags"].append(FOLD_TAG)
+        meta["mystnb"] = {**meta.get("mystnb", {}), "code_prompt_show": caption, "code_prompt_hide": caption}
+    return nb
+
+
+def is_folded(cell) -> bool:
+    """Whether a plumbing cell carries the fold tag and its current caption."""
+    caption = fold_caption(cell)
+    meta = cell.get("metadata", {})
+    return (caption is not None and FOLD_TAG in meta.get("tags", [])
+            and meta.get("mystnb", {}).get("code_prompt_show") == caption)
+
+
 def normalise(nb: nbformat.NotebookNode, setup_src: str) -> nbformat.NotebookNode:
-    """Strip outputs and execution counts, and write the standard setup cell (the cell tagged 'setup')."""
+    """Strip outputs and execution counts, write the standard setup cell (the cell tagged
+    'setup'), and fold the plumbing cells on the site (`fold_plumbing`)."""
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -100,7 +148,7 @@ def normalise(nb: nbformat.NotebookNode, setup_src: str) -> nbformat.NotebookNod
     for cell in nb.cells:
         cell.get("metadata", {}).pop("papermill", None)
         cell.get("metadata", {}).pop("execution", None)
-    return nb
+    return fold_plumbing(nb)
 
 
 def exercise_notebook(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
