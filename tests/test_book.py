@@ -364,7 +364,9 @@ def test_every_page_in_headless_chromium(site, browser):
                        "folded": len(m["folded"]), "problems": problems})
         failures += [f"{page}: {p}" for p in problems]
     (SCREENSHOTS / "report.json").write_text(json.dumps({"executed": _use_executed(), "pages": report}, indent=1))
-    assert not failures, "\n".join(failures)
+    source = ("the executed notebooks in _build/executed/ (COURSE_SITE_EXECUTED=0: the committed ones)"
+              if _use_executed() else "the committed notebooks")
+    assert not failures, f"site built from {source}; report in {SCREENSHOTS / 'report.json'}\n" + "\n".join(failures)
 
 
 def test_chapter_page_in_headless_chromium(site, browser):
