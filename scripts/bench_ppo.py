@@ -52,7 +52,7 @@ def run_sb3(budget: int, threshold: float, window: int, seed: int) -> dict:
         from stable_baselines3.common.env_util import make_vec_env
     except ImportError:
         raise CourseError("stable-baselines3 is not installed: pip install stable-baselines3==2.9.2") from None
-    from utils.gridworld import GYM_ID
+    from utils.envs.colour_goal import GYM_ID
 
     class StopAtSuccess(BaseCallback):
         def __init__(self):

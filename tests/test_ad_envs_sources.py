@@ -3,22 +3,31 @@ import pytest
 import torch
 
 from utils.ad.data import history_tokens, make_tokens, sample_windows
-from utils.ad.envs import DOWN, LEFT, RIGHT, STAY, UP, BernoulliBandit, DarkRoom, optimal_return, random_bandits, split_goals
 from utils.ad.interp import goal_found_labels, random_walk_hits
-from utils.ad.sources import (History, QLearningConfig, annealed_expert_histories, bandit_histories, expert_action,
-                              q_learning_histories, shuffle_episodes)
+from utils.ad.sources import (
+    History,
+    QLearningConfig,
+    annealed_expert_histories,
+    bandit_histories,
+    expert_action,
+    q_learning_histories,
+    shuffle_episodes,
+)
 from utils.core import CourseError
+from utils.envs.bandits import BernoulliBandit, random_bandits
+from utils.envs.dark_room import DOWN, LEFT, RIGHT, STAY, UP, DarkRoom, optimal_return, split_goals
 
 
 def test_dark_room_dynamics_and_reward():
     env = DarkRoom(torch.tensor([40 - 9, 0]))  # goal one cell above the centre; a corner
     assert env.reset().tolist() == [40, 40]
-    obs, r = env.step(torch.tensor([UP, LEFT]))
+    obs, r, term, trunc, _ = env.step(torch.tensor([UP, LEFT]))
+    assert not term.any() and not trunc.any()
     assert obs.tolist() == [31, 39] and r.tolist() == [1, 0]
-    obs, r = env.step(torch.tensor([STAY, UP]))
+    obs, r, *_ = env.step(torch.tensor([STAY, UP]))
     assert r.tolist() == [1, 0]
     env.pos = torch.tensor([0, 0])
-    obs, _ = env.step(torch.tensor([UP, LEFT]))  # walls clip
+    obs, *_ = env.step(torch.tensor([UP, LEFT]))  # walls clip
     assert obs.tolist() == [0, 0]
     assert optimal_return(torch.tensor([31, 0, 40])).tolist() == [20.0, 13.0, 20.0]
 

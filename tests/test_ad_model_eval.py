@@ -3,15 +3,23 @@ import pytest
 import torch
 
 from utils.ad.data import history_tokens, make_tokens
-from utils.ad.envs import random_bandits, split_goals
 from utils.ad.evaluate import bandit_rollout, in_context_rollout, window_tokens
-from utils.ad.interp import (attention_to_reward, episode_start_windows, found_goal_queries, head_patching,
-                             last_position_residuals, reward_keys, same_state_mass, uniform_baseline)
-from utils.ad.model import ADConfig, ADTransformer
+from utils.ad.interp import (
+    episode_start_windows,
+    found_goal_queries,
+    head_patching,
+    last_position_residuals,
+    reward_keys,
+    same_state_mass,
+)
 from utils.ad.pretrain import VARIANTS, DarkRoomSpec, load_variant, variant_history
 from utils.ad.sources import QLearningConfig, annealed_expert_histories, q_learning_histories
 from utils.ad.train import TrainConfig, ad_loss, train_ad
 from utils.core import CourseError
+from utils.envs.bandits import random_bandits
+from utils.envs.dark_room import split_goals
+from utils.interp.attention import attention_to_reward, uniform_baseline
+from utils.models.ad_transformer import ADConfig, ADTransformer
 
 
 def small_model(**kw):

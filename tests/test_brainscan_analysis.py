@@ -6,9 +6,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from utils.brainscan import analysis as A
-from utils.brainscan import metrics as M
-from utils.brainscan.report import fmt, ordering_verdict
 from utils.core import CourseError
+from utils.stats import fmt_interval, ordering_verdict, seed_summary
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,7 @@ def test_ordering_verdict():
     assert ordering_verdict(lo, [hi]) == "reversed"
     assert ordering_verdict(hi, [mid]) == "not separated"
     assert ordering_verdict(lo, [hi], x_larger=False) == "held"
-    one = M.seed_interval([0.3])
-    assert ordering_verdict(one, [M.seed_interval([0.1])]).startswith("one seed")
-    assert "opposite" in ordering_verdict(one, [M.seed_interval([0.5])])
-    assert fmt(one) == "0.300 (1 seed)" and fmt((1.0, 0.5, 1.5), 1) == "1.0 [0.5, 1.5]"
+    one = seed_summary([0.3])
+    assert ordering_verdict(one, [seed_summary([0.1])]).startswith("one seed")
+    assert "opposite" in ordering_verdict(one, [seed_summary([0.5])])
+    assert fmt_interval(one) == "0.300 (1 seed)" and fmt_interval((1.0, 0.5, 1.5), 1) == "1.0 [0.5, 1.5]"

@@ -3,7 +3,15 @@ GRPO run on the embedded model change the weights (a few seconds each, offline).
 import pytest
 import torch
 
-from utils.brainscan.train import TASKS, BrainScanConfig, completion_scores, detox_reward, get_task, sentiment_reward, train_method
+from utils.brainscan.train import (
+    TASKS,
+    BrainScanConfig,
+    completion_scores,
+    detox_reward,
+    get_task,
+    sentiment_reward,
+    train_method,
+)
 from utils.core import CourseError
 
 

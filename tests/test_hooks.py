@@ -2,8 +2,11 @@ import pytest
 import torch
 
 from utils.core import CourseError
-from utils.hooks import (HookedMLPPolicy, add_hook, cache_activations, fraction_recovered, logit_diff,
-                         patching_sweep, replace_hook, run_patched)
+from utils.interp.attribution import logit_diff
+from utils.interp.hooks import cache_activations
+from utils.interp.patching import fraction_recovered, patching_sweep, replace_hook, run_patched
+from utils.interp.steering import add_hook
+from utils.models.mlp_policy import HookedMLPPolicy
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import torch
 
 from utils.checkpoints import DATA_DIR, CheckpointError, read_manifest
 from utils.core import CourseError
+from utils.envs import tictactoe as T
 from utils.lm import api, artifacts
 from utils.lm import corpora as C
 from utils.lm import rewards as R
@@ -188,10 +189,10 @@ def test_generated_reviews_carry_their_sentiment():
 
 
 def test_tic_tac_toe_minimax_and_rewards():
-    assert C.minimax_value(C.EMPTY_BOARD) == 0                  # perfect play draws
+    assert T.minimax_value(T.EMPTY_BOARD) == 0                  # perfect play draws
     # X has 0 and 1; X to move wins at 2
     moves = [0, 3, 1, 4]
-    assert C.best_moves(C.board_from_moves(moves)) == [2]
+    assert T.best_moves(T.board_from_moves(moves)) == [2]
     assert R.move_value(moves, 2) == 1.0 and R.move_value(moves, 0) is None and R.move_value(moves, None) is None
     assert R.parse_move(" 4 X5") == 4 and R.parse_move("X4") is None and R.parse_move("9") is None
     assert C.parse_moves(C.format_game([4, 0, 8], None)) == [4, 0, 8]
@@ -203,12 +204,12 @@ def test_tic_tac_toe_minimax_and_rewards():
     assert prompts[0] == "game: X0 O3 X1 O4 X8 O"
     assert R.ttt_move_reward(prompts, [" 5", " 6", " 0", " hi"]) == [1.0, -1.0, -2.0, -3.0]
     for g in C.ttt_corpus(50, seed=1):
-        assert C.winner(C.board_from_moves(g["moves"])) == g["result"]
+        assert T.winner(T.board_from_moves(g["moves"])) == g["result"]
 
 
 def test_play_vs_minimax_outcomes():
     def perfect(prompts):
-        return [str(C.best_moves(C.board_from_moves(C.parse_moves(p)))[0]) for p in prompts]
+        return [str(T.best_moves(T.board_from_moves(C.parse_moves(p)))[0]) for p in prompts]
 
     games = R.play_vs_minimax(perfect, 20, seed=0)
     assert all(g.outcome == "draw" and g.reward == 10.0 for g in games)       # the ceiling: always a draw

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from utils.core import CourseError
-from utils.probes import probe_with_baselines, train_probe
+from utils.interp.probes import probe_with_baselines, train_probe
 
 
 def _data(n=400, d=10, seed=0):

@@ -5,8 +5,20 @@ import pytest
 import torch
 
 from utils.core import CourseError
-from utils.gridworld import (BLUE, DOWN, GYM_ID, LEFT, RED, RIGHT, UP, ColourGoalGrid, encode, make_minigrid_colour_goal,
-                             obs_dim_for, shortest_path_actions)
+from utils.envs.colour_goal import (
+    BLUE,
+    DOWN,
+    GYM_ID,
+    LEFT,
+    RED,
+    RIGHT,
+    UP,
+    ColourGoalGrid,
+    encode,
+    make_minigrid_colour_goal,
+    obs_dim_for,
+    shortest_path_actions,
+)
 
 
 def test_reset_places_three_distinct_cells_and_valid_obs():
@@ -61,7 +73,7 @@ def test_shortest_path_policy_always_succeeds():
         good = shortest_path_actions(env.agent, env.goal_cell())
         # avoid stepping onto the other tile when another shortest move exists
         other = env.tiles[np.arange(256), 1 - env.goal]
-        from utils.gridworld import MOVES
+        from utils.envs.colour_goal import MOVES
         nxt = np.clip(env.agent[:, None] + MOVES[None], 0, 4)
         good &= ~(nxt == other[:, None]).all(-1)
         a = np.where(good.any(1), good.argmax(1), 0)

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from utils.core import CourseError
-from utils.hooks import HookedMLPPolicy
-from utils.rl.analysis import evaluate_gridworld, fraction_recovered_ci, random_policy_rates
+from utils.envs import make_env
+from utils.models.mlp_policy import HookedMLPPolicy
 from utils.rl.dqn import DQNConfig, epsilon_at, train_dqn
-from utils.rl.envs import make_env
+from utils.rl.evaluate import evaluate_gridworld, random_policy_rates
 from utils.rl.ppo import PPOConfig, train_ppo
+from utils.stats import fraction_recovered_ci
 
 torch.set_num_threads(1)
 

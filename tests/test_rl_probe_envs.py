@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from utils.envs.probe import ProbeEnv
 from utils.rl.dqn import DQNConfig, train_dqn
 from utils.rl.ppo import PPOConfig, train_ppo
-from utils.rl.probe_envs import ProbeEnv
 
 torch.set_num_threads(1)
 PPO_FAST = dict(n_envs=16, n_steps=8, lr=1e-2, hidden=(16,), gamma=0.9)

@@ -76,11 +76,11 @@ def test_autosteer_labels_env_and_evaluation(ttt):
     labels = AS.label_features(lm, sae, n_features=6, n_games=120)
     assert len(labels.features) == 6 == len(set(labels.features)) and all("r=" in s for s in labels.labels)
     env = AS.SteeredTicTacToe(lm, sae, labels.features, coef=4.0, n_envs=8, seed=0)
-    obs = env.obs()
+    obs = env.reset()
     assert obs.shape == (8, 9) and (obs == 1).sum() == 8                 # X has made its first move everywhere
     total = torch.zeros(8)
     for _ in range(4):                                                   # O moves at most 4 times per game
-        r, d = env.step(torch.zeros(8, 6))
+        _, r, d, _, _ = env.step(torch.zeros(8, 6))
         total += r
     assert len(env.finished) >= 8                                        # every first game has ended
     assert set(total.tolist()) <= {10.0, -2.0, 0.0}                      # unsteered: no illegal moves

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from utils.core import CourseError
+from utils.stats import fisher_exact_p, n_for_power
 from utils.steering.hook import assert_unchanged, feature_delta, steer_resid, weight_fingerprint
 from utils.steering.policy import Critic, FeaturePolicy, masked_categorical, ppo_ratio
-from utils.steering.stats import fisher_exact_p, n_for_power
 
 
 def _sae(d_sae=10, d=4):

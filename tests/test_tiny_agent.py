@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from utils.core import CourseError
-from utils.tiny_agent import LEFT, RIGHT, CueCorridor, TrainConfig, encode, evaluate, random_policy_success, train_cue_agent
+from utils.envs.cue_corridor import LEFT, RIGHT, CueCorridor, encode
+from utils.rl.a2c import A2CConfig, a2c_loss, nstep_returns, train_cue_agent
+from utils.rl.evaluate import corridor_random_success, evaluate_corridor
 
 
 def test_encode_and_bad_input():
@@ -16,26 +18,42 @@ def test_encode_and_bad_input():
     with pytest.raises(CourseError):
         CueCorridor(0)
     with pytest.raises(CourseError):
-        TrainConfig(lr=-1.0)
+        A2CConfig(lr=-1.0)
     with pytest.raises(CourseError):
-        TrainConfig(n_envs=0)
+        A2CConfig(n_envs=0)
 
 
 def test_env_rewards():
     env = CueCorridor(2, seed=0)
+    env.reset()
     env.pos[:] = torch.tensor([1, 5])
     env.cue[:] = torch.tensor([LEFT, LEFT])
-    reward, done, _ = env.step(torch.tensor([LEFT, RIGHT]))
-    assert reward.tolist() == [1.0, -1.0] and done.tolist() == [True, True]
+    _, reward, term, trunc, info = env.step(torch.tensor([LEFT, RIGHT]))
+    assert reward.tolist() == [1.0, -1.0] and term.tolist() == [True, True] and not trunc.any()
+    assert info["success"].tolist() == [True, False] and info["episode_return"].tolist() == [1.0, -1.0]
+    with pytest.raises(CourseError):
+        env.step(torch.tensor([0, 2]))
+
+
+def test_a2c_loss_matches_hand_computation():
+    logps, ents = torch.tensor([[-0.5], [-1.0]]), torch.tensor([[0.6], [0.7]])
+    values, returns = torch.tensor([[0.2], [0.4]]), torch.tensor([[1.0], [0.0]])
+    adv = returns - values
+    expected = -(logps * adv).mean() + 0.5 * adv.pow(2).mean() - 0.01 * ents.mean()
+    assert torch.allclose(a2c_loss(logps, ents, values, returns, 0.01), expected)
+    # n-step returns: bootstrap only through steps that did not end the episode
+    r = nstep_returns([torch.tensor([0.0]), torch.tensor([1.0])], [torch.tensor([0.0]), torch.tensor([1.0])],
+                      torch.tensor([5.0]), 0.9)
+    assert torch.allclose(r, torch.tensor([[0.9], [1.0]]))
 
 
 def test_agent_learns_and_beats_chance():
-    policy, log = train_cue_agent(TrainConfig(iterations=80, seed=0), progress=False)
-    assert evaluate(policy, n_episodes=300)["success"] > 0.95
-    assert random_policy_success(1000) < 0.7
+    policy, log = train_cue_agent(A2CConfig(iterations=80, seed=0), progress=False)
+    assert evaluate_corridor(policy, n_episodes=300)["success"] > 0.95
+    assert corridor_random_success(1000) < 0.7
 
 
 def test_training_is_reproducible():
-    a, _ = train_cue_agent(TrainConfig(iterations=5, seed=3), progress=False)
-    b, _ = train_cue_agent(TrainConfig(iterations=5, seed=3), progress=False)
+    a, _ = train_cue_agent(A2CConfig(iterations=5, seed=3), progress=False)
+    b, _ = train_cue_agent(A2CConfig(iterations=5, seed=3), progress=False)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

@@ -1,6 +1,7 @@
 """Devices, seeds and profiles: the three things every notebook sets up first."""
 from __future__ import annotations
 
+import math
 import os
 import random
 from typing import Any, Mapping
@@ -97,7 +98,6 @@ def check_fields(cfg: Any, *, positive_int: tuple[str, ...] = (), positive: tupl
     """Validate a config dataclass's fields by kind, raising a one-line CourseError naming the
     first bad one: `positive_int` (ints > 0), `positive` (finite numbers > 0), `unit` (numbers
     in [0, 1]) and `nonneg` (numbers >= 0)."""
-    import math
 
     cls = type(cfg).__name__
 

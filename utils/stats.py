@@ -18,7 +18,8 @@ Pick the function by the question, and know THE UNIT it treats as independent:
 - "Are two small-count rates k1/n1, k2/n2 different?" -> `fisher_exact_p`: unit = trials.
 - "How many trials per arm to detect p1 vs p2?" -> `n_for_power`.
 - "Interval on a statistic of several paired columns (e.g. a ratio of means)?" ->
-  `bootstrap_statistic(stat, *columns)`: unit = rows (pairs).
+  `bootstrap_statistic(stat, *columns)`: unit = rows (pairs); `fraction_recovered_ci` is the
+  patching case (unit = counterfactual pairs of one model).
 - Report tables for a claim "X is larger than Y and Z" over seeds -> `summarize`,
   `seed_summary`, `fmt_interval`, `intervals_separate`, `ordering_verdict`.
 
@@ -271,6 +272,23 @@ def bootstrap_statistic(statistic: Callable[..., np.ndarray], *columns, n_boot: 
     if not math.isfinite(value) or np.isnan(boots).any():
         raise StatsError("bootstrap_statistic: the statistic is undefined (NaN) on the data or on some resamples")
     return value, float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+
+
+def fraction_recovered_ci(patched, clean, corrupt, n_boot: int = 1000, seed: int = 0) -> Interval:
+    """(fraction, low, high): (mean patched - mean corrupt) / (mean clean - mean corrupt) over
+    counterfactual pairs, with a 95% percentile bootstrap CI resampling the PAIRS (unit = pairs of
+    one trained model: a within-run interval, not an interval over training seeds)."""
+    p, c, x = (torch.as_tensor(v).detach().double() for v in (patched, clean, corrupt))
+    if not (p.shape == c.shape == x.shape) or p.ndim != 1:
+        raise StatsError(f"need three per-pair metric vectors of the same length, got {tuple(p.shape)}, "
+                         f"{tuple(c.shape)}, {tuple(x.shape)}")
+    gap = (c - x).mean()
+    if abs(float(gap)) < 1e-8:
+        raise StatsError("clean and corrupt runs give the same metric: pick counterfactuals that change the output")
+    idx = torch.randint(0, len(p), (n_boot, len(p)), generator=torch.Generator().manual_seed(seed))
+    boots = (p[idx].mean(1) - x[idx].mean(1)) / (c[idx].mean(1) - x[idx].mean(1))
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
+    return float((p.mean() - x.mean()) / gap), lo, hi
 
 
 # ---------------------------------------------------------------- tests

@@ -52,8 +52,3 @@ def sample_windows(tokens: Tensor, targets: Tensor, episode_len: int, context_ep
     starts = torch.randint(0, n_eps - context_episodes + 1, (batch_size,), generator=g) * episode_len
     idx = starts[:, None] + torch.arange(context_episodes * episode_len)
     return tokens[rows[:, None], idx], targets[rows[:, None], idx]
-
-
-def context_tokens(obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor) -> Tensor:
-    """Stack three [B, T] tensors into tokens [B, T, 3]."""
-    return torch.stack([obs, prev_actions, prev_rewards], -1).long()

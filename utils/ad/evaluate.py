@@ -14,9 +14,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from utils.ad.data import make_tokens
-from utils.ad.envs import DarkRoom, optimal_return
 from utils.ad.sources import History
 from utils.core import CourseError
+from utils.envs.bandits import BernoulliBandit
+from utils.envs.dark_room import DarkRoom, optimal_return
 
 
 @dataclass
@@ -80,7 +81,7 @@ def in_context_rollout(model, goals: Tensor, n_episodes: int, context_episodes: 
             logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks) if fwd_hooks else model(tokens)
             logits = logits[:, -1].float().cpu()
             act = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1) if sample else logits.argmax(-1)
-            s, rew = env.step(act)
+            s, rew, *_ = env.step(act)
             acts[:, e, t], rews[:, e, t] = act, rew
     hist = History(obs[:, n_pre:], acts[:, n_pre:], rews[:, n_pre:], goals)
     sched = goals[:, None].expand(n, n_episodes) if goal_schedule is None else goal_schedule
@@ -90,8 +91,6 @@ def in_context_rollout(model, goals: Tensor, n_episodes: int, context_episodes: 
 @torch.no_grad()
 def bandit_rollout(model, means: Tensor, n_pulls: int, sample: bool = True, seed: int = 0) -> History:
     """Run `model` in context on bandits `means` [n, k] for `n_pulls` pulls (one episode)."""
-    from utils.ad.envs import BernoulliBandit
-
     env = BernoulliBandit(means, seed=seed)
     n, k = env.n_tasks, env.n_actions
     if n_pulls > model.cfg.n_ctx:
@@ -106,5 +105,5 @@ def bandit_rollout(model, means: Tensor, n_pulls: int, sample: bool = True, seed
         tokens = torch.stack([torch.zeros_like(prev_a), prev_a, prev_r], -1).to(device)
         logits = model(tokens)[:, -1].float().cpu()
         a = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1) if sample else logits.argmax(-1)
-        acts[:, t], rews[:, t] = a, env.pull(a)
+        acts[:, t], rews[:, t] = a, env.step(a)[1]
     return History(torch.zeros_like(acts)[:, None], acts[:, None], rews[:, None], env.means)

@@ -8,41 +8,18 @@ Attention scores take a pattern [batch, heads, query, key] (from
 - induction: mass on the key *after* an earlier occurrence of the query's observation in
   the same episode step sequence (that key holds the action taken then, as its previous
   action) - the "look up what I did last time I was here" pattern.
-Each score is reported beside its chance level: the mass a uniform causal head would put
-on the same keys.
+Each score is reported beside its chance level (`utils.interp.attention.uniform_baseline`):
+the mass a uniform causal head would put on the same keys.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from utils.ad.data import OBS, PREV_REWARD
-from utils.ad.sources import History
+from utils.ad.data import OBS, PREV_REWARD, make_tokens
+from utils.ad.sources import History, annealed_expert_histories
 from utils.core import CourseError
-
-
-def attention_to_reward(pattern: Tensor, rewarded: Tensor, query_mask: Tensor | None = None) -> Tensor:
-    """Mean attention mass per head [H] that queries put on rewarded keys.
-
-    pattern [B, H, Q, K] (rows sum to 1 over causal keys); rewarded [B, K] bool;
-    query_mask [B, Q] bool selects the queries to average over (default: all)."""
-    if pattern.ndim != 4 or rewarded.shape != (pattern.shape[0], pattern.shape[3]):
-        raise CourseError(f"need pattern [B, H, Q, K] and rewarded [B, K], got {tuple(pattern.shape)} and {tuple(rewarded.shape)}")
-    if query_mask is None:
-        query_mask = torch.ones(pattern.shape[0], pattern.shape[2], dtype=torch.bool)
-    if query_mask.shape != (pattern.shape[0], pattern.shape[2]):
-        raise CourseError(f"query_mask must be [B, Q] = {(pattern.shape[0], pattern.shape[2])}, got {tuple(query_mask.shape)}")
-    mass = (pattern * rewarded[:, None, None, :].to(pattern.dtype)).sum(-1)  # [B, H, Q]
-    w = query_mask[:, None, :].to(pattern.dtype)
-    return (mass * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1)
-
-
-def uniform_baseline(keys: Tensor, query_mask: Tensor) -> float:
-    """The mass a uniform causal head would put on `keys` [B, K] from the queries in query_mask [B, Q]."""
-    b, q = query_mask.shape
-    causal = torch.tril(torch.ones(q, keys.shape[1]))
-    frac = (causal[None] * keys[:, None, :].float()).sum(-1) / causal.sum(-1)  # [B, Q]
-    return float((frac * query_mask).sum() / query_mask.sum().clamp_min(1))
+from utils.interp.patching import fraction_recovered
 
 
 def reward_keys(tokens: Tensor) -> Tensor:
@@ -88,7 +65,6 @@ def random_walk_hits(goals: Tensor, n_episodes: int, size: int = 9, episode_len:
     """'Sloppy but successful' episodes: random-policy episodes that pass over the goal at
     least once (resampled until they do). They look like the first episodes of training,
     yet they show the learner exactly where the goal is."""
-    from utils.ad.sources import annealed_expert_histories
 
     goals = torch.as_tensor(goals, dtype=torch.long)
     n = len(goals)
@@ -115,7 +91,6 @@ def episode_start_windows(history: History, context_episodes: int, none_action: 
 
     Returns tokens [N, (K - 1) * L + 1, 3] and labels {'task', 'episode' (index of the first
     episode in the window), 'goal', 'found' (a reward is visible in the window)}."""
-    from utils.ad.data import make_tokens
 
     n, e, l = history.obs.shape
     k1 = context_episodes - 1
@@ -155,7 +130,6 @@ def last_position_residuals(model, tokens: Tensor, hook_names: list[str], batch_
 def head_patching(model, clean: Tensor, corrupt: Tensor, metric) -> Tensor:
     """Fraction of the clean-vs-corrupt metric gap recovered by patching each head's output
     (`blocks.{l}.attn.hook_z`) at the last position from the clean run: [n_layers, n_heads]."""
-    from utils.hooks import fraction_recovered
 
     if clean.shape != corrupt.shape:
         raise CourseError(f"clean and corrupt contexts differ in shape: {tuple(clean.shape)} vs {tuple(corrupt.shape)}")

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from utils.ad.data import history_tokens
-from utils.ad.envs import split_goals
-from utils.ad.model import ADConfig, ADTransformer
-from utils.ad.sources import (History, QLearningConfig, annealed_expert_histories, q_learning_histories,
-                              shuffle_episodes)
+from utils.ad.evaluate import in_context_rollout
+from utils.ad.sources import History, QLearningConfig, annealed_expert_histories, q_learning_histories, shuffle_episodes
 from utils.ad.train import TrainConfig, train_ad
+from utils.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from utils.core import CourseError
+from utils.envs.dark_room import split_goals
+from utils.models.ad_transformer import ADConfig, ADTransformer
 
 VARIANTS = ("ad", "ed", "ad_eps", "ad_shuffled")
 REGENERATE = "python -m utils.ad.pretrain"
@@ -105,8 +106,6 @@ def checkpoint_name(name: str) -> str:
 
 def load_variant(name: str, spec: DarkRoomSpec) -> ADTransformer:
     """The shipped checkpoint of a variant; raises a one-line error if it was made with another spec."""
-    from utils.checkpoints import CheckpointError, load_checkpoint
-
     if name not in VARIANTS:
         raise CourseError(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)}")
     state, entry = load_checkpoint(checkpoint_name(name))
@@ -121,8 +120,6 @@ def load_variant(name: str, spec: DarkRoomSpec) -> ADTransformer:
 
 
 def main() -> None:  # pragma: no cover - the regeneration command
-    from utils.ad.evaluate import in_context_rollout
-    from utils.checkpoints import save_checkpoint
 
     torch.set_num_threads(1)
     spec = DarkRoomSpec()

@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.ad.envs import BernoulliBandit, DarkRoom, next_cell
 from utils.core import CourseError
+from utils.envs.bandits import BernoulliBandit
+from utils.envs.dark_room import DarkRoom, next_cell
+from utils.rl.qlearning import QLearningConfig, eps_greedy, q_update
 
 
 @dataclass
@@ -47,32 +49,6 @@ class History:
         return History(*(torch.cat([getattr(h, f) for h in histories]) for f in ("obs", "actions", "rewards", "tasks")))
 
 
-@dataclass
-class QLearningConfig:
-    n_episodes: int = 60
-    alpha: float = 0.5          # step size
-    gamma: float = 0.9
-    q_init: float = 1.0         # optimistic initial value: drives systematic exploration
-    eps_start: float = 0.3      # epsilon-greedy, decayed geometrically per episode
-    eps_end: float = 0.02
-    eps_decay: float = 0.9
-    replay_sweeps: int = 1      # backward sweeps over the finished episode (propagates reward in one episode)
-
-    def validate(self) -> None:
-        if self.n_episodes < 1 or not 0 < self.alpha <= 1 or not 0 <= self.gamma < 1 or self.replay_sweeps < 0:
-            raise CourseError(f"bad QLearningConfig {self}: need n_episodes >= 1, 0 < alpha <= 1, 0 <= gamma < 1, replay_sweeps >= 0")
-        if not 0 <= self.eps_end <= self.eps_start <= 1:
-            raise CourseError(f"need 0 <= eps_end <= eps_start <= 1, got {self.eps_start}, {self.eps_end}")
-
-
-def _eps_greedy(q_s: Tensor, eps: float | Tensor, g: torch.Generator) -> Tensor:
-    n, a = q_s.shape
-    greedy = (q_s + 1e-6 * torch.rand(n, a, generator=g)).argmax(-1)  # random tie-break
-    rand = torch.randint(0, a, (n,), generator=g)
-    eps = torch.as_tensor(eps, dtype=torch.float).expand(n)
-    return torch.where(torch.rand(n, generator=g) < eps, rand, greedy)
-
-
 def q_learning_histories(goals: Tensor, cfg: QLearningConfig = QLearningConfig(), size: int = 9, episode_len: int = 20,
                          seed: int = 0, progress: bool = False, prefix: History | None = None) -> History:
     """Run tabular Q-learning from scratch on every task (one independent learner per row)
@@ -92,7 +68,7 @@ def q_learning_histories(goals: Tensor, cfg: QLearningConfig = QLearningConfig()
     q = torch.full((n, env.n_obs, env.n_actions), cfg.q_init)
 
     def update(s_, a_, r_, s2_):
-        q[ar, s_, a_] += cfg.alpha * (r_ + cfg.gamma * q[ar, s2_].max(-1).values - q[ar, s_, a_])
+        q_update(q, s_, a_, r_, s2_, cfg.alpha, cfg.gamma)
 
     def sweep(o, a, r, nx):
         for _ in range(cfg.replay_sweeps):
@@ -119,8 +95,8 @@ def q_learning_histories(goals: Tensor, cfg: QLearningConfig = QLearningConfig()
             env.goals = schedule[:, e].clone()
         s = env.reset()
         for t in range(episode_len):
-            a = _eps_greedy(q[ar, s], eps, g)
-            s2, r = env.step(a)
+            a = eps_greedy(q[ar, s], eps, g)
+            s2, r, *_ = env.step(a)
             obs[:, e, t], acts[:, e, t], rews[:, e, t], nxt[:, e, t] = s, a, r, s2
             update(s, a, r, s2)
             s = s2
@@ -158,7 +134,7 @@ def annealed_expert_histories(goals: Tensor, n_episodes: int, eps_start: float =
         for t in range(episode_len):
             a = expert_action(s, env.goals, size, g)
             a = torch.where(torch.rand(n, generator=g) < eps[e], torch.randint(0, 5, (n,), generator=g), a)
-            s2, r = env.step(a)
+            s2, r, *_ = env.step(a)
             obs[:, e, t], acts[:, e, t], rews[:, e, t] = s, a, r
             s = s2
     return History(obs, acts, rews, env.goals)
@@ -194,7 +170,7 @@ def bandit_histories(means: Tensor, n_pulls: int, algo: str = "thompson", seed: 
             a = (score + 1e-6 * torch.rand(n, k, generator=g)).argmax(-1)
         else:
             a = torch.randint(0, k, (n,), generator=g)
-        r = env.pull(a)
+        r = env.step(a)[1]
         acts[:, 0, t], rews[:, 0, t] = a, r
         pulls[torch.arange(n), a] += 1
         wins[torch.arange(n), a] += r.float()

@@ -11,8 +11,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from utils.ad.data import sample_windows
-from utils.ad.model import ADTransformer
 from utils.core import CourseError
+from utils.models.ad_transformer import ADTransformer
 
 
 @dataclass

@@ -10,7 +10,9 @@ model is what the 1-D parameters carry.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import re
 from typing import Iterable, Sequence
 
@@ -19,6 +21,9 @@ from torch import Tensor
 
 from utils.brainscan import metrics as M
 from utils.core import CourseError, torch_threads
+from utils.lm import load_sae
+from utils.lm.api import LM
+from utils.lm.saes import SAEConfig, cache_resid, train_sae
 
 
 def weight_deltas(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, Tensor]:
@@ -98,10 +103,7 @@ def random_alignment(shape: tuple[int, int], k: int = 5, seed: int = 0) -> float
 def hooked(lm, hf_model):
     """The TransformerLens form of `hf_model` (a base or tuned copy of `lm.hf`), built exactly as
     `lm.tl` is, so its residual stream is the one the SAEs were trained on."""
-    import contextlib
-    import io
 
-    from utils.lm.api import LM
 
     with torch_threads(1), contextlib.redirect_stdout(io.StringIO()):   # silence "Moving model to device"
         return LM(lm.name, lm.source, hf_model, lm.tokenizer, lm.path).tl
@@ -111,7 +113,6 @@ def site_sae(lm, hook_name: str, texts: Sequence[str], sae_steps: int = 400, see
     """The SAE for residual site `hook_name` of `lm`'s BASE model: the shipped/pretrained one
     (`load_sae`) for resid_pre sites that have one; for an embedded model, otherwise, one
     trained here with SAELens on base-model activations of `texts`."""
-    from utils.lm import load_sae
 
     m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook_name)
     if not m:
@@ -125,7 +126,6 @@ def site_sae(lm, hook_name: str, texts: Sequence[str], sae_steps: int = 400, see
                 raise
     if lm.source != "local":
         raise CourseError(f"no pretrained SAE for {hook_name!r} of {lm.name!r}: use resid_pre sites")
-    from utils.lm.saes import SAEConfig, train_sae
 
     sae, _ = train_sae(lm.tl, lm.tokenizer, list(texts),
                        SAEConfig(hook_name=hook_name, steps=sae_steps, n_docs=len(texts), seed=seed),
@@ -137,7 +137,6 @@ def site_sae(lm, hook_name: str, texts: Sequence[str], sae_steps: int = 400, see
 def feature_stats(tl_model, tokenizer, sae, texts: Sequence[str], hook_name: str | None = None) -> dict[str, Tensor]:
     """{'mean': feature activations mean-pooled over every non-BOS token of `texts` [d_sae],
     'freq': firing frequency of each feature over those tokens [d_sae]}."""
-    from utils.lm.saes import cache_resid
 
     hook_name = hook_name or sae.cfg.metadata.hook_name
     with torch_threads(1):

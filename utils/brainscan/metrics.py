@@ -21,11 +21,10 @@ SAE features:
 - `firing_frequency`, `disrupted_features`: the count of features whose firing frequency
   changes by more than `threshold`, relative to the base frequency by default.
 
-Seeds: `seed_interval` (t-interval over seeds) and `intervals_separate`.
+Intervals over seeds: `utils.stats` (`seed_interval`, `seed_summary`, `intervals_separate`).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -168,25 +167,3 @@ def disrupted_features(freq_base: Tensor, freq_tuned: Tensor, threshold: float =
 
 # ------------------------------------------------------------------------- seeds
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): a 95% Student-t interval over independent seeds. With one seed the
-    bounds are NaN: one run has no seed-to-seed interval."""
-    x = [float(v) for v in values]
-    n = len(x)
-    if n == 0:
-        raise CourseError("seed_interval needs at least one value")
-    mean = sum(x) / n
-    if n == 1:
-        return mean, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
-    half = _T975.get(n - 1, 1.96) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def intervals_separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
-    """True if two (mean, low, high) intervals do not overlap (False when either bound is NaN)."""
-    if any(math.isnan(v) for v in (*a[1:], *b[1:])):
-        return False
-    return a[1] > b[2] or b[1] > a[2]

@@ -22,8 +22,13 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+import datasets
 import torch
+from datasets import Dataset
 from torch import Tensor
+from transformers.trainer_callback import PrinterCallback
+from transformers.utils import logging as hf_logging
+from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from utils.core import CourseError, set_seed, torch_threads
 from utils.lm import corpora as C
@@ -110,9 +115,6 @@ class BrainScanConfig:
 @contextlib.contextmanager
 def _quiet():
     """TRL and transformers are chatty about things that do not matter for a tiny CPU run."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
     old = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     bars = hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
@@ -168,8 +170,6 @@ def preference_pairs(lm, task: Task, cfg: BrainScanConfig, n_pairs: int) -> list
 def train_method(lm, method: str, task: Task, cfg: BrainScanConfig) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of `lm.hf` with `method` (rloo | grpo | dpo) on `task`; returns
     (tuned model in eval mode, {seconds, history: TRL's per-step logs, pairs (DPO only)})."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     if method not in METHODS:
         raise CourseError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
@@ -196,7 +196,6 @@ def train_method(lm, method: str, task: Task, cfg: BrainScanConfig) -> tuple[tor
                           temperature=cfg.temperature, top_k=0, top_p=1.0, beta=cfg.online_beta)
             trainer = Trainer(model=model, reward_funcs=task.reward, args=args, train_dataset=ds,
                               processing_class=tokenizer)
-        from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)   # disable_tqdm swaps the bar for a printer of every log
         trainer.train()

@@ -10,10 +10,13 @@ solution.
 from __future__ import annotations
 
 import functools
+import importlib
 from pathlib import Path
 from typing import Callable
 
 import nbformat
+
+from utils.course.notebooks import STUB, has_exercise
 
 
 class ExerciseFailed(AssertionError):
@@ -22,7 +25,6 @@ class ExerciseFailed(AssertionError):
 
 def check(fn: Callable) -> Callable:
     """Decorator for check functions: a stub or a crash becomes a clear ExerciseFailed."""
-
     @functools.wraps(fn)
     def wrapper(learner_fn: Callable, *args, **kwargs):
         name = getattr(learner_fn, "__name__", "your function")
@@ -40,15 +42,12 @@ def check(fn: Callable) -> Callable:
 
 
 def chapter_module(chapter: str):
-    import importlib
-
     return importlib.import_module(f"utils.exercises.ch{chapter.split('_')[0]}")
 
 
 def load_exercise_functions(notebook: str | Path) -> dict[str, Callable]:
     """{name: function} defined by the exercise cells of a notebook (solution or exercise
     version). Exercise cells must be self-contained: they import what they use."""
-    from utils.course.notebooks import STUB, has_exercise
 
     nb = nbformat.read(notebook, as_version=4)
     ns: dict = {}

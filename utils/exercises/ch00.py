@@ -5,7 +5,9 @@ import torch
 from transformer_lens.hook_points import HookPoint
 
 from utils.exercises import ExerciseFailed, check
-from utils.hooks import HookedMLPPolicy, cache_activations, fraction_recovered, replace_hook
+from utils.interp.hooks import cache_activations
+from utils.interp.patching import fraction_recovered, replace_hook
+from utils.models.mlp_policy import HookedMLPPolicy
 
 
 @check

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from utils.exercises import ExerciseFailed, check
-from utils.rl.analysis import direct_logit_attribution
+from utils.interp.attribution import direct_logit_attribution
 from utils.rl.dqn import td_target
 from utils.rl.ppo import clipped_surrogate_loss, compute_gae
 

@@ -5,9 +5,9 @@ import torch
 
 from utils.ad.data import make_tokens
 from utils.ad.evaluate import window_tokens
-from utils.ad.interp import attention_to_reward
 from utils.ad.train import ad_loss
 from utils.exercises import ExerciseFailed, check
+from utils.interp.attention import attention_to_reward
 
 
 def _random_history(n: int, e: int, l: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from types import SimpleNamespace
 
 import torch
+from scipy.stats import chi2_contingency, fisher_exact
 
 from utils.exercises import ExerciseFailed, check
+from utils.stats import fisher_exact_p as ref_fisher
 from utils.steering.hook import steer_resid as ref_steer_resid
 from utils.steering.policy import masked_categorical as ref_masked_categorical
 from utils.steering.policy import ppo_ratio as ref_ppo_ratio
-from utils.steering.stats import fisher_exact_p as ref_fisher
 
 
 def _fake_sae(d_sae: int = 12, d_model: int = 6, seed: int = 0) -> SimpleNamespace:
@@ -179,22 +181,16 @@ def check_fisher_exact_p(fisher_exact_p_fn) -> None:
 
 
 def _wrong_fisher_one_sided(k1, n1, k2, n2):
-    from scipy.stats import fisher_exact
-
     return fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="less")[1]
 
 
 def _wrong_fisher_z(k1, n1, k2, n2):
-    from statistics import NormalDist
-
     p1, p2 = k1 / n1, k2 / n2
     se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2) or 1e-12
     return 2 * (1 - NormalDist().cdf(abs(p1 - p2) / se))
 
 
 def _wrong_fisher_chi2(k1, n1, k2, n2):
-    from scipy.stats import chi2_contingency
-
     t = [[k1, n1 - k1], [k2, n2 - k2]]
     if (k1 + k2) == 0 or (k1 + k2) == n1 + n2:
         return 1.0

@@ -8,9 +8,13 @@ import json
 import sys
 import time
 
+from utils.checkpoints import read_manifest
+from utils.core import CourseError
+from utils.lm.api import local_dir
+from utils.lm.artifacts import build
+
 
 def main(argv: list[str] | None = None) -> int:
-    from utils.core import CourseError
 
     p = argparse.ArgumentParser(prog="python -m utils.lm")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -22,21 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.verb == "build":
-            from utils.lm.artifacts import build
 
             t0 = time.time()
             out = build(args.names, progress=not args.quiet)
             print(json.dumps(out, indent=1, default=str))
             print(f"total build time: {time.time() - t0:.1f} s")
         elif args.verb == "list":
-            from utils.checkpoints import read_manifest
 
             for name, e in read_manifest()["artifacts"].items():
                 if name.startswith("lm/"):
                     print(f"{name}: {e['bytes'] / 1e6:.2f} MB  {json.dumps(e['metrics'], default=str)}")
         elif args.verb == "verify":
-            from utils.checkpoints import read_manifest
-            from utils.lm.api import local_dir
 
             bad = []
             for name in read_manifest()["artifacts"]:

@@ -18,12 +18,19 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+
 from utils.checkpoints import DATA_DIR, CheckpointError, artifact_path, read_manifest, sha256_file
-from utils.core import CourseError
+from utils.core import CourseError, get_device
+from utils.lm.convert import to_hooked
+from utils.lm.tokenizer import load_tokenizer
 
 LOCAL_MODELS = ("tiny-reviews", "tiny-ttt", "tiny-qa")
 DEFAULT_SAE_LAYER = 1   # blocks.1.hook_resid_pre: the middle of the 2-layer models
@@ -63,13 +70,10 @@ class LM:
     def tl(self):
         if self._tl is None:
             if self.source == "local":
-                from utils.lm.convert import to_hooked
 
                 self._tl = to_hooked(self.hf, self.tokenizer, name=self.name, device=self.hf.device)
             else:
-                import warnings
 
-                from transformer_lens import HookedTransformer
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
@@ -129,13 +133,10 @@ def local_dir(artifact: str, data_dir: str | os.PathLike = DATA_DIR) -> tuple[Pa
 def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike = DATA_DIR) -> LM:
     """The LM `name`: an embedded model (tiny-reviews, tiny-ttt, tiny-qa) or a hub model
     (gpt2, gemma-2-2b, gemma-2-2b-it)."""
-    from utils.core import get_device
 
     dev = get_device(device)
     if name in LOCAL_MODELS:
-        from transformers import GPT2LMHeadModel
 
-        from utils.lm.tokenizer import load_tokenizer
 
         d, entry = local_dir(model_artifact(name), data_dir)
         tok = load_tokenizer(d)
@@ -144,7 +145,6 @@ def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike
     if name in HUB_MODELS:
         info = HUB_MODELS[name]
         online = _hub_mode()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hub_id = _HUB_IDS[name]
         try:
@@ -169,9 +169,7 @@ def load_sae(name: str, layer: int | None = None, width: str = "16k", device: st
     blocks.{layer}.hook_resid_pre (layer 1 by default). gpt2: gpt2-small-res-jb
     (blocks.{layer}.hook_resid_pre, default 8). gemma-2-2b: Gemma Scope canonical
     (layer_{layer}/width_{width}, default 12)."""
-    from sae_lens import SAE
 
-    from utils.core import get_device
 
     dev = str(get_device(device))
     if name in LOCAL_MODELS:

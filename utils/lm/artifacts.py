@@ -20,9 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-
 from utils.checkpoints import DATA_DIR, register_artifact, sha256_file
 from utils.core import CourseError
+from utils.envs import tictactoe as T
 from utils.lm import corpora as C
 from utils.lm import rewards as R
 from utils.lm.api import DEFAULT_SAE_LAYER, load_model, local_dir, model_artifact, sae_artifact
@@ -150,7 +150,7 @@ def task_metrics(name: str, model, tok, seed: int = 0) -> dict:
         for g in games:
             for t in range(len(g["moves"])):
                 prompts.append(C.ttt_prompt(g["moves"][:t]))
-                boards.append(C.board_from_moves(g["moves"][:t]))
+                boards.append(T.board_from_moves(g["moves"][:t]))
         lp = next_token_logprobs(model, tok, prompts)
         moves = [R.parse_move(tok.decode([int(i)])) for i in lp.argmax(-1)]
         legal = sum(m is not None and b[m] == "." for m, b in zip(moves, boards))

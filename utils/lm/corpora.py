@@ -6,8 +6,8 @@ Three generators, each a pure function of its seed:
   toxicity-like dimension. Every polar or toxic word comes from a fixed lexicon, so
   the rewards in `utils.lm.rewards` are exact, verifiable functions of the text.
 - tic-tac-toe: transcripts of weak or random play, `game: X4 O0 X8 ... result: draw`,
-  which an LM continues with its next move (cells 0-8, row-major), plus exact minimax
-  utilities (memoised over all 5478 reachable boards).
+  which an LM continues with its next move (cells 0-8, row-major); the game itself and its
+  exact minimax are in `utils.envs.tictactoe`.
 - qa: four-way multiple-choice questions about invented entities ("q: what color is
   the kabot? options: red, blue, green, white. answer: green"). Each entity is seen a different number of times in training (log-uniform
   between 1 and 64), so a small model knows the frequent ones and guesses on the rare
@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from utils.core import CourseError
+from utils.envs.tictactoe import EMPTY_BOARD, board_from_moves, epsilon_player, play, play_game, to_move, winner
 
 # ---------------------------------------------------------------------------- reviews
 POSITIVE = (
@@ -126,86 +126,7 @@ def review_prompts(n: int, seed: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------ tic-tac-toe
-EMPTY_BOARD = "........."
-LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
 TTT_PREFIX = "game:"
-
-
-def winner(board: str) -> str | None:
-    """'X' or 'O' if that side has a line, 'draw' if the board is full, else None."""
-    for a, b, c in LINES:
-        if board[a] != "." and board[a] == board[b] == board[c]:
-            return board[a]
-    return "draw" if "." not in board else None
-
-
-def to_move(board: str) -> str:
-    """X moves first, so X is to move when both have played equally often."""
-    return "X" if board.count("X") == board.count("O") else "O"
-
-
-def legal_moves(board: str) -> list[int]:
-    return [i for i, c in enumerate(board) if c == "."] if winner(board) is None else []
-
-
-def play(board: str, move: int) -> str:
-    if not 0 <= move <= 8 or board[move] != ".":
-        raise CourseError(f"illegal move {move} on board {board!r}")
-    return board[:move] + to_move(board) + board[move + 1:]
-
-
-@lru_cache(maxsize=None)
-def minimax_value(board: str) -> int:
-    """Game value under perfect play from X's point of view: +1 X wins, 0 draw, -1 O wins."""
-    w = winner(board)
-    if w is not None:
-        return {"X": 1, "O": -1, "draw": 0}[w]
-    vals = [minimax_value(play(board, m)) for m in legal_moves(board)]
-    return max(vals) if to_move(board) == "X" else min(vals)
-
-
-def move_values(board: str) -> dict[int, int]:
-    """{legal move: game value after it, from the mover's point of view (+1 win, 0 draw, -1 loss)}."""
-    sign = 1 if to_move(board) == "X" else -1
-    return {m: sign * minimax_value(play(board, m)) for m in legal_moves(board)}
-
-
-def best_moves(board: str) -> list[int]:
-    vals = move_values(board)
-    if not vals:
-        return []
-    top = max(vals.values())
-    return [m for m, v in vals.items() if v == top]
-
-
-Player = Callable[[str, random.Random], int]
-
-
-def random_player(board: str, rng: random.Random) -> int:
-    return rng.choice(legal_moves(board))
-
-
-def minimax_player(board: str, rng: random.Random) -> int:
-    """A perfect player that breaks ties between equally good moves at random."""
-    return rng.choice(best_moves(board))
-
-
-def epsilon_player(epsilon: float) -> Player:
-    """Plays a random legal move with probability `epsilon`, else a minimax move."""
-    if not 0.0 <= epsilon <= 1.0:
-        raise CourseError(f"epsilon must be in [0, 1], got {epsilon}")
-
-    def player(board: str, rng: random.Random) -> int:
-        return random_player(board, rng) if rng.random() < epsilon else minimax_player(board, rng)
-
-    return player
-
-
-def board_from_moves(moves: Sequence[int]) -> str:
-    board = EMPTY_BOARD
-    for m in moves:
-        board = play(board, m)
-    return board
 
 
 def format_game(moves: Sequence[int], result: str | None = None) -> str:
@@ -237,15 +158,6 @@ def parse_moves(text: str) -> list[int]:
         else:
             break
     return moves
-
-
-def play_game(x: Player, o: Player, rng: random.Random) -> tuple[list[int], str]:
-    board, moves = EMPTY_BOARD, []
-    while winner(board) is None:
-        m = (x if to_move(board) == "X" else o)(board, rng)
-        moves.append(m)
-        board = play(board, m)
-    return moves, winner(board)
 
 
 def ttt_corpus(n: int, seed: int) -> list[dict]:

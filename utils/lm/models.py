@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.core import CourseError, set_seed
@@ -104,8 +105,6 @@ def _batches(n_docs: int, batch_size: int, rng: random.Random) -> Iterator[list[
 def train_lm(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], cfg: LMConfig,
              progress: bool = True) -> dict:
     """Train `model` in place on `texts`; returns {train_loss (mean of last 50 steps), seconds}."""
-    from tqdm.auto import tqdm
-
     cfg.check()
     if len(texts) < cfg.batch_size:
         raise CourseError(f"need at least batch_size={cfg.batch_size} texts, got {len(texts)}")

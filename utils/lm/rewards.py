@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from utils.core import CourseError
+from utils.envs import tictactoe as T
 from utils.lm import corpora as C
 
 _WORD = re.compile(r"[a-z]+")
@@ -60,7 +61,6 @@ def _texts(completions: Sequence) -> list[str]:
 
 
 # ------------------------------------------------------------------------ tic-tac-toe
-AUTOSTEER_REWARDS = {"win": 10.0, "draw": 10.0, "loss": -2.0, "unparseable": -10.0, "occupied": -5.0}
 
 
 def parse_move(completion: str) -> int | None:
@@ -72,8 +72,8 @@ def parse_move(completion: str) -> int | None:
 def move_value(moves: Sequence[int], move: int | None) -> float | None:
     """Minimax value (+1 win, 0 draw, -1 loss, for the side to move) of playing `move` after
     `moves`; None if the move is unparseable or the cell is taken."""
-    board = C.board_from_moves(moves)
-    vals = C.move_values(board)
+    board = T.board_from_moves(moves)
+    vals = T.move_values(board)
     return None if move is None or move not in vals else float(vals[move])
 
 
@@ -113,35 +113,35 @@ def play_vs_minimax(choose: MoveChooser, n_games: int, seed: int = 0, lm_side: s
         raise CourseError(f"lm_side must be 'X' or 'O', got {lm_side!r}")
     if n_games <= 0:
         raise CourseError(f"n_games must be positive, got {n_games}")
-    R = dict(AUTOSTEER_REWARDS, **(rewards or {}))
+    R = dict(T.AUTOSTEER_REWARDS, **(rewards or {}))
     rng = random.Random(seed)
     games = [dict(moves=[], unp=0, occ=0, opt=0, n=0) for _ in range(n_games)]
     while True:
-        live = [g for g in games if C.winner(C.board_from_moves(g["moves"])) is None]
+        live = [g for g in games if T.winner(T.board_from_moves(g["moves"])) is None]
         if not live:
             break
-        lm_turn = [g for g in live if C.to_move(C.board_from_moves(g["moves"])) == lm_side]
+        lm_turn = [g for g in live if T.to_move(T.board_from_moves(g["moves"])) == lm_side]
         if lm_turn:
             comps = choose([C.ttt_prompt(g["moves"]) for g in lm_turn])
             if len(comps) != len(lm_turn):
                 raise CourseError(f"the move chooser returned {len(comps)} completions for {len(lm_turn)} prompts")
             for g, comp in zip(lm_turn, comps):
-                board = C.board_from_moves(g["moves"])
+                board = T.board_from_moves(g["moves"])
                 mv = parse_move(comp)
                 g["n"] += 1
                 if mv is None or board[mv] != ".":
                     g["unp" if mv is None else "occ"] += 1
-                    mv = C.random_player(board, rng)
-                elif mv in C.best_moves(board):
+                    mv = T.random_player(board, rng)
+                elif mv in T.best_moves(board):
                     g["opt"] += 1
                 g["moves"].append(mv)
         for g in live:
             if g in lm_turn:
                 continue
-            g["moves"].append(C.minimax_player(C.board_from_moves(g["moves"]), rng))
+            g["moves"].append(T.minimax_player(T.board_from_moves(g["moves"]), rng))
     out = []
     for g in games:
-        res = C.winner(C.board_from_moves(g["moves"]))
+        res = T.winner(T.board_from_moves(g["moves"]))
         outcome = "draw" if res == "draw" else ("win" if res == lm_side else "loss")
         reward = R[outcome] + R["unparseable"] * (g["unp"] > 0) + R["occupied"] * (g["occ"] > 0)
         out.append(GameRecord(g["moves"], res, outcome, g["unp"], g["occ"], g["opt"], g["n"], reward))

@@ -19,6 +19,7 @@ activations.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,7 +119,6 @@ def train_sae(model: HookedTransformer, tokenizer, texts: Sequence[str], cfg: SA
 
 
 def _to_inference(training_sae) -> SAE:
-    import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         training_sae.save_inference_model(d)
@@ -127,13 +127,6 @@ def _to_inference(training_sae) -> SAE:
 
 def save_sae(sae: SAE, path: str | Path) -> None:
     sae.save_model(str(path))
-
-
-def load_sae_dir(path: str | Path) -> SAE:
-    path = Path(path)
-    if not (path / "cfg.json").exists():
-        raise CourseError(f"no SAE at {path}")
-    return SAE.load_from_disk(str(path))
 
 
 def _splice_hook(sae: SAE, mode: str, mean: Tensor | None = None):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +21,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from utils.core import CourseError, check_fields
-from utils.hooks import HookedMLPPolicy
-from utils.rl.envs import check_agent_config, setup_run
+from utils.models.mlp_policy import HookedMLPPolicy
+from utils.rl.common import EpisodeLog, check_agent_config, setup_run
 
 
 @dataclass
@@ -86,97 +85,95 @@ def epsilon_at(step: int, cfg: DQNConfig) -> float:
     return max(cfg.end_eps, cfg.start_eps + (cfg.end_eps - cfg.start_eps) * step / span)
 
 
+class ReplayBuffer:
+    """A ring of tensors holding (obs, action, reward, next obs, terminated) transitions."""
+
+    def __init__(self, size: int, obs_dim: int, device: torch.device):
+        self.size, self.ptr, self.full = size, 0, False
+        self.obs = torch.zeros(size, obs_dim, device=device)
+        self.next = torch.zeros(size, obs_dim, device=device)
+        self.act = torch.zeros(size, dtype=torch.long, device=device)
+        self.rew = torch.zeros(size, device=device)
+        self.term = torch.zeros(size, device=device)
+
+    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, term: Tensor) -> None:
+        n, dev = len(obs), self.obs.device
+        idx = (torch.arange(n) + self.ptr) % self.size
+        self.obs[idx], self.act[idx], self.rew[idx] = obs, action.to(dev), reward.to(dev)
+        self.next[idx], self.term[idx] = next_obs.float().to(dev), term.float().to(dev)
+        self.ptr = (self.ptr + n) % self.size
+        self.full = self.full or self.ptr < n
+
+    def sample(self, batch_size: int, gen: torch.Generator) -> Tensor:
+        return torch.randint(0, self.size if self.full else self.ptr, (batch_size,), generator=gen).to(self.obs.device)
+
+
+def dqn_update(qnet: HookedMLPPolicy, target: HookedMLPPolicy, buf: ReplayBuffer, j: Tensor,
+               optimizer: torch.optim.Optimizer, cfg: DQNConfig) -> float:
+    """One gradient step on the Huber TD error of the replayed transitions `j`; returns the loss."""
+    with torch.no_grad():
+        next_q = target(buf.next[j])
+        if cfg.double_q:  # pick a' with the online net, evaluate it with the target net
+            a_star = qnet(buf.next[j]).argmax(-1)
+            next_q = next_q.gather(1, a_star[:, None]).expand_as(next_q)
+        y = td_target(buf.rew[j], next_q, buf.term[j], cfg.gamma)
+    q = qnet(buf.obs[j]).gather(1, buf.act[j][:, None]).squeeze(1)
+    loss = torch.nn.functional.smooth_l1_loss(q, y)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(qnet.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def soft_update(target: torch.nn.Module, online: torch.nn.Module, tau: float) -> None:
+    """target <- (1 - tau) target + tau online (tau = 1: a hard copy)."""
+    for tp, p in zip(target.parameters(), online.parameters()):
+        tp.mul_(1 - tau).add_(tau * p)
+
+
 def train_dqn(cfg: DQNConfig, qnet: HookedMLPPolicy | None = None, env=None, progress: bool = True) -> DQNResult:
     env, qnet, device = setup_run(cfg, qnet, env, value_head=False, label="Q-network")
     target = copy.deepcopy(qnet)
     optimizer = torch.optim.Adam(qnet.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-
-    # Replay buffer: a ring of tensors.
-    B = cfg.buffer_size
-    buf_obs = torch.zeros(B, env.obs_dim, device=device)
-    buf_next = torch.zeros(B, env.obs_dim, device=device)
-    buf_act = torch.zeros(B, dtype=torch.long, device=device)
-    buf_rew = torch.zeros(B, device=device)
-    buf_term = torch.zeros(B, device=device)
-    ptr, full = 0, False
-
-    log = {k: [] for k in ("env_steps", "seconds", "return", "success", "episodes", "sps", "epsilon", "td_loss")}
-    recent_success: deque = deque(maxlen=cfg.success_window)
-    ep_returns, ep_success, losses = [], [], []
-    reached_at = None
+    buf = ReplayBuffer(cfg.buffer_size, env.obs_dim, device)
+    episodes = EpisodeLog(("epsilon", "td_loss"), cfg.success_window, cfg.stop_at_success)
+    losses, reached_at, last_target_update = [], None, 0
     n_vec_steps = max(1, cfg.total_steps // cfg.n_envs)
     log_every = max(1, n_vec_steps // 100)
-    last_target_update = 0
-    start = time.perf_counter()
     obs = env.reset().to(device)
     bar = tqdm(range(n_vec_steps), desc=f"DQN {cfg.env_id}", disable=not progress, mininterval=1.0)
     for vstep in bar:
         steps = vstep * cfg.n_envs
-        # 1. Act epsilon-greedily in every env.
+        # 1. Act epsilon-greedily in every env; store the transitions (a truncated episode still
+        #    bootstraps from its final observation).
         eps = epsilon_at(steps, cfg)
         with torch.no_grad():
             greedy = qnet(obs).argmax(-1)
         explore = torch.rand(cfg.n_envs, generator=gen) < eps
         action = torch.where(explore, torch.randint(0, env.n_actions, (cfg.n_envs,), generator=gen), greedy.cpu())
         next_obs, reward, term, trunc, info = env.step(action)
-        done = term | trunc
-
-        # 2. Store the transitions; a truncated episode still bootstraps from its final observation.
-        idx = (torch.arange(cfg.n_envs) + ptr) % B
-        buf_obs[idx], buf_act[idx], buf_rew[idx] = obs, action.to(device), reward.to(device)
-        buf_next[idx], buf_term[idx] = info["final_obs"].float().to(device), term.float().to(device)
-        ptr = (ptr + cfg.n_envs) % B
-        full = full or ptr < cfg.n_envs
-        if done.any():
-            ep_returns += info["episode_return"][done].tolist()
-            ep_success += info["success"][done].float().tolist()
-            recent_success.extend(info["success"][done].float().tolist())
+        buf.add(obs, action, reward, info["final_obs"], term)
+        episodes.add_episodes(info, term | trunc)
         obs = next_obs.to(device)
-
-        # 3. Learn from replayed transitions.
+        # 2. Learn from replayed transitions; move the target network now and then.
         if steps >= cfg.learning_starts:
-            size = B if full else ptr
-            for _ in range(cfg.grad_steps):
-                j = torch.randint(0, size, (cfg.batch_size,), generator=gen).to(device)
-                with torch.no_grad():
-                    next_q = target(buf_next[j])
-                    if cfg.double_q:  # pick a' with the online net, evaluate it with the target net
-                        a_star = qnet(buf_next[j]).argmax(-1)
-                        next_q = next_q.gather(1, a_star[:, None]).expand_as(next_q)
-                    y = td_target(buf_rew[j], next_q, buf_term[j], cfg.gamma)
-                q = qnet(buf_obs[j]).gather(1, buf_act[j][:, None]).squeeze(1)
-                loss = torch.nn.functional.smooth_l1_loss(q, y)
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(qnet.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                losses.append(loss.item())
+            losses += [dqn_update(qnet, target, buf, buf.sample(cfg.batch_size, gen), optimizer, cfg)
+                       for _ in range(cfg.grad_steps)]
             if steps - last_target_update >= cfg.target_update_every:
                 last_target_update = steps
-                with torch.no_grad():
-                    for tp, p in zip(target.parameters(), qnet.parameters()):
-                        tp.mul_(1 - cfg.tau).add_(cfg.tau * p)
-
-        # 4. Log.
+                soft_update(target, qnet, cfg.tau)
+        # 3. Log.
         if (vstep + 1) % log_every == 0 or vstep == n_vec_steps - 1:
-            elapsed = time.perf_counter() - start
-            total = (vstep + 1) * cfg.n_envs
-            log["env_steps"].append(total)
-            log["seconds"].append(elapsed)
-            log["return"].append(float(np.mean(ep_returns)) if ep_returns else float("nan"))
-            log["success"].append(float(np.mean(ep_success)) if ep_success else float("nan"))
-            log["episodes"].append(len(ep_returns))
-            log["sps"].append(total / elapsed)
-            log["epsilon"].append(eps)
-            log["td_loss"].append(float(np.mean(losses)) if losses else float("nan"))
-            ep_returns, ep_success, losses = [], [], []
+            episodes.row((vstep + 1) * cfg.n_envs, epsilon=eps, td_loss=float(np.mean(losses)) if losses else float("nan"))
+            losses = []
             if progress:
-                bar.set_postfix(ret=f"{log['return'][-1]:.2f}", success=f"{log['success'][-1]:.2f}", eps=f"{eps:.2f}")
-        if (cfg.stop_at_success is not None and len(recent_success) == recent_success.maxlen
-                and np.mean(recent_success) >= cfg.stop_at_success):
-            reached_at = time.perf_counter() - start
+                bar.set_postfix(**episodes.postfix(), eps=f"{eps:.2f}")
+        if episodes.reached():
+            reached_at = time.perf_counter() - episodes.start
             break
     bar.close()
     qnet.eval()
-    return DQNResult(qnet.cpu(), log, cfg, time.perf_counter() - start, reached_at)
+    return DQNResult(qnet.cpu(), episodes.log, cfg, time.perf_counter() - episodes.start, reached_at)

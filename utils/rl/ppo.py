@@ -2,8 +2,12 @@
 
 The policy is a `HookedMLPPolicy` (actor and critic heads on a shared trunk), so every
 layer of a trained agent can be cached, patched and steered with utils.hooks.
-Environments come from utils.rl.envs.make_env (batched: the gridworld steps all envs in
+Environments come from utils.envs.make_env (batched: the gridworld steps all envs in
 one numpy call, which is where most of the speed comes from).
+
+The update (`ppo_update`) takes any policy through an `evaluate(minibatch index)` function,
+so the discrete-action PPO here, Control RL's masked categorical policy and AutoSteer's
+Gaussian policy (utils.steering) share one tested implementation.
 
     cfg = PPOConfig(env_id="colour_goal", total_steps=200_000)
     result = train_ppo(cfg)
@@ -15,8 +19,8 @@ References: Schulman et al. 2017 (PPO), Schulman et al. 2016 (GAE), Huang et al.
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -24,8 +28,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from utils.core import CourseError, check_fields
-from utils.hooks import HookedMLPPolicy
-from utils.rl.envs import check_agent_config, setup_run
+from utils.models.mlp_policy import HookedMLPPolicy
+from utils.rl.common import EpisodeLog, check_agent_config, setup_run
 
 
 @dataclass
@@ -111,93 +115,106 @@ def clipped_surrogate_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tenso
     return -torch.min(unclipped, clipped).mean()
 
 
+def ppo_update(evaluate: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]], logp_old: Tensor, advantages: Tensor,
+               returns: Tensor, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], *, n_epochs: int,
+               minibatch_size: int, clip_coef: float, vf_coef: float, ent_coef: float, max_grad_norm: float,
+               norm_adv: bool = True) -> dict[str, float]:
+    """Several epochs of minibatch updates on PPO's clipped objective, for any policy.
+
+    `evaluate(idx)` returns (log-prob of the taken actions [m], mean entropy [], value [m]) for
+    the flat-batch rows `idx` under the current parameters; `logp_old`, `advantages`,
+    `returns` are flat [n]. Advantages are normalised per minibatch (`norm_adv`). Returns the
+    last minibatch's losses and the mean entropy and clip fraction over all minibatches."""
+    params = list(params)
+    n = len(logp_old)
+    ents, clip_fracs = [], []
+    for _ in range(n_epochs):
+        for mb in torch.randperm(n, device=logp_old.device).split(minibatch_size):
+            logp_new, entropy, value = evaluate(mb)
+            mb_adv = advantages[mb]
+            if norm_adv and len(mb) > 1:
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            pg_loss = clipped_surrogate_loss(logp_new, logp_old[mb], mb_adv, clip_coef)
+            v_loss = 0.5 * ((value - returns[mb]) ** 2).mean()
+            loss = pg_loss + vf_coef * v_loss - ent_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                clip_fracs.append(float(((logp_new - logp_old[mb]).exp().sub(1).abs() > clip_coef).float().mean()))
+                ents.append(float(entropy))
+    return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": ents[-1],
+            "mean_entropy": float(np.mean(ents)), "clip_frac": float(np.mean(clip_fracs))}
+
+
+@dataclass
+class Rollout:
+    obs: Tensor        # [T, N, obs_dim]
+    actions: Tensor    # [T, N]
+    logp: Tensor       # [T, N]
+    values: Tensor     # [T, N]
+    rewards: Tensor    # [T, N]
+    dones: Tensor      # [T, N] 1.0 where the episode ended at that step
+    last_value: Tensor  # [N] V(observation after the last step)
+    next_obs: Tensor   # [N, obs_dim] where the next rollout starts
+
+
+@torch.no_grad()
+def collect_rollout(policy: HookedMLPPolicy, env, obs: Tensor, n_steps: int, episodes: EpisodeLog | None = None) -> Rollout:
+    """Roll out the current policy for `n_steps` in every env of the batched `env`, starting at `obs`."""
+    device = obs.device
+    T, N = n_steps, obs.shape[0]
+    obs_buf = torch.zeros(T, N, obs.shape[1], device=device)
+    act_buf = torch.zeros(T, N, dtype=torch.long, device=device)
+    logp_buf, rew_buf, done_buf, val_buf = (torch.zeros(T, N, device=device) for _ in range(4))
+    for t in range(T):
+        logits, value = policy.forward_both(obs)
+        dist = torch.distributions.Categorical(logits=logits)
+        action = dist.sample()
+        next_obs, reward, term, trunc, info = env.step(action)
+        done = term | trunc  # time-limit truncation is treated as an end too (as CleanRL does)
+        obs_buf[t], act_buf[t], logp_buf[t], val_buf[t] = obs, action, dist.log_prob(action), value
+        rew_buf[t], done_buf[t] = reward.to(device), done.float().to(device)
+        if episodes is not None:
+            episodes.add_episodes(info, done)
+        obs = next_obs.to(device)
+    last_value = policy.forward_both(obs)[1]
+    return Rollout(obs_buf, act_buf, logp_buf, val_buf, rew_buf, done_buf, last_value, obs)
+
+
 def train_ppo(cfg: PPOConfig, policy: HookedMLPPolicy | None = None, env=None, progress: bool = True) -> PPOResult:
     """Train a HookedMLPPolicy with PPO. Pass `env` to reuse a batched env (else make_env(cfg.env_id))."""
     env, policy, device = setup_run(cfg, policy, env, value_head=True, label="policy")
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-
-    T, N = cfg.n_steps, cfg.n_envs
-    obs_buf = torch.zeros(T, N, env.obs_dim, device=device)
-    act_buf = torch.zeros(T, N, dtype=torch.long, device=device)
-    logp_buf, rew_buf, done_buf, val_buf = (torch.zeros(T, N, device=device) for _ in range(4))
-
-    log = {k: [] for k in ("env_steps", "seconds", "return", "success", "episodes", "sps", "policy_loss", "value_loss", "entropy")}
-    recent_success: deque = deque(maxlen=cfg.success_window)
+    episodes = EpisodeLog(("policy_loss", "value_loss", "entropy"), cfg.success_window, cfg.stop_at_success)
     reached_at = None
-    start = time.perf_counter()
     obs = env.reset().to(device)
     bar = tqdm(range(cfg.n_iterations), desc=f"PPO {cfg.env_id}", disable=not progress, mininterval=1.0)
     for it in bar:
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - it / cfg.n_iterations)
+        ro = collect_rollout(policy, env, obs, cfg.n_steps, episodes)
+        obs = ro.next_obs
+        advantages = compute_gae(ro.rewards, ro.values, ro.dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
+        b_obs, b_act = ro.obs.reshape(cfg.batch_size, -1), ro.actions.reshape(-1)
 
-        # 1. Roll out the current policy for T steps in every env.
-        ep_returns, ep_success = [], []
-        with torch.no_grad():
-            for t in range(T):
-                logits, value = policy.forward_both(obs)
-                dist = torch.distributions.Categorical(logits=logits)
-                action = dist.sample()
-                next_obs, reward, term, trunc, info = env.step(action)
-                done = term | trunc  # time-limit truncation is treated as an end too (as CleanRL does)
-                obs_buf[t], act_buf[t], logp_buf[t], val_buf[t] = obs, action, dist.log_prob(action), value
-                rew_buf[t], done_buf[t] = reward.to(device), done.float().to(device)
-                if done.any():
-                    ep_returns += info["episode_return"][done].tolist()
-                    ep_success += info["success"][done].float().tolist()
-                obs = next_obs.to(device)
-            last_value = policy.forward_both(obs)[1]
+        def evaluate(mb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            logits, value = policy.forward_both(b_obs[mb])
+            dist = torch.distributions.Categorical(logits=logits)
+            return dist.log_prob(b_act[mb]), dist.entropy().mean(), value
 
-        # 2. Advantages (GAE) and value targets.
-        advantages = compute_gae(rew_buf, val_buf, done_buf, last_value, cfg.gamma, cfg.gae_lambda)
-        returns = advantages + val_buf
-
-        # 3. Several epochs of minibatch updates on the clipped objective.
-        b_obs, b_act, b_logp = obs_buf.reshape(T * N, -1), act_buf.reshape(-1), logp_buf.reshape(-1)
-        b_adv, b_ret = advantages.reshape(-1), returns.reshape(-1)
-        for _ in range(cfg.n_epochs):
-            perm = torch.randperm(T * N, device=device)
-            for mb in perm.split(cfg.minibatch_size):
-                logits, value = policy.forward_both(b_obs[mb])
-                dist = torch.distributions.Categorical(logits=logits)
-                mb_adv = b_adv[mb]
-                if cfg.norm_adv and len(mb) > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = clipped_surrogate_loss(dist.log_prob(b_act[mb]), b_logp[mb], mb_adv, cfg.clip_coef)
-                v_loss = 0.5 * ((value - b_ret[mb]) ** 2).mean()
-                entropy = dist.entropy().mean()
-                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-
-        # 4. Log episode returns and success of the episodes that ended in this rollout.
-        recent_success.extend(ep_success)
-        elapsed = time.perf_counter() - start
-        steps = (it + 1) * cfg.batch_size
-        log["env_steps"].append(steps)
-        log["seconds"].append(elapsed)
-        log["return"].append(float(np.mean(ep_returns)) if ep_returns else float("nan"))
-        log["success"].append(float(np.mean(ep_success)) if ep_success else float("nan"))
-        log["episodes"].append(len(ep_returns))
-        log["sps"].append(steps / elapsed)
-        log["policy_loss"].append(pg_loss.item())
-        log["value_loss"].append(v_loss.item())
-        log["entropy"].append(entropy.item())
+        stats = ppo_update(evaluate, ro.logp.reshape(-1), advantages.reshape(-1), (advantages + ro.values).reshape(-1),
+                           optimizer, policy.parameters(), n_epochs=cfg.n_epochs, minibatch_size=cfg.minibatch_size,
+                           clip_coef=cfg.clip_coef, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
+                           max_grad_norm=cfg.max_grad_norm, norm_adv=cfg.norm_adv)
+        elapsed = episodes.row((it + 1) * cfg.batch_size, policy_loss=stats["policy_loss"],
+                               value_loss=stats["value_loss"], entropy=stats["entropy"])
         if progress:
-            bar.set_postfix(ret=f"{log['return'][-1]:.2f}", success=f"{log['success'][-1]:.2f}", sps=f"{log['sps'][-1]:.0f}")
-        if (cfg.stop_at_success is not None and len(recent_success) == recent_success.maxlen
-                and np.mean(recent_success) >= cfg.stop_at_success):
+            bar.set_postfix(**episodes.postfix(), sps=f"{episodes.log['sps'][-1]:.0f}")
+        if episodes.reached():
             reached_at = elapsed
             break
     bar.close()
     policy.eval()
-    return PPOResult(policy.cpu(), log, cfg, time.perf_counter() - start, reached_at)
-
-
-def config_dict(cfg) -> dict:
-    """A JSON-friendly dict of a config (for checkpoint manifests)."""
-    d = asdict(cfg)
-    d["hidden"] = list(d["hidden"])
-    return d
+    return PPOResult(policy.cpu(), episodes.log, cfg, time.perf_counter() - episodes.start, reached_at)

@@ -13,13 +13,12 @@ layer at the position that predicts the move. Rewards per LM move, as in the sou
 unparseable -10 (a random legal move is played instead), occupied cell -5 (likewise), and at
 the end of the game draw +10, loss -2 (win +10; impossible against minimax).
 
-RL: the course's PPO pieces (`compute_gae`, `clipped_surrogate_loss` from utils.rl.ppo)
-with a Gaussian policy over the box (the course's `train_ppo` is for discrete actions).
+RL: the course's PPO (`compute_gae` and `ppo_update` from utils.rl.ppo) with a Gaussian
+policy over the box (the course's `train_ppo` is for discrete actions).
 Evaluation uses the substrate's independent game runner, `utils.lm.rewards.play_vs_minimax`.
 """
 from __future__ import annotations
 
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,23 +30,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from utils.core import CourseError, check_fields, set_seed
+from utils.envs import tictactoe as T
+from utils.envs.tictactoe import VsMinimax, board_obs
 from utils.lm import corpora as C
 from utils.lm import rewards as R
-from utils.rl.ppo import clipped_surrogate_loss, compute_gae
+from utils.rl.ppo import compute_gae, ppo_update
 from utils.steering.hook import feature_delta
 
 CONDITIONS = ("none", "random", "policy")
 
 
 # ------------------------------------------------------------------ board predicates
-def board_obs(board: str) -> list[float]:
-    return [1.0 if c == "X" else -1.0 if c == "O" else 0.0 for c in board]
-
-
 def _threats(board: str, side: str) -> set[int]:
     """Empty cells that complete a line of `side` (two of its marks and one empty cell)."""
     out = set()
-    for line in C.LINES:
+    for line in T.LINES:
         marks = [board[i] for i in line]
         if marks.count(side) == 2 and marks.count(".") == 1:
             out.add(line[marks.index(".")])
@@ -152,7 +149,7 @@ def label_features(lm, sae, n_features: int = 20, n_games: int = 800, seed: int 
     positions = o_turn_prompts(n_games, seed)
     prompts = [C.ttt_prompt(m) for m in positions]
     acts = last_token_features(lm, sae, prompts).numpy()
-    preds = np.array([board_predicates(C.board_from_moves(m)) for m in positions])
+    preds = np.array([board_predicates(T.board_from_moves(m)) for m in positions])
     a = acts - acts.mean(0)
     p = preds - preds.mean(0)
     denom = np.sqrt((a ** 2).sum(0))[:, None] * np.sqrt((p ** 2).sum(0))[None, :]
@@ -225,46 +222,23 @@ class AutoSteerConfig:
         return self
 
 
-class SteeredTicTacToe:
-    """n_envs games of the steered LM (O) against minimax X; always stopped at O's turn."""
+class SteeredTicTacToe(VsMinimax):
+    """The tic-tac-toe environment (`utils.envs.tictactoe.VsMinimax`) whose action is a vector
+    of feature strengths: the steered LM's greedy next token is the move that is played."""
+
+    n_actions = None  # continuous: one strength in [-1, 1] per steered feature
 
     def __init__(self, lm, sae, features: Sequence[int], coef: float, n_envs: int, seed: int = 0):
-        self.lm, self.sae, self.features, self.coef, self.n = lm, sae, torch.tensor(list(features)), coef, n_envs
-        self.rng = random.Random(seed)
-        self.games = [self._new_game() for _ in range(n_envs)]
-        self.finished: list[dict] = []
+        super().__init__(n_envs, seed=seed)
+        self.lm, self.sae, self.features, self.coef = lm, sae, torch.tensor(list(features)), coef
 
-    def _new_game(self) -> list[int]:
-        return [C.minimax_player(C.EMPTY_BOARD, self.rng)]
-
-    def obs(self) -> Tensor:
-        return torch.tensor([board_obs(C.board_from_moves(g)) for g in self.games])
-
-    def step(self, strengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Play one steered LM move in every game (then X's reply); (rewards [n], dones [n])."""
+    def step(self, strengths: Tensor):
+        """Play one steered LM move in every game (then X's reply): (obs, rewards, dones, truncated, info)."""
         prompts = [C.ttt_prompt(g) for g in self.games]
         deltas = self.coef * feature_delta(self.sae, self.features, strengths.clamp(-1, 1))
-        moves = steered_logprobs(self.lm, self.sae, prompts, deltas).argmax(-1)
-        rewards, dones = torch.zeros(self.n), torch.zeros(self.n)
-        for i, g in enumerate(self.games):
-            board = C.board_from_moves(g)
-            mv = R.parse_move(self.lm.tokenizer.decode([int(moves[i])]))
-            if mv is None or board[mv] != ".":
-                rewards[i] += R.AUTOSTEER_REWARDS["unparseable" if mv is None else "occupied"]
-                mv = C.random_player(board, self.rng)
-            g.append(mv)
-            board = C.board_from_moves(g)
-            if C.winner(board) is None:
-                g.append(C.minimax_player(board, self.rng))
-                board = C.board_from_moves(g)
-            w = C.winner(board)
-            if w is not None:
-                outcome = "draw" if w == "draw" else ("win" if w == "O" else "loss")
-                rewards[i] += R.AUTOSTEER_REWARDS[outcome]
-                dones[i] = 1.0
-                self.finished.append({"outcome": outcome})
-                self.games[i] = self._new_game()
-        return rewards, dones
+        tokens = steered_logprobs(self.lm, self.sae, prompts, deltas).argmax(-1)
+        moves = [R.parse_move(self.lm.tokenizer.decode([int(t)])) for t in tokens]
+        return super().step(torch.tensor([T.UNPARSEABLE if m is None else m for m in moves]))
 
 
 @dataclass
@@ -283,43 +257,27 @@ def train_autosteer(cfg: AutoSteerConfig, lm, sae, features: Sequence[int], prog
     env = SteeredTicTacToe(lm, sae, features, cfg.coef, cfg.n_envs, seed=cfg.seed)
     policy = GaussianPolicy(len(features), cfg.hidden)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-    T, N, k = cfg.n_steps, cfg.n_envs, len(features)
     log = {k_: [] for k_ in ("games", "draw_rate", "mean_step_reward", "std", "seconds")}
     start = time.perf_counter()
-    obs = env.obs()
+    obs = env.reset()
     bar = tqdm(range(cfg.iterations), desc="AutoSteer PPO", disable=not progress, mininterval=1.0)
     for it in bar:
-        ob_buf, act_buf = torch.zeros(T, N, 9), torch.zeros(T, N, k)
-        logp_buf, rew_buf, done_buf, val_buf = (torch.zeros(T, N) for _ in range(4))
         n_fin = len(env.finished)
-        with torch.no_grad():
-            for t in range(T):
-                d = policy.dist(obs)
-                a = d.sample()
-                ob_buf[t], act_buf[t], logp_buf[t], val_buf[t] = obs, a, d.log_prob(a).sum(-1), policy.value(obs)
-                rew_buf[t], done_buf[t] = env.step(a)
-                obs = env.obs()
-            last_v = policy.value(obs)
-        adv = compute_gae(rew_buf, val_buf, done_buf, last_v, cfg.gamma, cfg.gae_lambda)
-        ret = adv + val_buf
-        b_obs, b_act, b_logp = ob_buf.reshape(T * N, 9), act_buf.reshape(T * N, k), logp_buf.reshape(-1)
-        b_adv, b_ret = adv.reshape(-1), ret.reshape(-1)
-        for _ in range(cfg.n_epochs):
-            for mb in torch.randperm(T * N).split(T * N // cfg.n_minibatches):
-                d = policy.dist(b_obs[mb])
-                a_ = b_adv[mb]
-                a_ = (a_ - a_.mean()) / (a_.std() + 1e-8)
-                pg = clipped_surrogate_loss(d.log_prob(b_act[mb]).sum(-1), b_logp[mb], a_, cfg.clip_coef)
-                v_loss = 0.5 * ((policy.value(b_obs[mb]) - b_ret[mb]) ** 2).mean()
-                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * d.entropy().sum(-1).mean()
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                opt.step()
+        ro, obs = _rollout(policy, env, obs, cfg.n_steps)
+        adv = compute_gae(ro["rew"], ro["val"], ro["done"], ro["last_v"], cfg.gamma, cfg.gae_lambda)
+        b_obs, b_act = ro["obs"].reshape(-1, 9), ro["act"].reshape(-1, len(features))
+
+        def evaluate(mb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            d = policy.dist(b_obs[mb])
+            return d.log_prob(b_act[mb]).sum(-1), d.entropy().sum(-1).mean(), policy.value(b_obs[mb])
+
+        ppo_update(evaluate, ro["logp"].reshape(-1), adv.reshape(-1), (adv + ro["val"]).reshape(-1), opt,
+                   policy.parameters(), n_epochs=cfg.n_epochs, minibatch_size=cfg.n_steps * cfg.n_envs // cfg.n_minibatches,
+                   clip_coef=cfg.clip_coef, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef, max_grad_norm=cfg.max_grad_norm)
         fin = env.finished[n_fin:]
         log["games"].append(len(env.finished))
         log["draw_rate"].append(float(np.mean([f["outcome"] == "draw" for f in fin])) if fin else float("nan"))
-        log["mean_step_reward"].append(float(rew_buf.mean()))
+        log["mean_step_reward"].append(float(ro["rew"].mean()))
         log["std"].append(float(policy.log_std.detach().exp().mean()))
         log["seconds"].append(time.perf_counter() - start)
         if progress:
@@ -327,6 +285,21 @@ def train_autosteer(cfg: AutoSteerConfig, lm, sae, features: Sequence[int], prog
     bar.close()
     policy.eval()
     return AutoSteerResult(policy, log, cfg, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _rollout(policy: GaussianPolicy, env: SteeredTicTacToe, obs: Tensor, n_steps: int) -> tuple[dict[str, Tensor], Tensor]:
+    """n_steps steered moves in every game: buffers [T, N, ...] and the next observation."""
+    T_, N, k = n_steps, env.n_envs, len(env.features)
+    ro = {"obs": torch.zeros(T_, N, 9), "act": torch.zeros(T_, N, k)}
+    ro.update({key: torch.zeros(T_, N) for key in ("logp", "rew", "done", "val")})
+    for t in range(T_):
+        d = policy.dist(obs)
+        a = d.sample()
+        ro["obs"][t], ro["act"][t], ro["logp"][t], ro["val"][t] = obs, a, d.log_prob(a).sum(-1), policy.value(obs)
+        obs, ro["rew"][t], ro["done"][t], _, _ = env.step(a)
+    ro["last_v"] = policy.value(obs)
+    return ro, obs
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -342,7 +315,7 @@ def move_chooser(lm, sae, features: Sequence[int], condition: str, coef: float,
     g = torch.Generator().manual_seed(seed)
 
     def choose(prompts: list[str]) -> list[str]:
-        boards = [C.board_from_moves(C.parse_moves(p)) for p in prompts]
+        boards = [T.board_from_moves(C.parse_moves(p)) for p in prompts]
         if condition == "none":
             deltas, a = None, torch.zeros(len(prompts), len(feats))
         else:

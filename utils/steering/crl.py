@@ -36,7 +36,9 @@ from tqdm.auto import tqdm
 from utils.core import CourseError, set_seed
 from utils.lm import corpora as C
 from utils.lm import rewards as R
-from utils.rl.ppo import clipped_surrogate_loss, compute_gae
+from utils.lm.artifacts import QA_WORLD
+from utils.lm.models import generate, single_thread
+from utils.rl.ppo import compute_gae, ppo_update
 from utils.steering.hook import steer_resid
 from utils.steering.policy import MASK_MODES, Critic, FeaturePolicy, masked_categorical
 
@@ -64,8 +66,6 @@ class SteerTask:
 
 
 def _qa_world():
-    from utils.lm.artifacts import QA_WORLD
-
     return C.qa_world(**QA_WORLD)
 
 
@@ -317,55 +317,22 @@ def train_crl(cfg: CRLConfig, lm, sae, task: SteerTask, train_items: Sequence[di
         policy.eval()
         ro = steered_generate(lm, sae, task, batch, policy_chooser(policy, cfg.mask, seed=cfg.seed * 100003 + it),
                               cfg.coef)
-        B, Tn = ro.actions.shape
-        alive = ro.alive
-        last = alive.sum(1) - 1                                  # index of each episode's last token
-        rew = torch.zeros(Tn, B)
-        done = torch.zeros(Tn, B)
-        rew[last, torch.arange(B)] = torch.tensor(ro.rewards, dtype=torch.float32)
-        done[last, torch.arange(B)] = 1.0
-        mask = ro.active if cfg.mask == "active" else None
-        with torch.no_grad():
-            flat_obs = ro.obs.reshape(B * Tn, -1)
-            flat_mask = mask.reshape(B * Tn, -1) if mask is not None else None
-            flat_act = ro.actions.reshape(-1)
-            # the old log-probs come from the same masked categorical the update will use
-            logp_old = masked_categorical(policy(flat_obs), flat_mask).log_prob(flat_act)
-            values = critic(flat_obs).reshape(B, Tn).T
-        adv = compute_gae(rew, values, done, torch.zeros(B), cfg.gamma, cfg.gae_lambda)
-        ret = adv + values
-        keep = alive.reshape(-1)
-        b_obs, b_act, b_logp = flat_obs[keep], flat_act[keep], logp_old[keep]
-        b_mask = flat_mask[keep] if flat_mask is not None else None
-        b_adv, b_ret = adv.T.reshape(-1)[keep], ret.T.reshape(-1)[keep]
+        b_obs, b_act, b_logp, b_mask, b_adv, b_ret = _ppo_batch(ro, policy, critic, cfg)
         n = len(b_obs)
-        mb_size = max(1, n // cfg.n_minibatches)
         policy.train()
-        clip_fracs, ents = [], []
-        for _ in range(cfg.n_epochs):
-            perm = torch.randperm(n)
-            for mb in perm.split(mb_size):
-                dist = masked_categorical(policy(b_obs[mb]), b_mask[mb] if b_mask is not None else None)
-                logp_new = dist.log_prob(b_act[mb])
-                a = b_adv[mb]
-                if len(mb) > 1:
-                    a = (a - a.mean()) / (a.std() + 1e-8)
-                pg = clipped_surrogate_loss(logp_new, b_logp[mb], a, cfg.clip_coef)
-                v_loss = 0.5 * ((critic(b_obs[mb]) - b_ret[mb]) ** 2).mean()
-                ent = _entropy(dist)
-                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * ent
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                with torch.no_grad():
-                    clip_fracs.append(float(((logp_new - b_logp[mb]).exp().sub(1).abs() > cfg.clip_coef).float().mean()))
-                    ents.append(float(ent))
+
+        def evaluate(mb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            dist = masked_categorical(policy(b_obs[mb]), b_mask[mb] if b_mask is not None else None)
+            return dist.log_prob(b_act[mb]), _entropy(dist), critic(b_obs[mb])
+
+        stats = ppo_update(evaluate, b_logp, b_adv, b_ret, opt, params, n_epochs=cfg.n_epochs,
+                           minibatch_size=max(1, n // cfg.n_minibatches), clip_coef=cfg.clip_coef, vf_coef=cfg.vf_coef,
+                           ent_coef=cfg.ent_coef, max_grad_norm=cfg.max_grad_norm)
         log["samples"].append((it + 1) * cfg.batch_prompts)
         log["reward"].append(float(ro.rewards.mean()))
         log["success"].append(float(ro.success.mean()))
-        log["entropy"].append(float(np.mean(ents)))
-        log["clip_frac"].append(float(np.mean(clip_fracs)))
+        log["entropy"].append(stats["mean_entropy"])
+        log["clip_frac"].append(stats["clip_frac"])
         log["seconds"].append(time.perf_counter() - start)
         if progress:
             bar.set_postfix(reward=f"{log['reward'][-1]:.3f}", H=f"{log['entropy'][-1]:.2f}")
@@ -373,6 +340,33 @@ def train_crl(cfg: CRLConfig, lm, sae, task: SteerTask, train_items: Sequence[di
     policy.eval()
     critic.eval()
     return CRLResult(policy, critic, log, cfg, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _ppo_batch(ro: "Rollout", policy: FeaturePolicy, critic: Critic, cfg: CRLConfig) -> tuple:
+    """Flat PPO batch of the generated tokens that were alive: obs, actions, old log-probs,
+    masks, GAE advantages and returns (the reward arrives at each episode's last token)."""
+    B, Tn = ro.actions.shape
+    alive = ro.alive
+    last = alive.sum(1) - 1                  # index of each episode's last token
+    rew = torch.zeros(Tn, B)
+    done = torch.zeros(Tn, B)
+    rew[last, torch.arange(B)] = torch.tensor(ro.rewards, dtype=torch.float32)
+    done[last, torch.arange(B)] = 1.0
+    mask = ro.active if cfg.mask == "active" else None
+    flat_obs = ro.obs.reshape(B * Tn, -1)
+    flat_mask = mask.reshape(B * Tn, -1) if mask is not None else None
+    flat_act = ro.actions.reshape(-1)
+    # the old log-probs come from the same masked categorical the update will use
+    logp_old = masked_categorical(policy(flat_obs), flat_mask).log_prob(flat_act)
+    values = critic(flat_obs).reshape(B, Tn).T
+    adv = compute_gae(rew, values, done, torch.zeros(B), cfg.gamma, cfg.gae_lambda)
+    ret = adv + values
+    keep = alive.reshape(-1)
+    b_obs, b_act, b_logp = flat_obs[keep], flat_act[keep], logp_old[keep]
+    b_mask = flat_mask[keep] if flat_mask is not None else None
+    b_adv, b_ret = adv.T.reshape(-1)[keep], ret.T.reshape(-1)[keep]
+    return b_obs, b_act, b_logp, b_mask, b_adv, b_ret
 
 
 def _entropy(dist: torch.distributions.Categorical) -> Tensor:
@@ -437,7 +431,6 @@ def finetune_answers(lm, items: Sequence[dict], task: SteerTask, lr: float = 1e-
     Returns the fine-tuned HF model. Only the QA task has gold answers."""
     if task.name != "qa":
         raise CourseError("finetune_answers needs gold answers: only the 'qa' task has them")
-    from utils.lm.models import single_thread
 
     set_seed(seed)
     model = copy.deepcopy(lm.hf).train()
@@ -464,8 +457,6 @@ def finetune_answers(lm, items: Sequence[dict], task: SteerTask, lr: float = 1e-
 @torch.no_grad()
 def evaluate_hf(model, tokenizer, task: SteerTask, items: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(rewards, success, completions) of an unsteered HF model, greedy (for the SFT baseline)."""
-    from utils.lm.models import generate
-
     comps = generate(model, tokenizer, [it["prompt"] for it in items], max_new_tokens=task.n_new, greedy=True)
     return (np.array([task.reward(c, it) for c, it in zip(comps, items)]),
             np.array([bool(task.success(c, it)) for c, it in zip(comps, items)]), comps)

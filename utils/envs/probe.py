@@ -11,27 +11,24 @@ piece of the algorithm, so a failure points at that piece.
 | probe_action_reward        | the policy gradient           | always action 1 (reward +1, else -1)        |
 | probe_obs_action_reward    | policy and value together     | action 1 if obs = +1 else 0; V = 1          |
 
-All are batched like the gridworld: `step` takes [n_envs] actions and returns torch tensors
-(obs, reward, terminated, truncated, info) with auto-reset.
+All follow the batched protocol of `utils.envs.base`, with auto-reset.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from utils.core import CourseError
+from utils.envs.base import BatchedEnv, check_actions, check_n_envs
 
 PROBE_ENVS = ("probe_constant", "probe_obs_reward", "probe_delayed", "probe_action_reward", "probe_obs_action_reward")
 
 
-class ProbeEnv:
+class ProbeEnv(BatchedEnv):
     def __init__(self, kind: str, n_envs: int, seed: int = 0):
         if kind not in PROBE_ENVS:
             raise CourseError(f"unknown probe environment {kind!r}: use one of {', '.join(PROBE_ENVS)}")
-        if not isinstance(n_envs, (int, np.integer)) or n_envs <= 0:
-            raise CourseError(f"n_envs must be a positive int, got {n_envs!r}")
-        self.kind, self.n_envs = kind, int(n_envs)
+        self.kind, self.n_envs = kind, check_n_envs(n_envs)
         self.obs_dim = 2 if kind == "probe_delayed" else 1
         self.n_actions = 2 if kind in ("probe_action_reward", "probe_obs_action_reward") else 1
         self.g = torch.Generator().manual_seed(seed)
@@ -53,14 +50,14 @@ class ProbeEnv:
             return torch.zeros(self.n_envs, 1)
         return self.sign[:, None].clone()
 
-    def reset(self) -> Tensor:
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            self.g.manual_seed(seed)
         self._new(torch.ones(self.n_envs, dtype=torch.bool))
         return self.observe()
 
     def step(self, actions):
-        actions = torch.as_tensor(actions).long().reshape(-1)
-        if actions.shape != (self.n_envs,):
-            raise CourseError(f"expected {self.n_envs} actions, got shape {tuple(actions.shape)}")
+        actions = check_actions(actions, self.n_envs, self.n_actions)
         terminated = torch.ones(self.n_envs, dtype=torch.bool)
         if self.kind == "probe_constant":
             reward = torch.ones(self.n_envs)

@@ -13,10 +13,10 @@ Observation (flat float32, length 3 * size**2 + 2): three one-hot planes
 [red, blue]. Actions: 0 up, 1 down, 2 left, 3 right (moves into a wall do nothing).
 
 Three ways to get the task:
-- `ColourGoalGrid(n_envs)`: the batched numpy environment (auto-resets finished envs);
-  `step` returns torch tensors, the interface the course's PPO and DQN use.
-- `gymnasium.make("CourseColourGoal-5x5-v0")`: one environment through Gymnasium
-  (what Stable-Baselines3 or any gym-stepped library uses); same dynamics and encoding.
+- `ColourGoalGrid(n_envs)`: the batched environment of the course's protocol
+  (`utils.envs.base`), stepped in numpy, auto-resetting finished envs.
+- `gymnasium.make("CourseColourGoal-5x5-v0")`: one environment through the course's
+  Gymnasium adapter (what Stable-Baselines3 or any gym-stepped library uses).
 - `make_minigrid_colour_goal()`: the equivalent MiniGrid task (two coloured floor tiles,
   mission "go to the red tile"), with MiniGrid's own egocentric actions and observations.
 """
@@ -27,9 +27,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from minigrid.core.grid import Grid
+from minigrid.core.mission import MissionSpace
+from minigrid.core.world_object import Floor
+from minigrid.minigrid_env import MiniGridEnv
 from torch import Tensor
 
 from utils.core import CourseError
+from utils.envs.base import BatchedEnv, GymnasiumEnv, check_actions, check_n_envs
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 ACTION_NAMES = ("up", "down", "left", "right")
@@ -63,14 +68,15 @@ def encode(agent, tiles, goal, size: int = 5) -> np.ndarray:
     return obs
 
 
-class ColourGoalGrid:
-    """A batch of `n_envs` colour-goal rooms stepped together (see the module docstring)."""
+class ColourGoalGrid(BatchedEnv):
+    """A batch of `n_envs` colour-goal rooms stepped together (see the module docstring).
+    The first layouts are drawn at construction (so `agent`, `tiles`, `goal` can be read or
+    set before stepping); `reset()` draws new ones."""
 
     n_actions = 4
 
     def __init__(self, n_envs: int, size: int = 5, max_steps: int | None = None, seed: int = 0, auto_reset: bool = True):
-        if not isinstance(n_envs, (int, np.integer)) or n_envs <= 0:
-            raise CourseError(f"n_envs must be a positive int, got {n_envs!r}")
+        n_envs = check_n_envs(n_envs)
         if not isinstance(size, (int, np.integer)) or size < 3:
             raise CourseError(f"size must be an int >= 3 (room for the agent and two tiles), got {size!r}")
         max_steps = 4 * size if max_steps is None else max_steps
@@ -116,7 +122,9 @@ class ColourGoalGrid:
         return encode(self.agent, self.tiles, self.goal, self.size)
 
     # --- stepping ----------------------------------------------------------------------
-    def reset(self) -> Tensor:
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
         self.reset_where(np.ones(self.n_envs, bool))
         return torch.from_numpy(self.observe_np())
 
@@ -125,11 +133,7 @@ class ColourGoalGrid:
         with auto-reset, `obs` of a finished env is the first observation of its next episode,
         and info holds `final_obs`, `episode_return`, `episode_length`, `success` (read them
         where terminated | truncated)."""
-        actions = np.asarray(actions).astype(np.int64).reshape(-1)
-        if actions.shape != (self.n_envs,):
-            raise CourseError(f"expected {self.n_envs} actions, got shape {tuple(np.shape(actions))}")
-        if (actions < 0).any() or (actions >= 4).any():
-            raise CourseError("actions must be 0 (up), 1 (down), 2 (left) or 3 (right)")
+        actions = check_actions(actions, self.n_envs, 4, "0 (up), 1 (down), 2 (left) or 3 (right)").numpy()
         self.agent = np.clip(self.agent + MOVES[actions], 0, self.size - 1)
         self.t += 1
         on_red = (self.agent == self.tiles[:, RED]).all(-1)
@@ -152,8 +156,6 @@ class ColourGoalGrid:
 
     def step(self, actions) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """`step_np` with torch tensors in and out (the interface of utils.rl)."""
-        if isinstance(actions, Tensor):
-            actions = actions.detach().cpu().numpy()
         obs, reward, term, trunc, info = self.step_np(actions)
         return (torch.from_numpy(obs), torch.from_numpy(reward), torch.from_numpy(term), torch.from_numpy(trunc),
                 {k: torch.from_numpy(np.asarray(v)) for k, v in info.items()})
@@ -184,35 +186,47 @@ def shortest_path_actions(agent: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.stack([d[:, 0] < 0, d[:, 0] > 0, d[:, 1] < 0, d[:, 1] > 0], -1)
 
 
+# --- counterfactuals and task variables for interpretability --------------------------
+@torch.no_grad()
+def cue_pairs(model, n: int = 512, size: int = 5, seed: int = 0) -> dict[str, Tensor]:
+    """Counterfactual pairs: the same layout with goal RED (clean) and goal BLUE (corrupt),
+    kept where the model's greedy actions differ. Returns clean, corrupt [m, obs_dim],
+    a_clean, a_corrupt [m] and the layouts (agent, tiles)."""
+    agent, tiles, _ = random_layouts(n, size, seed)
+    clean = torch.from_numpy(encode(agent, tiles, np.full(n, RED), size))
+    corrupt = torch.from_numpy(encode(agent, tiles, np.full(n, BLUE), size))
+    a_clean, a_corrupt = model(clean).argmax(-1), model(corrupt).argmax(-1)
+    keep = a_clean != a_corrupt
+    if keep.sum() < 2:
+        raise CourseError("fewer than 2 layouts where flipping the goal colour changes the action: is the agent trained?")
+    k = keep.numpy()
+    return {"clean": clean[keep], "corrupt": corrupt[keep], "a_clean": a_clean[keep], "a_corrupt": a_corrupt[keep],
+            "agent": torch.from_numpy(agent[k]), "tiles": torch.from_numpy(tiles[k])}
+
+
+def gridworld_features(agent, tiles, goal) -> dict[str, Tensor]:
+    """Task variables for probes: the goal colour (read off the input), and computed ones
+    that combine the cue with positions: is the goal left of / above the agent, is the
+    goal nearer than the other tile (Manhattan)."""
+    agent, tiles, goal = (np.asarray(x) for x in (agent, tiles, goal))
+    n = len(agent)
+    goal_cell = tiles[np.arange(n), goal]
+    other_cell = tiles[np.arange(n), 1 - goal]
+    d_goal = np.abs(goal_cell - agent).sum(-1)
+    d_other = np.abs(other_cell - agent).sum(-1)
+    feats = {
+        "goal is red": goal == RED,
+        "goal is left of agent": goal_cell[:, 1] < agent[:, 1],
+        "goal is above agent": goal_cell[:, 0] < agent[:, 0],
+        "goal nearer than other tile": d_goal < d_other,
+    }
+    return {k: torch.from_numpy(v.astype(np.int64)) for k, v in feats.items()}
+
+
 # --- one environment through Gymnasium -------------------------------------------------
-class ColourGoalEnv(gym.Env):
-    """The same task as a single Gymnasium environment (flat Box observation, Discrete(4)
-    actions); `info["is_success"]` is set on the last step of an episode."""
-
-    metadata = {"render_modes": ["rgb_array"]}
-
-    def __init__(self, size: int = 5, max_steps: int | None = None, render_mode: str | None = None):
-        self.grid = ColourGoalGrid(1, size=size, max_steps=max_steps, auto_reset=False)
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.grid.obs_dim,), np.float32)
-        self.action_space = gym.spaces.Discrete(4)
-        self.render_mode = render_mode
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None:
-            self.grid.rng = np.random.default_rng(seed)
-        self.grid.reset_where(np.ones(1, bool))
-        return self.grid.observe_np()[0], {}
-
-    def step(self, action):
-        obs, reward, term, trunc, info = self.grid.step_np(np.array([int(action)]))
-        out = {}
-        if term[0] or trunc[0]:
-            out["is_success"] = bool(info["success"][0])
-        return obs[0], float(reward[0]), bool(term[0]), bool(trunc[0]), out
-
-    def render(self):
-        return self.grid.render_rgb(0)
+def make_gym_env(size: int = 5, max_steps: int | None = None, render_mode: str | None = None) -> GymnasiumEnv:
+    """One colour-goal room as a `gymnasium.Env` (flat Box observation, Discrete(4) actions)."""
+    return GymnasiumEnv(ColourGoalGrid, render_mode=render_mode, size=size, max_steps=max_steps)
 
 
 GYM_ID = "CourseColourGoal-5x5-v0"
@@ -221,18 +235,13 @@ MINIGRID_ID = "MiniGrid-CourseColourGoal-7x7-v0"
 
 def _register() -> None:
     if GYM_ID not in gym.registry:
-        gym.register(GYM_ID, entry_point="utils.gridworld:ColourGoalEnv", kwargs={"size": 5})
+        gym.register(GYM_ID, entry_point="utils.envs.colour_goal:make_gym_env", kwargs={"size": 5})
     if MINIGRID_ID not in gym.registry:
-        gym.register(MINIGRID_ID, entry_point="utils.gridworld:_make_minigrid_env", kwargs={"size": 5})
+        gym.register(MINIGRID_ID, entry_point="utils.envs.colour_goal:_make_minigrid_env", kwargs={"size": 5})
 
 
 # --- the MiniGrid version ---------------------------------------------------------------
 def _make_minigrid_env(size: int = 5, max_steps: int | None = None, render_mode: str | None = "rgb_array", **kw):
-    from minigrid.core.grid import Grid
-    from minigrid.core.mission import MissionSpace
-    from minigrid.core.world_object import Floor
-    from minigrid.minigrid_env import MiniGridEnv
-
     class ColourGoalMiniGrid(MiniGridEnv):
         """Two coloured floor tiles in a walled room; the mission names the goal colour.
         Reward 1 - 0.9 t / max_steps for stepping onto it, 0 (and the end) for the other tile."""

@@ -5,7 +5,7 @@ previous action, previous reward) embeddings instead of word embeddings.
 (passing through the usual `hook_embed` and `hook_pos_embed`) and runs the blocks with
 `start_at_layer=0`. Every TransformerLens tool works unchanged: `run_with_cache`,
 `run_with_hooks`, hook names such as `blocks.0.attn.hook_pattern` and
-`blocks.1.hook_resid_post`, and the helpers in `utils.hooks`. The unembedding maps to
+`blocks.1.hook_resid_post`, and the helpers in `utils.interp`. The unembedding maps to
 action logits.
 """
 from __future__ import annotations

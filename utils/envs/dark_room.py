@@ -1,7 +1,8 @@
-"""Vectorised environments for Algorithm Distillation: Dark Room and Bernoulli bandits.
+"""Dark Room, the Algorithm Distillation chapter's gridworld, batched over tasks.
 
-Every environment holds a batch of *tasks* (one goal cell, or one vector of arm means, per
-row) and advances all of them with one `step`. Tensors live on the CPU; the sizes are tiny.
+The environment holds a batch of *tasks* (one goal cell per row) and advances all of them
+with one `step` (the protocol of `utils.envs.base`; observations are cell indices, so it
+has `n_obs` instead of `obs_dim`, and episodes end by time limit only, without auto-reset).
 
 Dark Room (Laskin et al. 2022): a `size` x `size` grid, the agent starts in the centre, 5
 actions (0 stay, 1 up, 2 down, 3 left, 4 right), episodes of `episode_len` steps. The
@@ -15,13 +16,14 @@ import torch
 from torch import Tensor
 
 from utils.core import CourseError
+from utils.envs.base import BatchedEnv, Step, check_actions
 
 STAY, UP, DOWN, LEFT, RIGHT = range(5)
 MOVES = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])
 ACTION_NAMES = ("stay", "up", "down", "left", "right")
 
 
-class DarkRoom:
+class DarkRoom(BatchedEnv):
     """A batch of Dark Room tasks, one goal cell per row."""
 
     n_actions = 5
@@ -44,20 +46,24 @@ class DarkRoom:
     def n_tasks(self) -> int:
         return len(self.goals)
 
-    def reset(self) -> Tensor:
+    @property
+    def n_envs(self) -> int:
+        return len(self.goals)
+
+    def reset(self, seed: int | None = None) -> Tensor:  # noqa: ARG002 - deterministic dynamics
         """Start a new episode in every task; returns the observations [n_tasks]."""
         self.pos = torch.full((self.n_tasks,), self.start, dtype=torch.long)
         self.t = 0
         return self.pos.clone()
 
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """Move every task's agent; returns (observations [n], rewards [n] in {0, 1})."""
-        actions = torch.as_tensor(actions, dtype=torch.long)
-        if actions.shape != (self.n_tasks,) or actions.min() < 0 or actions.max() >= self.n_actions:
-            raise CourseError(f"actions must be {self.n_tasks} ints in [0, 5), got shape {tuple(actions.shape)}")
+    def step(self, actions) -> Step:
+        """Move every task's agent; returns (observations [n], rewards [n] in {0, 1} (long),
+        terminated (never), truncated (at episode_len), info {})."""
+        actions = check_actions(actions, self.n_tasks, self.n_actions, "0 stay, 1 up, 2 down, 3 left, 4 right")
         self.pos = next_cell(self.pos, actions, self.size)
         self.t += 1
-        return self.pos.clone(), (self.pos == self.goals).long()
+        truncated = torch.full((self.n_tasks,), self.t >= self.episode_len)
+        return self.pos.clone(), (self.pos == self.goals).long(), torch.zeros_like(truncated), truncated, {}
 
     def optimal_return(self) -> Tensor:
         """The best achievable return per task [n_tasks] (float)."""
@@ -92,34 +98,3 @@ def split_goals(size: int = 9, n_test: int = 16, seed: int = 0) -> tuple[Tensor,
     return cells[perm[n_test:]].sort().values, cells[perm[:n_test]].sort().values
 
 
-class BernoulliBandit:
-    """A batch of k-armed Bernoulli bandits, one vector of arm means per row. One 'episode' is
-    one pull; the observation is constant (0)."""
-
-    n_obs = 1
-
-    def __init__(self, means: Tensor, seed: int = 0):
-        means = torch.as_tensor(means, dtype=torch.float)
-        if means.ndim != 2 or means.shape[1] < 2 or means.min() < 0 or means.max() > 1:
-            raise CourseError(f"bandit means must be [n_tasks, k>=2] in [0, 1], got shape {tuple(means.shape)}")
-        self.means = means
-        self.n_actions = means.shape[1]
-        self.g = torch.Generator().manual_seed(seed)
-
-    @property
-    def n_tasks(self) -> int:
-        return len(self.means)
-
-    def pull(self, arms: Tensor) -> Tensor:
-        arms = torch.as_tensor(arms, dtype=torch.long)
-        if arms.shape != (self.n_tasks,) or arms.min() < 0 or arms.max() >= self.n_actions:
-            raise CourseError(f"arms must be {self.n_tasks} ints in [0, {self.n_actions}), got shape {tuple(arms.shape)}")
-        p = self.means.gather(1, arms[:, None]).squeeze(1)
-        return (torch.rand(self.n_tasks, generator=self.g) < p).long()
-
-
-def random_bandits(n_tasks: int, k: int = 5, seed: int = 0) -> Tensor:
-    """Arm means [n_tasks, k], uniform in [0, 1]."""
-    if n_tasks <= 0 or k < 2:
-        raise CourseError(f"need n_tasks > 0 and k >= 2 arms, got {n_tasks}, {k}")
-    return torch.rand(n_tasks, k, generator=torch.Generator().manual_seed(seed))

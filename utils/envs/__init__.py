@@ -1,0 +1,47 @@
+"""Every environment of the course, behind one batched protocol (see `utils.envs.base`).
+
+| module          | environment                                   | chapter |
+| --------------- | --------------------------------------------- | ------- |
+| `cue_corridor`  | a cued corridor with distractor inputs        | 00      |
+| `colour_goal`   | colour-goal gridworld (+ Gymnasium, MiniGrid) | 01      |
+| `probe`         | five probe environments with known values     | 01      |
+| `dark_room`     | Dark Room (goal never observed)               | 02      |
+| `bandits`       | Bernoulli bandits                             | 02      |
+| `tictactoe`     | tic-tac-toe, exact minimax, a batched game    | 03, 04  |
+| `gym_vec`       | any flat-Box, Discrete Gymnasium id           | 01      |
+
+`make_env(name, n_envs, seed)` builds the ones PPO and DQN train on by name.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+
+from utils.core import CourseError
+from utils.envs.base import BatchedEnv, GymnasiumEnv, check_actions
+from utils.envs.colour_goal import ColourGoalGrid
+from utils.envs.gym_vec import GymVecEnv
+from utils.envs.probe import PROBE_ENVS, ProbeEnv
+
+COURSE_ENVS = ("colour_goal", *PROBE_ENVS)
+
+
+def check_env_name(env_id: str) -> None:
+    """Raise the one-line CourseError of make_env for an unknown name, without building anything."""
+    if env_id not in COURSE_ENVS and not (isinstance(env_id, str) and env_id in gym.registry):
+        raise CourseError(f"unknown environment {env_id!r}: use one of {', '.join(COURSE_ENVS)} or a Gymnasium id such as 'CartPole-v1'")
+
+
+def make_env(env_id: str, n_envs: int, seed: int = 0, **kwargs) -> BatchedEnv:
+    """A batched environment by name: 'colour_goal' (kwargs: size, max_steps), a probe
+    environment, or a Gymnasium id such as 'CartPole-v1'."""
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs <= 0:
+        raise CourseError(f"n_envs must be a positive int, got {n_envs!r}")
+    check_env_name(env_id)
+    if env_id == "colour_goal":
+        return ColourGoalGrid(n_envs, seed=seed, **kwargs)
+    if env_id in PROBE_ENVS:
+        return ProbeEnv(env_id, n_envs, seed=seed)
+    return GymVecEnv(env_id, n_envs, seed=seed, **kwargs)
+
+
+__all__ = ["COURSE_ENVS", "BatchedEnv", "GymnasiumEnv", "check_actions", "check_env_name", "make_env"]

@@ -1,0 +1,85 @@
+"""The cue corridor of the orientation chapter.
+
+Positions 0..length-1; a cue in the observation says whether the goal is the left end or
+the right end. The agent starts at a random inner cell, moves LEFT or RIGHT, and gets +1 at
+the cued end, -1 at the other end, 0 on timeout (truncated). The observation is
+[one-hot position (length), one-hot cue (2), n_noise distractor readings]: the distractors
+are Gaussian noise the agent must learn to ignore (they also stop a probe from separating
+every observation trivially). Batched in torch with auto-reset (see `utils.envs.base`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from utils.core import CourseError
+from utils.envs.base import BatchedEnv, Step, check_actions, check_n_envs
+
+LEFT, RIGHT = 0, 1
+ACTION_NAMES = ("left", "right")
+
+
+class CueCorridor(BatchedEnv):
+    n_actions = 2
+
+    def __init__(self, n_envs: int, length: int = 7, max_steps: int = 12, seed: int = 0, n_noise: int = 6):
+        self.n_envs = check_n_envs(n_envs)
+        if length < 4:
+            raise CourseError(f"length must be at least 4 (two ends and room to move), got {length}")
+        self.length, self.max_steps, self.n_noise = length, max_steps, n_noise
+        self.g = torch.Generator().manual_seed(seed)
+        self.obs_dim = length + 2 + n_noise
+        self.pos = torch.zeros(self.n_envs, dtype=torch.long)
+        self.cue = torch.zeros(self.n_envs, dtype=torch.long)
+        self.t = torch.zeros(self.n_envs, dtype=torch.long)
+        self.ep_return = torch.zeros(self.n_envs)
+
+    def observe(self) -> Tensor:
+        noise = torch.randn(self.n_envs, self.n_noise, generator=self.g)
+        return encode(self.pos, self.cue, self.length, noise)
+
+    def _reset_where(self, mask: Tensor) -> None:
+        k = int(mask.sum())
+        self.pos[mask] = torch.randint(1, self.length - 1, (k,), generator=self.g)
+        self.cue[mask] = torch.randint(0, 2, (k,), generator=self.g)
+        self.t[mask] = 0
+        self.ep_return[mask] = 0
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            self.g.manual_seed(seed)
+        self._reset_where(torch.ones(self.n_envs, dtype=torch.bool))
+        return self.observe()
+
+    def step(self, actions) -> Step:
+        actions = check_actions(actions, self.n_envs, self.n_actions, "0 (left) or 1 (right)")
+        self.pos = (self.pos + torch.where(actions == RIGHT, 1, -1)).clamp(0, self.length - 1)
+        self.t += 1
+        at_left, at_right = self.pos == 0, self.pos == self.length - 1
+        goal_right = self.cue == RIGHT
+        reward = torch.zeros(self.n_envs)
+        success = (at_right & goal_right) | (at_left & ~goal_right)
+        reward[success] = 1.0
+        reward[(at_left & goal_right) | (at_right & ~goal_right)] = -1.0
+        terminated = at_left | at_right
+        truncated = ~terminated & (self.t >= self.max_steps)
+        self.ep_return += reward
+        info = {"episode_return": self.ep_return.clone(), "episode_length": self.t.clone(), "success": success}
+        self._reset_where(terminated | truncated)
+        return self.observe(), reward, terminated, truncated, info
+
+
+def encode(pos: Tensor, cue: Tensor, length: int = 7, noise: Tensor | None = None, n_noise: int = 6) -> Tensor:
+    """Observations [batch, length + 2 + n_noise] for positions and cues [batch]; the
+    distractor readings are `noise` [batch, n_noise] (zeros if None)."""
+    pos, cue = torch.as_tensor(pos).long(), torch.as_tensor(cue).long()
+    if pos.shape != cue.shape or pos.ndim != 1:
+        raise CourseError(f"pos and cue must be 1-D of the same length, got {tuple(pos.shape)} and {tuple(cue.shape)}")
+    if (pos < 0).any() or (pos >= length).any() or (cue < 0).any() or (cue > 1).any():
+        raise CourseError(f"positions must be in [0, {length}) and cues in {{0, 1}}")
+    if noise is None:
+        noise = torch.zeros(len(pos), n_noise)
+    if noise.ndim != 2 or len(noise) != len(pos):
+        raise CourseError(f"noise must have shape [{len(pos)}, n_noise], got {tuple(noise.shape)}")
+    onehots = [torch.nn.functional.one_hot(pos, length), torch.nn.functional.one_hot(cue, 2)]
+    return torch.cat([*onehots, noise.float()], -1).float()

@@ -1,0 +1,62 @@
+"""Any Gymnasium environment with a flat Box observation and Discrete actions, behind the
+course's batched protocol (`utils.envs.base`)."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from utils.core import CourseError
+from utils.envs.base import BatchedEnv, check_actions
+
+
+class GymVecEnv(BatchedEnv):
+    """A Gymnasium SyncVectorEnv behind the course's batched interface.
+
+    Uses same-step autoreset (the observation returned for a finished env is the first
+    of its next episode; the last one is in info["final_obs"]), which avoids the extra
+    no-op step of Gymnasium 1.x's default next-step autoreset. `success` means the episode
+    ran to its time limit (truncated without terminating): the CartPole meaning of
+    "balanced the pole"; environments that set info["is_success"] use that instead.
+    """
+
+    def __init__(self, env_id: str, n_envs: int, seed: int = 0, **kwargs):
+        self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(n_envs)],
+                                             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        space, act = self.envs.single_observation_space, self.envs.single_action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            self.envs.close()
+            raise CourseError(f"{env_id} has observations {space}; the course's PPO/DQN need a flat Box (wrap image envs with FlattenObservation)")
+        if not isinstance(act, gym.spaces.Discrete):
+            self.envs.close()
+            raise CourseError(f"{env_id} has actions {act}; the course's PPO/DQN need Discrete actions")
+        self.n_envs, self.obs_dim, self.n_actions, self.seed = n_envs, int(space.shape[0]), int(act.n), seed
+        self.ep_return = np.zeros(n_envs, np.float32)
+        self.ep_len = np.zeros(n_envs, np.int64)
+
+    def reset(self, seed: int | None = None):
+        obs, _ = self.envs.reset(seed=self.seed if seed is None else seed)
+        self.ep_return[:] = 0
+        self.ep_len[:] = 0
+        return torch.as_tensor(obs, dtype=torch.float32)
+
+    def step(self, actions):
+        actions = check_actions(actions, self.n_envs, self.n_actions).numpy()
+        obs, reward, term, trunc, info = self.envs.step(actions)
+        self.ep_return += reward
+        self.ep_len += 1
+        done = term | trunc
+        final_obs = np.array(obs, np.float32, copy=True)
+        if done.any() and "final_obs" in info:
+            for i in np.flatnonzero(done):
+                final_obs[i] = info["final_obs"][i]
+        success = info["is_success"].astype(bool) if "is_success" in info else (trunc & ~term)
+        out = {"episode_return": torch.as_tensor(self.ep_return.copy()), "episode_length": torch.as_tensor(self.ep_len.copy()),
+               "success": torch.as_tensor(success), "final_obs": torch.as_tensor(final_obs)}
+        self.ep_return[done] = 0
+        self.ep_len[done] = 0
+        return (torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(reward, dtype=torch.float32),
+                torch.as_tensor(term), torch.as_tensor(trunc), out)
+
+    def close(self):
+        self.envs.close()

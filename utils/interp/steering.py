@@ -1,0 +1,35 @@
+"""Steering: add a direction to an activation, and the directions (with their controls)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from transformer_lens.hook_points import HookPoint
+
+from utils.core import CourseError
+
+
+def add_hook(direction: Tensor, scale: float = 1.0) -> Callable[[Tensor, HookPoint], Tensor]:
+    """A hook function that adds `scale * direction` to the activation (steering)."""
+
+    def hook(act: Tensor, hook: HookPoint) -> Tensor:
+        if direction.shape[-1] != act.shape[-1]:
+            raise CourseError(f"steering direction has {direction.shape[-1]} units but {hook.name} has {act.shape[-1]}")
+        return act + scale * direction.to(act.device, act.dtype)
+
+    return hook
+
+
+def mean_difference(acts: Tensor, mask_a: Tensor, mask_b: Tensor) -> Tensor:
+    """mean(acts[mask_a]) - mean(acts[mask_b]): the activation difference between two groups."""
+    mask_a, mask_b = torch.as_tensor(mask_a, dtype=torch.bool), torch.as_tensor(mask_b, dtype=torch.bool)
+    if mask_a.shape != acts.shape[:1] or mask_b.shape != acts.shape[:1] or not mask_a.any() or not mask_b.any():
+        raise CourseError(f"need two non-empty boolean masks of shape [{len(acts)}] over the activations")
+    return acts[mask_a].mean(0) - acts[mask_b].mean(0)
+
+
+def norm_matched_random(direction: Tensor, seed: int) -> Tensor:
+    """A random direction with the same norm as `direction`: the control for a steering vector."""
+    r = torch.randn(direction.shape, generator=torch.Generator().manual_seed(seed))
+    return r / r.norm() * direction.norm()

@@ -1,0 +1,15 @@
+"""The course's hookable networks (TransformerLens `HookedRootModule` / `HookedTransformer`).
+
+- `mlp_policy.HookedMLPPolicy`: actor-critic MLP (hooks `hook_obs`, `layers.{i}.hook_pre`,
+  `layers.{i}.hook_post`, `hook_logits`, `hook_value`); the policy of PPO and A2C and the
+  Q-network of DQN.
+- `ad_transformer.ADTransformer`: a `HookedTransformer` reading (observation, previous
+  action, previous reward) tokens through custom embeddings: the pattern for any
+  transformer over RL trajectories (Algorithm Distillation, decision transformers).
+
+A new chapter adds its network as one module here.
+"""
+from utils.models.ad_transformer import ADConfig, ADTransformer
+from utils.models.mlp_policy import HookedMLPPolicy
+
+__all__ = ["ADConfig", "ADTransformer", "HookedMLPPolicy"]
