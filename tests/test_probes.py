@@ -45,3 +45,41 @@ def test_probe_bad_inputs():
         train_probe(torch.randn(20, 3), torch.zeros(20))
     with pytest.raises(CourseError, match="labels"):
         train_probe(torch.randn(20, 3), torch.zeros(19))
+
+
+def test_probe_rejects_silent_mistakes():
+    x, y = _data(40)
+    for kw, msg in (({"test_frac": 1.0}, "test_frac"), ({"test_frac": 0.0}, "test_frac")):
+        with pytest.raises(CourseError, match=msg):
+            train_probe(x, y, **kw)
+    bad = x.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(CourseError, match="NaN"):
+        train_probe(bad, y)
+    with pytest.raises(CourseError, match="class indices"):
+        train_probe(x, y - 1)
+    with pytest.raises(CourseError, match="groups"):
+        train_probe(x, y, groups=torch.arange(39))
+
+
+def test_grouped_split_keeps_groups_apart_and_interval_brackets_accuracy():
+    x, y = _data(400)
+    groups = torch.arange(400) // 10  # 40 "episodes" of 10 examples
+    res = train_probe(x, y, groups=groups)
+    lo, hi = res.test_ci
+    assert lo <= res.test_acc <= hi and hi - lo < 0.2
+    assert res.n_test_groups < res.n_test and res.n_test % 10 == 0  # whole groups only
+    plain = train_probe(x, y)
+    assert plain.test_ci[0] <= plain.test_acc <= plain.test_ci[1]
+
+
+def test_grouped_split_stops_a_leak():
+    # Each group has its own random label and near-identical examples: an ungrouped split memorises
+    # the group and looks accurate; a grouped split shows there is nothing to generalise.
+    g = torch.Generator().manual_seed(0)
+    centres, labels = torch.randn(60, 100, generator=g), torch.randint(0, 2, (60,), generator=g)
+    idx = torch.arange(600) // 10
+    x = centres[idx] + 0.01 * torch.randn(600, 100, generator=g)
+    y = labels[idx]
+    assert train_probe(x, y).test_acc > 0.9
+    assert train_probe(x, y, groups=idx).test_acc < 0.75

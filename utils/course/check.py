@@ -8,6 +8,7 @@ does not count them; flip it to True once the notebooks meet the limit.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +22,16 @@ from utils.course.setup_cell import SETUP_TAG, setup_cell_source
 
 MAX_CODE_LINE = 100       # characters in a line of a code cell
 LONG_LINES_FAIL = False   # False: long lines are warnings; True: they are problems (exit 1)
+
+# Static prose must not report measured numbers: results text is printed by the run. A decimal
+# number or a percentage in a markdown cell of a solution, or in a chapter landing page, is a
+# problem unless the allowlist names it with a reason (a hyperparameter, a source paper's
+# number with its citation, a definition).
+NUMBERS_ALLOWLIST = "book/static_numbers.yml"
+NUMBERS_FAIL = False      # False: static numbers are warnings (while chapters are being converted); True: problems
+_PROBLEM_ID = re.compile(r"8\.(?:[1-9]|1\d|2[01])")  # Nanda's problem numbers 8.1-8.21 are names, not results
+_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+|\d+(?:\.\d+)?\s?%)")
+_SKIP = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\]\([^)]*\)|\{cite[^}]*\}`[^`]*`", re.S)
 
 
 def _tags(cell) -> list[str]:
@@ -79,6 +90,46 @@ def long_lines(root: Path = REPO_ROOT, limit: int = MAX_CODE_LINE) -> list[str]:
     return out
 
 
+def _allowlist(root: Path) -> list[dict]:
+    path = root / NUMBERS_ALLOWLIST
+    if not path.exists():
+        return []
+    entries = yaml.safe_load(path.read_text()) or []
+    bad = [e for e in entries if not (isinstance(e, dict) and e.get("file") and e.get("text") and e.get("reason"))]
+    if bad:
+        raise ValueError(f"{NUMBERS_ALLOWLIST}: every entry needs file, text and reason; bad: {bad[:2]}")
+    return entries
+
+
+def _prose(root: Path) -> list[tuple[str, str]]:
+    """(file, markdown text) for every solution's markdown cells and every chapter landing page."""
+    out = []
+    for path in sorted((root / "solutions").glob("*.ipynb")):
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception:
+            continue
+        out += [(str(path.relative_to(root)), c.source) for c in nb.cells if c.cell_type == "markdown"]
+    out += [(str(p.relative_to(root)), p.read_text()) for p in sorted((root / "book" / "chapters").glob("*.md"))]
+    return out
+
+
+def static_numbers(root: Path = REPO_ROOT) -> list[str]:
+    """One problem per decimal number or percentage in static prose that the allowlist does not
+    name (code spans, math and link targets are skipped)."""
+    allow = _allowlist(root)
+    out = []
+    for rel, text in _prose(root):
+        for line in _SKIP.sub(" ", text).split("\n"):
+            for m in _NUMBER.finditer(line):
+                if _PROBLEM_ID.fullmatch(m.group(0)):
+                    continue
+                if not any(e["file"] == rel and e["text"] in line for e in allow):
+                    out.append(f"{rel}: static number '{m.group(0)}' in \"{line.strip()[:90]}\": print it from the run, "
+                               f"or add it to {NUMBERS_ALLOWLIST} with a reason")
+    return out
+
+
 def _long_line_warnings(found: list[str]) -> list[str]:
     per_file: dict[str, int] = {}
     for line in found:
@@ -115,6 +166,12 @@ def problems(root: Path = REPO_ROOT) -> list[str]:
                 out.append(f"{rel}: missing for ready chapter {ch.id}")
             if rel.rsplit(".", 1)[0] not in toc_files:
                 out.append(f"{rel}: not listed in _toc.yml")
+    numbers = static_numbers(root)
+    if NUMBERS_FAIL:
+        out += numbers
+    elif numbers:
+        print(f"warning: {len(numbers)} static number(s) in prose (`python -m utils.course.check --numbers` lists them)",
+              file=sys.stderr)
     found = long_lines(root)
     if LONG_LINES_FAIL:
         out += found
@@ -139,6 +196,10 @@ def _toc_files(node) -> list[str]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--numbers"]:
+        lines = static_numbers()
+        print("\n".join(lines) or "no static number in prose")
+        sys.exit(1 if lines and NUMBERS_FAIL else 0)
     if sys.argv[1:] == ["--long-lines"]:
         lines = long_lines()
         print("\n".join(lines) or f"no code line over {MAX_CODE_LINE} characters")

@@ -1,10 +1,16 @@
-"""Linear probes, always reported beside a baseline.
+"""Linear probes, always reported beside a baseline, with an interval and a leak-free split.
 
 A probe's accuracy means little alone: one-hot inputs make many facts linearly
 decodable even from a random network. `probe_with_baselines` fits the same probe on
 (a) the activations you care about, (b) the same activations with shuffled labels and,
 optionally, (c) the activations of a randomly initialised model, and reports all three
 with held-out accuracy.
+
+Splits and intervals: pass `groups` (one id per example: the episode, history or board it
+came from) whenever examples share a source, so that no group is on both sides of the split
+(windows of one episode in train and test would leak). The held-out accuracy then carries a
+95% interval from a bootstrap over the test GROUPS (`test_ci`); without groups, a Wilson
+interval over test examples.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 from torch import Tensor
 
 from utils.core import CourseError, torch_threads
+from utils.stats import bootstrap_statistic, wilson_ci
 
 
 @dataclass
@@ -24,6 +31,10 @@ class ProbeResult:
     majority_acc: float  # accuracy of always guessing the most common training label, on the test split
     weight: Tensor = field(repr=False)  # [n_classes, d] (a direction per class)
     bias: Tensor = field(repr=False)
+    test_ci: tuple[float, float] = (float("nan"), float("nan"))  # 95% interval of test_acc (unit: test groups, else examples)
+    n_test: int = 0
+    n_test_groups: int = 0
+    test_correct: np.ndarray = field(default=None, repr=False)  # [n_test] bool, the held-out hits
 
     def direction(self, cls: int = 1) -> Tensor:
         """The unit vector separating class `cls` from the others (for binary probes: class 1 vs 0)."""
@@ -31,30 +42,78 @@ class ProbeResult:
         return w / w.norm().clamp_min(1e-12)
 
 
-def _split(n: int, test_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, int(round(n * test_frac)))
-    return perm[n_test:], perm[:n_test]
+def _split(n: int, test_frac: float, seed: int, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows): a random split of the examples, or of the groups if given."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(n)
+        n_test = max(2, int(round(n * test_frac)))
+        if n - n_test < 2:
+            raise CourseError(f"test_frac={test_frac} leaves fewer than 2 training examples of {n}")
+        return perm[n_test:], perm[:n_test]
+    uniq = np.unique(groups)
+    if len(uniq) < 4:
+        raise CourseError(f"a grouped split needs at least 4 groups, got {len(uniq)}: collect more episodes")
+    perm = rng.permutation(uniq)
+    k = min(len(uniq) - 2, max(2, int(round(len(uniq) * test_frac))))
+    test = np.isin(groups, perm[:k])
+    return np.flatnonzero(~test), np.flatnonzero(test)
 
 
-def train_probe(acts: Tensor, labels: Tensor, test_frac: float = 0.25, seed: int = 0, epochs: int = 300,
-                lr: float = 0.05, weight_decay: float = 1e-3) -> ProbeResult:
-    """Fit a multinomial logistic-regression probe on standardised `acts` [n, d] -> `labels` [n]
-    (full-batch Adam) and report accuracy on a held-out split."""
-    acts = torch.as_tensor(acts).detach().float().reshape(len(acts), -1)
-    labels = torch.as_tensor(labels).detach().long()
+def _accuracy_ci(correct: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[float, float]:
+    if groups is None:
+        _, lo, hi = wilson_ci(int(correct.sum()), len(correct))
+        return lo, hi
+    uniq, inv = np.unique(groups, return_inverse=True)
+    if len(uniq) < 2:
+        return float("nan"), float("nan")
+    hits, sizes = np.bincount(inv, weights=correct), np.bincount(inv).astype(float)
+    _, lo, hi = bootstrap_statistic(lambda h, m: h.sum(-1) / m.sum(-1), hits, sizes, n_boot=1000, seed=seed)
+    return lo, hi
+
+
+def _check_probe_inputs(acts: Tensor, labels: Tensor, test_frac: float, groups) -> np.ndarray | None:
     if acts.ndim != 2 or labels.ndim != 1 or len(acts) != len(labels):
         raise CourseError(f"probe needs acts [n, d] and labels [n], got {tuple(acts.shape)} and {tuple(labels.shape)}")
     if len(acts) < 8:
         raise CourseError(f"probe needs at least 8 examples, got {len(acts)}: collect more observations")
+    if not torch.isfinite(acts).all():
+        raise CourseError("probe activations contain NaN or inf: check the model and the cache before probing")
+    if labels.min() < 0:
+        raise CourseError(f"probe labels must be class indices 0..C-1, got a minimum of {int(labels.min())}")
+    if not 0 < test_frac < 1:
+        raise CourseError(f"test_frac must be strictly between 0 and 1, got {test_frac}")
+    if groups is None:
+        return None
+    groups = np.asarray(torch.as_tensor(groups).detach().cpu())
+    if groups.shape != (len(acts),):
+        raise CourseError(f"groups must have one id per example [{len(acts)}], got shape {groups.shape}")
+    return groups
+
+
+def train_probe(acts: Tensor, labels: Tensor, test_frac: float = 0.25, seed: int = 0, epochs: int = 300,
+                lr: float = 0.05, weight_decay: float = 1e-3, groups: Tensor | np.ndarray | None = None) -> ProbeResult:
+    """Fit a multinomial logistic-regression probe on standardised `acts` [n, d] -> `labels` [n]
+    (full-batch Adam) and report accuracy on a held-out split, with a 95% interval.
+
+    groups [n]: the source of each example (episode, history, board); the split then keeps
+    every group on one side, and the interval resamples test groups."""
+    acts = torch.as_tensor(acts).detach().float()
+    acts = acts.reshape(len(acts), -1) if acts.ndim > 2 else acts
+    labels = torch.as_tensor(labels).detach().long()
+    groups = _check_probe_inputs(acts, labels, test_frac, groups)
     n_classes = int(labels.max()) + 1
-    if n_classes < 2:
+    if len(torch.unique(labels)) < 2:
         raise CourseError("probe labels have a single class: nothing to decode; check the labelling function")
-    tr, te = _split(len(acts), test_frac, seed)
+    tr, te = _split(len(acts), test_frac, seed, groups)
     mu, sd = acts[tr].mean(0), acts[tr].std(0).clamp_min(1e-6)
     x = (acts - mu) / sd
     with torch_threads(1 if x.numel() < 2_000_000 else torch.get_num_threads()):  # small problems: one thread is fastest
-        return _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay)
+        res = _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay)
+    res.test_ci = _accuracy_ci(res.test_correct.astype(float), None if groups is None else groups[te], seed)
+    res.n_test = len(te)
+    res.n_test_groups = len(np.unique(groups[te])) if groups is not None else len(te)
+    return res
 
 
 def _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -> ProbeResult:
@@ -77,7 +136,7 @@ def _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -
         # express the probe in the unstandardised activation space so its direction can steer
         weight = lin.weight.detach() / sd
         bias = lin.bias.detach() - (lin.weight.detach() * mu / sd).sum(-1)
-    return ProbeResult(train_acc, test_acc, majority_acc, weight, bias)
+    return ProbeResult(train_acc, test_acc, majority_acc, weight, bias, test_correct=(pred[te] == labels[te]).numpy())
 
 
 @dataclass
@@ -103,12 +162,14 @@ class ProbeReport:
                 ("shuffled labels", self.shuffled.test_acc)]
         if self.random_model is not None:
             rows.append(("random-init model", self.random_model.test_acc))
-        return "\n".join(f"{name:<24}{acc:6.3f}" for name, acc in rows)
+        lo, hi = self.probe.test_ci
+        return "\n".join(f"{name:<24}{acc:6.3f}" for name, acc in rows) + f"\nprobe 95% interval      [{lo:.3f}, {hi:.3f}]"
 
 
 def probe_with_baselines(acts: Tensor, labels: Tensor, random_acts: Tensor | None = None, seed: int = 0,
                          **kw) -> ProbeReport:
-    """Held-out probe accuracy on `acts`, beside the shuffled-label and (if given) random-model baselines."""
+    """Held-out probe accuracy on `acts`, beside the shuffled-label and (if given) random-model
+    baselines; pass `groups=` (see `train_probe`) when examples share a source."""
     labels = torch.as_tensor(labels).long()
     probe = train_probe(acts, labels, seed=seed, **kw)
     perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(len(labels)))
