@@ -44,3 +44,36 @@ def test_check_fails_on_stub(chapter, name):
 def test_check_fails_on_plausible_wrong_answer(chapter, name, wrong):
     with pytest.raises(ExerciseFailed):
         chapter_module(chapter).CHECKS[name](wrong)
+
+
+@pytest.mark.parametrize("chapter, name", CASES)
+def test_check_leaves_global_random_state_alone(chapter, name):
+    import torch
+
+    fn = load_exercise_functions(REPO_ROOT / "solutions" / f"{chapter}.ipynb")[name]
+    before = torch.get_rng_state()
+    chapter_module(chapter).CHECKS[name](fn)
+    assert torch.equal(before, torch.get_rng_state()), f"{name}'s check reseeds or draws from the global generator"
+
+
+def test_stub_with_fallback_returns_the_reference_and_says_so(capsys):
+    from utils.exercises import check
+
+    @check
+    def check_double(f):
+        if f(2) != 4:
+            raise ExerciseFailed("double 2 should be 4")
+
+    def stub(x):
+        raise NotImplementedError
+
+    def reference(x):
+        return 2 * x
+
+    assert check_double(stub, fallback=reference) is reference
+    assert "still the stub" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match="still the stub"):
+        check_double(stub)
+    with pytest.raises(ExerciseFailed):
+        check_double(lambda x: x + 1, fallback=reference)  # a wrong answer is never replaced
+    assert check_double(reference) is reference

@@ -3,6 +3,17 @@
 A check takes the learner's function, compares it with the reference in `utils` on
 random and edge-case inputs, prints one line when it passes, and raises
 `ExerciseFailed` (an AssertionError) with a message saying what is wrong otherwise.
+It returns the function the notebook should use from then on:
+
+    get_hidden = check_get_hidden(get_hidden, fallback=reference_get_hidden)
+
+- the learner's function when it passes;
+- with `fallback=` given and the learner's function still the stub: the reference, after one
+  printed line saying so, so skipping an exercise never breaks the cells that depend on it;
+- a wrong answer always raises (fix it, or put the stub back to skip).
+
+Checks draw their random inputs from a local `torch.Generator`, never the global one, so
+running a check does not change the notebook's later random draws.
 Each chapter module lists its checks in CHECKS and plausible mistakes in WRONG_ANSWERS;
 the tests prove every check fails on the stub and on each mistake and passes on the
 solution.
@@ -24,19 +35,25 @@ class ExerciseFailed(AssertionError):
 
 
 def check(fn: Callable) -> Callable:
-    """Decorator for check functions: a stub or a crash becomes a clear ExerciseFailed."""
+    """Decorator for check functions: a stub or a crash becomes a clear ExerciseFailed; returns
+    the function to use (see the module docstring for `fallback`)."""
     @functools.wraps(fn)
-    def wrapper(learner_fn: Callable, *args, **kwargs):
+    def wrapper(learner_fn: Callable, *args, fallback: Callable | None = None, **kwargs) -> Callable:
         name = getattr(learner_fn, "__name__", "your function")
         try:
             fn(learner_fn, *args, **kwargs)
         except ExerciseFailed:
             raise
         except NotImplementedError:
+            if fallback is not None:
+                where = f"{getattr(fallback, '__module__', 'utils')}.{getattr(fallback, '__name__', name)}"
+                print(f"\N{RIGHTWARDS ARROW} {name} is still the stub: the notebook continues with the reference {where}")
+                return fallback
             raise ExerciseFailed(f"{name} is still the stub: replace `raise NotImplementedError` with your code") from None
         except Exception as e:
             raise ExerciseFailed(f"{name} raised {type(e).__name__}: {e}") from e
         print(f"\N{CHECK MARK} {name} passes every check")
+        return learner_fn
 
     return wrapper
 
