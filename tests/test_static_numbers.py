@@ -11,7 +11,8 @@ def _root(tmp_path, markdown: str, page: str = "", allow: str = "[]"):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(markdown), nbformat.v4.new_code_cell("x = 0.5")])
     nbformat.write(nb, tmp_path / "solutions" / "99_demo.ipynb")
     (tmp_path / "book" / "chapters" / "99_demo.md").write_text(page)
-    (tmp_path / NUMBERS_ALLOWLIST).write_text(allow)
+    (tmp_path / NUMBERS_ALLOWLIST).mkdir()
+    (tmp_path / NUMBERS_ALLOWLIST / "99_demo.yml").write_text(allow)
     return tmp_path
 
 

@@ -27,7 +27,7 @@ LONG_LINES_FAIL = False   # False: long lines are warnings; True: they are probl
 # number or a percentage in a markdown cell of a solution, or in a chapter landing page, is a
 # problem unless the allowlist names it with a reason (a hyperparameter, a source paper's
 # number with its citation, a definition).
-NUMBERS_ALLOWLIST = "book/static_numbers.yml"
+NUMBERS_ALLOWLIST = "book/static_numbers"   # one <chapter id>.yml per chapter (or any *.yml) in this folder
 NUMBERS_FAIL = False      # False: static numbers are warnings (while chapters are being converted); True: problems
 _PROBLEM_ID = re.compile(r"8\.(?:[1-9]|1\d|2[01])")  # Nanda's problem numbers 8.1-8.21 are names, not results
 _NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+|\d+(?:\.\d+)?\s?%)")
@@ -91,13 +91,13 @@ def long_lines(root: Path = REPO_ROOT, limit: int = MAX_CODE_LINE) -> list[str]:
 
 
 def _allowlist(root: Path) -> list[dict]:
-    path = root / NUMBERS_ALLOWLIST
-    if not path.exists():
-        return []
-    entries = yaml.safe_load(path.read_text()) or []
-    bad = [e for e in entries if not (isinstance(e, dict) and e.get("file") and e.get("text") and e.get("reason"))]
-    if bad:
-        raise ValueError(f"{NUMBERS_ALLOWLIST}: every entry needs file, text and reason; bad: {bad[:2]}")
+    entries = []
+    for path in sorted((root / NUMBERS_ALLOWLIST).glob("*.yml")):
+        found = yaml.safe_load(path.read_text()) or []
+        bad = [e for e in found if not (isinstance(e, dict) and e.get("file") and e.get("text") and e.get("reason"))]
+        if bad:
+            raise ValueError(f"{path.relative_to(root)}: every entry needs file, text and reason; bad: {bad[:2]}")
+        entries += found
     return entries
 
 
