@@ -1,45 +1,79 @@
 # The two commands a newcomer needs: `make book` and `make test`.
-PY ?= python3
+#
+# Which Python: outside a virtual environment every target uses .venv, made on first use
+# with python3.12, python3.11 or python3 (whichever is 3.11 or 3.12), so a Debian/Ubuntu
+# system Python (PEP 668, "externally-managed-environment") is never pip-installed into.
+# Inside an active venv or conda env, with CI set, or with PY=... given, that Python is used.
 PROFILE ?= cpu
 CHAPTERS ?=
+JOBS ?=
+FORCE ?=
+
+ifeq ($(origin PY),undefined)
+  ifneq ($(VIRTUAL_ENV)$(CONDA_PREFIX)$(CI),)
+    PY := python3
+  else
+    VENV := .venv
+    PY := $(VENV)/bin/python
+  endif
+endif
+
+# pip runs again only when requirements.txt changes (or with `make install`'s stamp removed)
+STAMP := $(if $(VENV),$(VENV)/.installed,_build/.installed-$(subst /,_,$(PY)))
+RUN_FLAGS := --profile $(PROFILE)$(if $(JOBS), --jobs $(JOBS))$(if $(FORCE), --force)
 
 .PHONY: help install book test notebooks check run smoke site bench clean
 
 help:
-	@echo "make book       install what is missing, execute every chapter (cpu profile), build the site"
+	@echo "make book       install what is missing, execute every chapter (cpu profile) in parallel, build the site"
+	@echo "                (chapters whose inputs did not change are not re-run; FORCE=1 re-runs, JOBS=N sets workers)"
 	@echo "make test       the full test suite (what CI runs)"
 	@echo "make notebooks  regenerate notebooks/ (exercises) from solutions/"
 	@echo "make check      fast rules: notebooks in sync, no outputs, parameters and setup cells"
 	@echo "make run PROFILE=smoke CHAPTERS=00_orientation   execute chapters with papermill"
 	@echo "make site       build the site from the committed notebooks (no execution)"
 	@echo "make bench      course PPO vs Stable-Baselines3 PPO on the same gridworld and budget"
+	@echo "Python: $(PY)$(if $(VENV), (made on first use; an active venv or PY=... is used instead))"
 
-install:
+ifdef VENV
+$(VENV)/bin/python:
+	@py=""; for c in python3.12 python3.11 python3; do \
+	  if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null; then py=$$c; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then echo "make: no Python 3.11 or 3.12 found: install one (e.g. apt install python3.12-venv), or give PY=/path/to/python" >&2; exit 1; fi; \
+	echo "make: creating $(VENV) with $$py ($$($$py -V)); every make target uses it (an active venv or PY=... skips it)"; \
+	$$py -m venv $(VENV) || { rm -rf $(VENV); echo "make: '$$py -m venv' failed: on Debian/Ubuntu run 'sudo apt install python3-venv' (or python3.X-venv for your version), then make again" >&2; exit 1; }
+endif
+
+$(STAMP): requirements.txt | $(if $(VENV),$(VENV)/bin/python)
 	$(PY) -m pip install -q -r requirements.txt
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
-book: install
-	$(PY) -m utils.course run --profile $(PROFILE) $(CHAPTERS)
-	$(PY) -m utils.course book --executed
+install: $(STAMP)
 
-test:
+book: $(STAMP)
+	$(PY) -m utils.course run $(RUN_FLAGS) $(CHAPTERS) && $(PY) -m utils.course book --executed
+
+# CI installs first and passes PY=python3; a fresh .venv is installed into before testing
+test: $(if $(VENV),$(STAMP))
 	COURSE_PROFILE=smoke HF_HUB_OFFLINE=1 $(PY) -m pytest tests solutions --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider --durations=15
 
-notebooks:
+notebooks: $(if $(VENV),$(STAMP))
 	$(PY) -m utils.course notebooks
 
-check:
+check: $(if $(VENV),$(STAMP))
 	$(PY) -m utils.course check
 
-run:
-	$(PY) -m utils.course run --profile $(PROFILE) $(CHAPTERS)
+run: $(if $(VENV),$(STAMP))
+	$(PY) -m utils.course run $(RUN_FLAGS) $(CHAPTERS)
 
-smoke:
-	$(PY) -m utils.course run --profile smoke $(CHAPTERS)
+smoke: $(if $(VENV),$(STAMP))
+	$(PY) -m utils.course run --profile smoke$(if $(JOBS), --jobs $(JOBS))$(if $(FORCE), --force) $(CHAPTERS)
 
-site:
+site: $(if $(VENV),$(STAMP))
 	$(PY) -m utils.course book
 
-bench:
+bench: $(if $(VENV),$(STAMP))
 	$(PY) scripts/bench_ppo.py
 
 clean:

@@ -11,7 +11,7 @@ import pytest
 from utils.course import REPO_ROOT
 from utils.course.check import problems
 from utils.course.notebooks import STUB, ExerciseMarkupError, generate, stub_source
-from utils.course.setup_cell import COLAB_SKIP, setup_cell_source
+from utils.course.setup_cell import setup_cell_source
 
 SOLUTION = '''import torch
 
@@ -124,56 +124,7 @@ def test_setup_cell_is_identical_everywhere():
         assert [c.source for c in nb.cells if "setup" in c.metadata.get("tags", [])] == [src], path
 
 
-def _run_setup_cell(in_colab, tmp_path, fake_clone=True, cwd=None):
-    """Execute the setup cell's definitions with Colab faked and commands captured."""
-    ns = {}
-    src = setup_cell_source().replace("COURSE_ROOT = course_setup()", "")
-    exec(src, ns)
-    commands = []
-
-    def run(cmd):
-        commands.append(cmd)
-        if fake_clone and cmd[:2] == ["git", "clone"]:
-            dest = Path(cmd[-1])
-            (dest / "utils" / "course").mkdir(parents=True)
-            shutil.copy2(REPO_ROOT / "requirements.txt", dest / "requirements.txt")
-
-    old_path = list(sys.path)
-    try:
-        root = ns["course_setup"](in_colab=in_colab, run=run, colab_root=str(tmp_path / "course"))
-    finally:
-        added = [p for p in sys.path if p not in old_path]
-        sys.path[:] = old_path
-    return root, commands, added
-
-
-def test_setup_cell_in_colab_clones_and_installs_all_pins_but_torch(tmp_path):
-    root, commands, added = _run_setup_cell(True, tmp_path)
-    assert root == tmp_path / "course" and str(root) in added
-    clone, install = commands
-    assert clone[:2] == ["git", "clone"] and clone[-2] == "https://github.com/open-problems-rl-interp/course"
-    assert install[1:4] == ["-m", "pip", "install"]
-    pins = [p for p in install if "==" in p]
-    names = {p.split("==")[0].lower() for p in pins}
-    assert "torch" not in names and not names & set(COLAB_SKIP)
-    assert {"transformer_lens", "sae_lens", "trl", "minigrid", "circuitsvis"} <= names
-    assert all(p.count("==") == 1 for p in pins)
-
-
-def test_setup_cell_in_colab_reuses_existing_clone(tmp_path):
-    (tmp_path / "course" / "utils" / "course").mkdir(parents=True)
-    shutil.copy2(REPO_ROOT / "requirements.txt", tmp_path / "course" / "requirements.txt")
-    _, commands, _ = _run_setup_cell(True, tmp_path, fake_clone=False)
-    assert [c[:2] for c in commands] == [[sys.executable, "-m"]]
-
-
-def test_setup_cell_locally_runs_no_command(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT / "solutions")
-    root, commands, _ = _run_setup_cell(False, tmp_path)
-    assert root == REPO_ROOT and commands == []
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(RuntimeError, match="utils/ not found"):
-        _run_setup_cell(False, tmp_path)
+# The setup cell's behaviour in Colab and locally: tests/test_setup_cell.py.
 
 
 def _course(*args, cwd=REPO_ROOT):

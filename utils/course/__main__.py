@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="execute solution notebooks with papermill and report")
     r.add_argument("--profile", default=None, help="smoke | cpu | gpu (default: COURSE_PROFILE, else gpu with CUDA, else cpu)")
     r.add_argument("chapters", nargs="*", help="chapter ids or number prefixes (default: every ready chapter)")
+    r.add_argument("--jobs", "-j", type=int, default=None, help="parallel workers (default: one per core)")
+    r.add_argument("--force", action="store_true", help="re-run chapters whose inputs have not changed since their last ok run")
     b = sub.add_parser("book", help="build the static site into _build/html")
     b.add_argument("--executed", action="store_true", help="use the notebooks executed by `run` (outputs shown)")
     args = p.parse_args(argv)
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             except CourseError as e:
                 raise _Usage(str(e)) from None
             from utils.course.run import run
-            results = run(chapters, profile)
+            if args.jobs is not None and args.jobs < 1:
+                raise _Usage(f"--jobs {args.jobs}: give 1 or more workers")
+            results = run(chapters, profile, jobs=args.jobs, force=args.force)
             return 0 if all(r.status == "ok" for r in results) else 1
         elif args.verb == "book":
             from utils.course.book import build

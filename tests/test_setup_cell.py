@@ -1,0 +1,340 @@
+"""The first ten minutes: the Colab setup cell (idempotent clone, runtime packages pinned with
+torch held, one-line failures), the gpu-profile pre-check, and the Makefile's .venv."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+
+from utils import CourseError
+from utils.course import REPO_ROOT
+from utils.course.run import _code_cells, _imported_names, used_modules
+from utils.course.setup_cell import (COLAB_REQUIREMENTS, COLAB_SKIP, colab_install, install_command, installed_version,
+                                     read_pins, setup_cell_source)
+
+# imported at run time but not pinned by the course: the kernel itself, and a dependency of pinned packages
+PROVIDED = {"IPython": "the notebook kernel", "scipy": "a dependency of sae_lens, trl and stable-baselines3",
+            "torch": "Colab's own build"}
+COURSE_FILES = ("utils", "data", "notebooks", "solutions", "requirements.txt", COLAB_REQUIREMENTS, "_config.yml")
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def test_colab_requirements_are_the_runtime_imports_pinned_as_in_requirements_txt():
+    import importlib.metadata as md
+
+    full = {_norm(p.split("==")[0]): p.split("==")[1] for p in read_pins(REPO_ROOT / "requirements.txt")}
+    colab = {_norm(p.split("==")[0]): p.split("==")[1] for p in read_pins(REPO_ROOT / COLAB_REQUIREMENTS)}
+    assert all(full.get(n) == v for n, v in colab.items()), "a pin in requirements-colab.txt differs from requirements.txt"
+    assert not set(colab) & {_norm(s) for s in COLAB_SKIP}
+
+    names: set[str] = set()
+    for nb in sorted((REPO_ROOT / "solutions").glob("*.ipynb")):
+        names |= {n for src in _code_cells(nb) for n in _imported_names(src)}
+        names |= {n for path in used_modules(nb).values() for n in _imported_names(path.read_text())}
+    tops = {n.split(".")[0] for n in names if n} - set(sys.stdlib_module_names) - {"utils", "__future__"}
+    dists = md.packages_distributions()
+    needed = {_norm(dists[t][0]) for t in tops - set(PROVIDED)}
+    assert needed == set(colab), (f"imported at run time but not in {COLAB_REQUIREMENTS}: {sorted(needed - set(colab))}; "
+                                  f"listed but not imported: {sorted(set(colab) - needed)}")
+
+
+@pytest.fixture(scope="module")
+def course_repo(tmp_path_factory):
+    """A git repository (branch main) of the working tree's course files: what Colab clones."""
+    origin = tmp_path_factory.mktemp("origin") / "course"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", *COURSE_FILES],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+    for rel in filter(None, listed):
+        if (REPO_ROOT / rel).is_file():
+            (origin / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, origin / rel)
+    (origin / ".gitignore").write_text("_build/\n__pycache__/\n")
+    git = ["git", "-c", "user.name=course", "-c", "user.email=course@example.invalid"]
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run([*git, *cmd], cwd=origin, check=True)
+    return origin
+
+
+def _cell(repo: Path, colab_root: Path):
+    """The setup cell's definitions, with the clone URL pointed at `repo`."""
+    ns = {}
+    src = setup_cell_source().replace("COURSE_ROOT = course_setup()", "")
+    exec(src.replace('COURSE_REPO = "', f'COURSE_REPO = "{repo}"  # "'), ns)
+    return lambda **kw: _keep_path(ns["course_setup"], in_colab=True, colab_root=str(colab_root), **kw)
+
+
+def _keep_path(fn, **kw):
+    old = list(sys.path)
+    try:
+        return fn(**kw)
+    finally:
+        sys.path[:] = old
+
+
+def test_clone_is_reused_when_complete_replaced_when_not_and_a_failure_is_one_line(course_repo, tmp_path, capsys):
+    root = tmp_path / "content" / "rl-interp-course"
+    setup = _cell(course_repo, root)
+    assert setup() == root and (root / "utils" / "course" / "setup_cell.py").is_file()
+    assert "pinned packages are installed" in capsys.readouterr().out  # every runtime pin is present here
+    (root / "notes.txt").write_text("mine")
+    (root / "utils" / "stats.py").write_text((root / "utils" / "stats.py").read_text() + "# a learner's edit\n")
+
+    setup()  # a complete clone is reused: the learner's files stay
+    assert (root / "notes.txt").read_text() == "mine"
+
+    (root / "utils" / "core.py").unlink()  # a checkout that stopped part way
+    setup()
+    assert (root / "utils" / "core.py").is_file() and not (root / "notes.txt").exists()
+
+    shutil.rmtree(root)
+    (root / ".git").mkdir(parents=True)  # a clone interrupted before it fetched anything
+    setup()
+    assert (root / "utils" / "course").is_dir()
+
+    shutil.rmtree(root)
+    with pytest.raises(RuntimeError) as err:
+        _cell(tmp_path / "no-such-repo", root)()
+    msg = str(err.value)
+    assert msg.startswith("course setup: could not clone") and "run this cell again" in msg and "\n" not in msg
+    assert not root.exists() and not root.with_name(root.name + ".partial").exists()
+
+
+def test_setup_cell_locally_runs_no_command(tmp_path, monkeypatch):
+    ns = {}
+    exec(setup_cell_source().replace("COURSE_ROOT = course_setup()", ""), ns)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    monkeypatch.chdir(REPO_ROOT / "solutions")
+    assert _keep_path(ns["course_setup"], in_colab=False) == REPO_ROOT
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="utils/ not found"):
+        _keep_path(ns["course_setup"], in_colab=False)
+
+
+def _fake_root(tmp_path: Path, pins: str) -> Path:
+    root = tmp_path / "clone"
+    root.mkdir(parents=True)
+    (root / COLAB_REQUIREMENTS).write_text(pins)
+    return root
+
+
+def test_colab_install_holds_torch_and_installs_only_the_runtime_pins(tmp_path):
+    root = _fake_root(tmp_path, "numpy==0.0.1  # not what is installed\ntqdm==" + installed_version("tqdm") + "\n")
+    calls = []
+    missing = colab_install(root, run=lambda cmd, **kw: calls.append(cmd) or SimpleNamespace(returncode=0), write=print)
+    assert missing == ["numpy==0.0.1"]
+    (cmd,) = calls
+    assert cmd == install_command(root, root / "_build" / "colab-constraints.txt")
+    assert cmd[:5] == [sys.executable, "-m", "pip", "install", "-q"] and cmd[-2:] == read_pins(root / COLAB_REQUIREMENTS)
+    assert Path(cmd[cmd.index("-c") + 1]).read_text() == f"torch=={installed_version('torch')}\n"
+
+    # nothing missing: no pip at all (a re-run, or a runtime that already has everything)
+    root2 = _fake_root(tmp_path / "b", f"tqdm=={installed_version('tqdm')}\n")
+    assert colab_install(root2, run=lambda *a, **k: pytest.fail("pip ran"), write=print) == []
+
+
+@pytest.mark.parametrize("stderr, hint", [
+    ("ERROR: Cannot install trl==1.16.0 because these package versions have conflicting dependencies (torch)",
+     "a pin needs a torch other than"),
+    ("ERROR: Could not find a version that satisfies the requirement numpy==0.0.1", "internet access"),
+])
+def test_colab_install_failure_is_one_line(tmp_path, stderr, hint):
+    root = _fake_root(tmp_path, "numpy==0.0.1\n")
+    fail = lambda cmd, **kw: SimpleNamespace(returncode=1, stdout="", stderr=f"Collecting x\n{stderr}\n")  # noqa: E731
+    with pytest.raises(RuntimeError) as err:
+        colab_install(root, run=fail, write=print)
+    assert hint in str(err.value) and stderr[:60] in str(err.value) and "\n" not in str(err.value)
+
+
+def test_colab_install_says_when_a_restart_is_needed(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "fakecourse_pkg").mkdir(parents=True)
+    (site / "fakecourse_pkg" / "__init__.py").write_text("")
+
+    def dist(version):
+        shutil.rmtree(next(site.glob("*.dist-info"), site / "none"), ignore_errors=True)
+        info = site / f"fakecourse_pkg-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakecourse-pkg\nVersion: {version}\n")
+        (info / "top_level.txt").write_text("fakecourse_pkg\n")
+
+    dist("1.0")
+    monkeypatch.syspath_prepend(str(site))
+    import fakecourse_pkg  # noqa: F401  (imported before the install, as Colab has numpy imported)
+
+    try:
+        root = _fake_root(tmp_path, "fakecourse-pkg==2.0\n")
+        with pytest.raises(RuntimeError) as err:
+            colab_install(root, run=lambda cmd, **kw: dist("2.0") or SimpleNamespace(returncode=0), write=print)
+        msg = str(err.value)
+        assert "fakecourse-pkg 1.0 -> 2.0" in msg and "Restart session" in msg and "\n" not in msg
+        assert colab_install(root, run=lambda *a, **k: pytest.fail("pip ran"), write=print) == []  # the re-run
+    finally:
+        sys.modules.pop("fakecourse_pkg", None)
+
+
+def test_colab_simulation_in_a_fresh_venv(course_repo, tmp_path):
+    """A venv that plays Colab: torch and the other packages preinstalled (system site packages),
+    a google.colab stub, the course cloned from a local URL. The exercise notebook's setup cell
+    runs (and runs again), its pip command resolves offline, and the first sections run."""
+    venv, stub, clone = tmp_path / "colab", tmp_path / "stub", tmp_path / "content" / "course"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    (stub / "google" / "colab").mkdir(parents=True)
+    (stub / "google" / "colab" / "__init__.py").write_text("")
+    nb = nbformat.read(REPO_ROOT / "notebooks" / "00_orientation.ipynb", as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code"][:4]  # setup, parameters, imports, first training
+    assert "google.colab" in cells[0] and 'colab_root="/content/rl-interp-course"' in cells[0]
+    cells[0] = (cells[0].replace('COURSE_REPO = "', f'COURSE_REPO = "{course_repo}"  # "')
+                .replace('colab_root="/content/rl-interp-course"', f'colab_root="{clone}"'))
+
+    def script(n):
+        return textwrap.dedent(f"""
+            import json, sys, time
+            import google.colab  # the stub: the cell now believes it runs in Colab
+            ns = {{"__name__": "__main__"}}
+            for i, src in enumerate(json.loads({json.dumps(json.dumps(cells[:n]))})):
+                t0 = time.time()
+                exec(compile(src, f"cell{{i}}", "exec"), ns)
+                print(f"cell {{i}} ran in {{time.time() - t0:.1f}} s")
+            assert sys.prefix != sys.base_prefix and ns["COURSE_ROOT"] == __import__("pathlib").Path({str(clone)!r})
+        """)
+
+    check_pip = textwrap.dedent(f"""
+        import importlib.util, subprocess, sys
+        from pathlib import Path
+        root = Path({str(clone)!r})
+        spec = importlib.util.spec_from_file_location("installer", root / "utils/course/setup_cell.py")
+        m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+        (root / "_build").mkdir(exist_ok=True)
+        (root / "_build" / "colab-constraints.txt").write_text(f"torch=={{m.installed_version('torch')}}\\n")
+        cmd = m.install_command(root, root / "_build" / "colab-constraints.txt")
+        out = subprocess.run(cmd[:5] + ["--no-index", "--dry-run"] + cmd[5:], capture_output=True, text=True)
+        print("pip exit", out.returncode, out.stdout[-500:], out.stderr[-1000:])
+        sys.exit(out.returncode)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PYTHONPATH=str(stub), COURSE_PROFILE="smoke", MPLBACKEND="Agg", PIP_NO_INDEX="1", HF_HUB_OFFLINE="1")
+    py = str(venv / "bin" / "python")
+
+    def run(code):
+        done = subprocess.run([py, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done.stdout
+
+    out = run(script(len(cells)))
+    assert "pinned packages are installed" in out and f"cell {len(cells) - 1} ran" in out
+    assert (clone / ".git").is_dir() and not clone.with_name("course.partial").exists()
+    assert "pinned packages are installed" in run(script(1))  # re-running the cell reuses the clone
+    # the pip command the cell would run when a pin is missing: resolves with torch held, no network
+    assert "pip exit 0" in run(check_pip)
+
+
+# ---------------------------------------------------------------- the gpu profile's pre-check
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    from utils.course import gpu_check
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(gpu_check, "hf_token", lambda: os.environ.get("HF_TOKEN"))
+    return gpu_check
+
+
+def _gpu(monkeypatch, gpu_check, gib):
+    monkeypatch.setattr(gpu_check, "gpu_memory_gib", lambda: None if gib is None else ("Tesla T4", gib))
+
+
+def test_gpu_check_only_in_the_gpu_profile_and_one_line_with_what_to_do(no_hub, monkeypatch):
+    check = no_hub.check_gpu_profile
+    _gpu(monkeypatch, no_hub, None)
+    check("cpu", ["google/gemma-2-2b"], gpu_gib=14)
+    check("smoke", ["google/gemma-2-2b"], gpu_gib=14)
+    cases = [
+        (None, {}, "needs a CUDA GPU with about 14 GiB: in Colab choose Runtime > Change runtime type"),
+        (8.0, {}, "needs about 14 GiB of GPU memory and this Tesla T4 has 8.0 GiB"),
+        (14.6, {}, "google/gemma-2-2b, a gated model: accept its licence at https://huggingface.co/google/gemma-2-2b"),
+        (14.6, {"HF_HUB_OFFLINE": "1"}, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),
+    ]
+    for gib, env, msg in cases:
+        _gpu(monkeypatch, no_hub, gib)
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            with pytest.raises(CourseError) as err:
+                check("gpu", ["google/gemma-2-2b"], gpu_gib=14)
+        assert msg in str(err.value) and 'PROFILE = "cpu"' in str(err.value) and "\n" not in str(err.value)
+    _gpu(monkeypatch, no_hub, 14.6)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    check("gpu", ["google/gemma-2-2b"], gpu_gib=14)  # token present, enough memory: go
+    monkeypatch.delenv("HF_TOKEN")
+    check("gpu", ["gpt2"], gpu_gib=8)  # not gated: downloads without a token
+    monkeypatch.setattr(no_hub, "is_cached", lambda repo: True)
+    check("gpu", ["google/gemma-2-2b"], gpu_gib=14)  # already downloaded: no token needed
+
+
+# ---------------------------------------------------------------- the Makefile's Python
+
+def _make(*args, env_extra=None, cwd=REPO_ROOT):
+    env = {k: v for k, v in os.environ.items() if k not in ("PY", "VIRTUAL_ENV", "CONDA_PREFIX", "CI", "MAKEFLAGS")}
+    env.update(env_extra or {})
+    return subprocess.run([shutil.which("make") or "make", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_make_uses_a_venv_unless_one_is_active_or_ci_or_py_is_given(tmp_path):
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    for extra, args, py in [({}, [], ".venv/bin/python"), ({"VIRTUAL_ENV": "/x"}, [], "python3"),
+                            ({"CI": "true"}, [], "python3"), ({}, ["PY=/opt/py"], "/opt/py")]:
+        dry = _make("-n", *args, "book", "test", env_extra=extra, cwd=tmp_path)
+        assert dry.returncode == 0, dry.stderr
+        assert f"{py} -m utils.course run --profile cpu" in dry.stdout and f"{py} -m pytest" in dry.stdout, (extra, dry.stdout)
+        assert ("-m venv .venv" in dry.stdout) == (py == ".venv/bin/python")
+        assert f"{py} -m pip install -q -r requirements.txt" in dry.stdout  # once, before the first target needing it
+    # CI passes PY=python3 after installing: `make test` then installs nothing
+    assert "pip install" not in _make("-n", "test", "PY=python3", cwd=tmp_path).stdout
+
+
+def _fake_python(bindir: Path, name: str, version: tuple[int, int]):
+    """An interpreter stand-in: answers the version test and makes a venv folder."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    script = bindir / name
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = "-V" ]; then echo "Python {version[0]}.{version[1]}.0"; exit 0; fi
+        if [ "$1" = "-c" ]; then exec {sys.executable} -c "import sys; sys.version_info = ({version[0]}, {version[1]}, 0); exec(sys.argv[1])" "$2"; fi
+        if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin" && ln -s {sys.executable} "$3/bin/python"; exit 0; fi
+        exit 3
+    """))
+    script.chmod(0o755)
+
+
+def test_make_creates_the_venv_with_python_3_11_or_3_12(tmp_path):
+    shutil.copy2(REPO_ROOT / "Makefile", tmp_path / "Makefile")
+    bindir = tmp_path / "bin"
+    _fake_python(bindir, "python3", (3, 13))
+    _fake_python(bindir, "python3.11", (3, 11))
+    tools = tmp_path / "tools"  # no real python on PATH: only the stand-ins and what the recipe uses
+    tools.mkdir()
+    for tool in ("mkdir", "ln", "rm"):
+        os.symlink(shutil.which(tool), tools / tool)
+    path = f"{bindir}:{tools}"
+    made = _make(".venv/bin/python", env_extra={"PATH": path, "PIP_REQUIRE_VIRTUALENV": "1"}, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "make: creating .venv with python3.11 (Python 3.11.0); every make target uses it" in made.stdout
+    assert (tmp_path / ".venv" / "bin" / "python").exists()
+
+    shutil.rmtree(tmp_path / ".venv")
+    (bindir / "python3.11").unlink()
+    none = _make(".venv/bin/python", env_extra={"PATH": path}, cwd=tmp_path)
+    assert none.returncode != 0 and "no Python 3.11 or 3.12 found" in none.stderr
