@@ -85,3 +85,24 @@ def test_bad_inputs_are_one_line_course_errors():
         policy(torch.zeros(3, 76))
     with pytest.raises(CourseError):
         fraction_recovered_ci(torch.ones(3), torch.ones(3), torch.ones(3))
+
+
+def test_ppo_callback_sees_every_update_and_changes_nothing():
+    """train_ppo's optional callback: called at 0 (initial network) and after each update, and a
+    run with a callback is identical to one without (checkpointing over training, utils.dynamics)."""
+    cfg = dict(env_id="colour_goal", total_steps=4 * 16 * 8, n_envs=16, n_steps=8, hidden=(8,), seed=3)
+    seen, first = [], {}
+
+    def callback(n_updates, policy, log):
+        seen.append((n_updates, len(log["env_steps"])))
+        if n_updates == 0:
+            first.update({k: v.clone() for k, v in policy.state_dict().items()})
+
+    with_cb = train_ppo(PPOConfig(**cfg), progress=False, callback=callback)
+    without = train_ppo(PPOConfig(**cfg), progress=False)
+    assert seen == [(i, i) for i in range(5)]
+    for k, v in with_cb.policy.state_dict().items():
+        assert torch.equal(v, without.policy.state_dict()[k])
+        assert not torch.equal(v, first[k]) or "bias" in k  # the initial copy is a snapshot
+    assert with_cb.log["success"] == without.log["success"] or all(
+        a == b or (a != a and b != b) for a, b in zip(with_cb.log["success"], without.log["success"]))

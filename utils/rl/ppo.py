@@ -183,13 +183,22 @@ def collect_rollout(policy: HookedMLPPolicy, env, obs: Tensor, n_steps: int, epi
     return Rollout(obs_buf, act_buf, logp_buf, val_buf, rew_buf, done_buf, last_value, obs)
 
 
-def train_ppo(cfg: PPOConfig, policy: HookedMLPPolicy | None = None, env=None, progress: bool = True) -> PPOResult:
-    """Train a HookedMLPPolicy with PPO. Pass `env` to reuse a batched env (else make_env(cfg.env_id))."""
+def train_ppo(cfg: PPOConfig, policy: HookedMLPPolicy | None = None, env=None, progress: bool = True,
+              callback: Callable[[int, HookedMLPPolicy, dict], None] | None = None) -> PPOResult:
+    """Train a HookedMLPPolicy with PPO. Pass `env` to reuse a batched env (else make_env(cfg.env_id)).
+
+    `callback(n_updates, policy, log)`, if given, is called once before the first update
+    (n_updates = 0, the initial network) and after every update (n_updates = 1, 2, ...), with
+    the training log so far: the hook for saving checkpoints over training
+    (utils.dynamics). It must not change the policy; it draws no random numbers of its own
+    here, so a run with a callback reproduces the run without one."""
     env, policy, device = setup_run(cfg, policy, env, value_head=True, label="policy")
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     episodes = EpisodeLog(("policy_loss", "value_loss", "entropy"), cfg.success_window, cfg.stop_at_success)
     reached_at = None
     obs = env.reset().to(device)
+    if callback is not None:
+        callback(0, policy, episodes.log)
     bar = tqdm(range(cfg.n_iterations), desc=f"PPO {cfg.env_id}", disable=not progress, mininterval=1.0)
     for it in bar:
         if cfg.anneal_lr:
@@ -210,6 +219,8 @@ def train_ppo(cfg: PPOConfig, policy: HookedMLPPolicy | None = None, env=None, p
                            max_grad_norm=cfg.max_grad_norm, norm_adv=cfg.norm_adv)
         elapsed = episodes.row((it + 1) * cfg.batch_size, policy_loss=stats["policy_loss"],
                                value_loss=stats["value_loss"], entropy=stats["entropy"])
+        if callback is not None:
+            callback(it + 1, policy, episodes.log)
         if progress:
             bar.set_postfix(**episodes.postfix(), sps=f"{episodes.log['sps'][-1]:.0f}")
         if episodes.reached():
