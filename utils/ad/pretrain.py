@@ -5,9 +5,13 @@
 - `ad_eps`:      AD-epsilon: histories of an expert whose noise anneals from 1 to 0 (no RL);
 - `ad_shuffled`: the Q-learning histories with the episode order shuffled inside each task.
 
-`train_variant(name, spec)` builds the data and trains; `load_variant(name, spec)` loads the
-shipped checkpoint (data/ch02_<name>.pt) after checking it was made with the same spec.
-Regenerate the shipped checkpoints with `python -m utils.ad.pretrain`.
+Every variant ships for the training seeds in `SEEDS`; the seed is part of the spec
+(`DarkRoomSpec.seed`) and of the artifact name: seed 0 is `ch02_<name>`, seed s > 0 is
+`ch02_<name>_s<s>` (data/<artifact>.pt). `train_variant(name, spec)` builds the data and trains;
+`load_variant(name, spec)` loads the shipped checkpoint of `spec.seed` after checking it was made
+with the same spec. Each manifest entry names the command that rebuilds that one artifact and
+nothing else, e.g. `python -m utils.ad.pretrain ch02_ad_s1`; `python -m utils.ad.pretrain all`
+rebuilds every one (about an hour of CPU).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from utils.envs.dark_room import split_goals
 from utils.models.ad_transformer import ADConfig, ADTransformer
 
 VARIANTS = ("ad", "ed", "ad_eps", "ad_shuffled")
+SEEDS = (0, 1, 2)                  # the training seeds every variant ships with
 REGENERATE = "python -m utils.ad.pretrain"
 
 
@@ -100,39 +105,77 @@ def train_variant(name: str, spec: DarkRoomSpec, steps: int | None = None, progr
     return model, log
 
 
-def checkpoint_name(name: str) -> str:
-    return f"ch02_{name}"
+def checkpoint_name(name: str, seed: int = 0) -> str:
+    """The artifact name of variant `name` trained with `seed` (seed 0 keeps the original name)."""
+    if name not in VARIANTS:
+        raise CourseError(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)}")
+    if seed < 0:
+        raise CourseError(f"seed must be >= 0, got {seed}")
+    return f"ch02_{name}" if seed == 0 else f"ch02_{name}_s{seed}"
+
+
+def parse_artifact(artifact: str) -> tuple[str, int]:
+    """(variant, seed) of an artifact name made by `checkpoint_name`; one-line error otherwise."""
+    for name in sorted(VARIANTS, key=len, reverse=True):
+        base = f"ch02_{name}"
+        if artifact == base:
+            return name, 0
+        if artifact.startswith(base + "_s") and artifact[len(base) + 2:].isdigit():
+            return name, int(artifact[len(base) + 2:])
+    known = ", ".join(checkpoint_name(n, s) for n in VARIANTS for s in SEEDS)
+    raise CourseError(f"unknown chapter-02 artifact {artifact!r}: use one of {known}, or `all`")
+
+
+def regenerate_command(name: str, seed: int = 0) -> str:
+    """The command that rebuilds exactly one artifact (and leaves the others alone)."""
+    return f"{REGENERATE} {checkpoint_name(name, seed)}"
 
 
 def load_variant(name: str, spec: DarkRoomSpec) -> ADTransformer:
-    """The shipped checkpoint of a variant; raises a one-line error if it was made with another spec."""
-    if name not in VARIANTS:
-        raise CourseError(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)}")
-    state, entry = load_checkpoint(checkpoint_name(name))
+    """The shipped checkpoint of a variant for `spec.seed`; raises a one-line error if it was
+    made with another spec."""
+    artifact = checkpoint_name(name, spec.seed)
+    state, entry = load_checkpoint(artifact)
     if entry["config"] != spec.as_dict():
         diff = sorted(k for k in spec.as_dict() if entry["config"].get(k) != spec.as_dict()[k])
-        raise CheckpointError(f"shipped {checkpoint_name(name)} was trained with a different spec (differs in {diff}): "
-                              f"train it instead, or regenerate with `{REGENERATE}`")
+        raise CheckpointError(f"shipped {artifact} was trained with a different spec (differs in {diff}): "
+                              f"train it instead, or regenerate with `{regenerate_command(name, spec.seed)}`")
     model = ADTransformer(spec.model_config())
     model.load_state_dict(state)
     model.eval()
     return model
 
 
-def main() -> None:  # pragma: no cover - the regeneration command
-
-    torch.set_num_threads(1)
-    spec = DarkRoomSpec()
+def build_artifact(artifact: str, spec: DarkRoomSpec | None = None) -> dict:
+    """Train and save ONE artifact (e.g. "ch02_ad_s1"); returns its metrics. Only that file and
+    its manifest entry are written."""
+    name, seed = parse_artifact(artifact)
+    spec = DarkRoomSpec(seed=seed) if spec is None else spec
+    if spec.seed != seed:
+        raise CourseError(f"{artifact} is seed {seed} but the spec has seed {spec.seed}")
     _, test_goals = spec.goals()
-    for name in VARIANTS:
-        model, log = train_variant(name, spec)
-        ro = in_context_rollout(model, test_goals.repeat(4), 16, spec.context_episodes, spec.size, spec.episode_len, seed=0)
-        norm = ro.normalised
-        metrics = {"final_loss": round(log["loss"][-1], 4), "train_seconds": round(log["train_seconds"], 1),
-                   "heldout_first_episode": round(float(norm[:, 0].mean()), 3),
-                   "heldout_last_episode": round(float(norm[:, -1].mean()), 3)}
-        save_checkpoint(model.state_dict(), checkpoint_name(name), spec.as_dict(), REGENERATE, metrics)
-        print(name, metrics, flush=True)
+    model, log = train_variant(name, spec)
+    ro = in_context_rollout(model, test_goals.repeat(4), 16, spec.context_episodes, spec.size, spec.episode_len, seed=0)
+    norm = ro.normalised
+    metrics = {"final_loss": round(log["loss"][-1], 4), "train_seconds": round(log["train_seconds"], 1),
+               "heldout_first_episode": round(float(norm[:, 0].mean()), 3),
+               "heldout_last_episode": round(float(norm[:, -1].mean()), 3)}
+    save_checkpoint(model.state_dict(), artifact, spec.as_dict(), regenerate_command(name, seed), metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - the regeneration command
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        raise SystemExit(f"usage: {REGENERATE} ARTIFACT [ARTIFACT ...] | all   "
+                         f"(e.g. {REGENERATE} ch02_ad_s1); rebuilds only the artifacts named")
+    artifacts = [checkpoint_name(n, s) for s in SEEDS for n in VARIANTS] if args == ["all"] else args
+    for a in artifacts:
+        parse_artifact(a)  # fail on a bad name before any training starts
+    torch.set_num_threads(1)
+    for a in artifacts:
+        print(a, build_artifact(a), flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
