@@ -3,8 +3,17 @@ import json
 import pytest
 import torch
 
-from utils.checkpoints import (CheckpointError, artifact_path, load_checkpoint, read_manifest, register_artifact,
-                               save_checkpoint, verify_all)
+from utils.checkpoints import (
+    REPO_ROOT,
+    CheckpointError,
+    _restore_hint,
+    artifact_path,
+    load_checkpoint,
+    read_manifest,
+    register_artifact,
+    save_checkpoint,
+    verify_all,
+)
 
 
 def _save(tmp_path, name="net", value=1.0):
@@ -74,3 +83,36 @@ def test_register_needs_command_and_file(tmp_path):
 def test_shipped_artifacts_verify():
     """Every artifact the repository ships matches its manifest."""
     assert verify_all() == []
+
+
+def test_save_with_unreadable_manifest_changes_nothing(tmp_path):
+    _save(tmp_path, value=1.0)
+    before = (tmp_path / "net.pt").read_bytes()
+    (tmp_path / "manifest.json").write_text('{"artifacts": {"net": ')  # truncated
+    broken = (tmp_path / "manifest.json").read_bytes()
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        save_checkpoint({"w": torch.zeros(3)}, "net", {}, "cmd", {}, data_dir=tmp_path)
+    assert (tmp_path / "net.pt").read_bytes() == before          # the old weights are still there
+    assert (tmp_path / "manifest.json").read_bytes() == broken   # and the manifest is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_save_with_unserialisable_config_changes_nothing(tmp_path):
+    _save(tmp_path, value=1.0)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(CheckpointError, match="nothing was written"):
+        save_checkpoint({"w": torch.zeros(3)}, "net", {"bad": object()}, "cmd", {}, data_dir=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_missing_or_empty_manifest_is_an_error_for_loading(tmp_path):
+    with pytest.raises(CheckpointError, match="manifest.json is missing"):
+        artifact_path("net", tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="lists no artifacts"):
+        verify_all(tmp_path)
+
+
+def test_restore_hint_works_from_any_directory():
+    hint = _restore_hint(REPO_ROOT / "data" / "manifest.json")
+    assert f"git -C {REPO_ROOT} checkout -- data/manifest.json" in hint

@@ -1,6 +1,7 @@
 """The offline LM substrate (utils.lm): artifacts load and verify, HF and TransformerLens
 agree, SAEs meet their quality bar, rewards are right on hand-made cases, TRL's DPO and
 GRPO trainers run offline on a local model, and rebuilding reproduces the manifest."""
+import functools
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"          # nothing in this file may touch the network
@@ -18,11 +19,17 @@ import torch
 from utils.checkpoints import DATA_DIR, CheckpointError, read_manifest
 from utils.core import CourseError
 from utils.envs import tictactoe as T
+from utils.lm import __main__ as cli
 from utils.lm import api, artifacts
 from utils.lm import corpora as C
 from utils.lm import rewards as R
 from utils.lm.models import LMConfig, heldout_loss, make_model, train_lm
-from utils.lm.saes import SAEConfig, evaluate_sae, format_contexts, top_activating_contexts
+from utils.lm.saes import (
+    SAEConfig,
+    evaluate_sae,
+    format_contexts,
+    top_activating_contexts,
+)
 
 MODELS = api.LOCAL_MODELS
 
@@ -327,3 +334,16 @@ def test_rebuilding_an_sae_reproduces_its_metrics(tmp_path):
     for k in ("explained_variance", "loss_increase", "clean_loss", "l0", "dead_fraction"):
         assert ours["metrics"][k] == pytest.approx(shipped["metrics"][k], rel=1e-4, abs=1e-6), k
     assert ours["sha256"] == shipped["sha256"]
+
+
+def test_lm_verify_fails_on_a_missing_or_empty_manifest(tmp_path, monkeypatch, capsys):
+
+    for content in (None, "{}", '{"artifacts": {}}'):
+        d = tmp_path / f"case{content is None}{len(content or '')}"
+        d.mkdir()
+        if content is not None:
+            (d / "manifest.json").write_text(content)
+        monkeypatch.setattr(cli, "read_manifest", functools.partial(read_manifest, d))
+        assert cli.main(["verify"]) == 1
+        err = capsys.readouterr().err
+        assert ("missing" in err or "lists no" in err) and "restore it" in err

@@ -52,21 +52,44 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def read_manifest(data_dir: str | os.PathLike = DATA_DIR) -> dict[str, Any]:
+def _restore_hint(path: Path) -> str:
+    """How to get a manifest back, as a command that works from any directory."""
+    try:
+        rel = path.resolve().relative_to(REPO_ROOT)
+        return f"restore it with `git -C {REPO_ROOT} checkout -- {rel}`"
+    except ValueError:  # a manifest outside the course repository (e.g. a scratch folder)
+        return "restore it from where it came from, or delete the folder and save the artifacts again"
+
+
+def read_manifest(data_dir: str | os.PathLike = DATA_DIR, must_exist: bool = False) -> dict[str, Any]:
+    """The manifest of `data_dir`. A missing manifest is an empty one when saving (must_exist=False)
+    and an error when loading (must_exist=True: a course without its manifest cannot verify anything)."""
     path = Path(data_dir) / MANIFEST
     if not path.exists():
+        if must_exist:
+            raise CheckpointError(f"{path} is missing: {_restore_hint(path)}")
         return {"artifacts": {}}
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): restore it with `git checkout -- {path.name}`") from None
-    manifest.setdefault("artifacts", {})
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{path} is not valid JSON{where}: {_restore_hint(path)}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.setdefault("artifacts", {}), dict):
+        raise CheckpointError(f"{path} has no 'artifacts' table: {_restore_hint(path)}")
+    if must_exist and not manifest["artifacts"]:
+        raise CheckpointError(f"{path} lists no artifacts: {_restore_hint(path)}")
     return manifest
 
 
-def _write_manifest(manifest: dict[str, Any], data_dir: Path) -> None:
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
     manifest["artifacts"] = dict(sorted(manifest["artifacts"].items()))
-    _atomic_write(data_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
+
+
+def _entry(path: Path, data_dir: Path, digest: str, size: int, config, command: str, metrics) -> dict[str, Any]:
+    return {"file": str(path.resolve().relative_to(data_dir.resolve())), "sha256": digest, "bytes": size,
+            "config": config, "command": command, "metrics": metrics,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def register_artifact(path: str | os.PathLike, name: str, config: dict[str, Any], command: str,
@@ -78,38 +101,47 @@ def register_artifact(path: str | os.PathLike, name: str, config: dict[str, Any]
         raise CheckpointError(f"cannot register {path}: the file does not exist")
     if not command:
         raise CheckpointError(f"artifact {name!r} needs the command that regenerates it")
-    entry = {
-        "file": str(path.resolve().relative_to(data_dir.resolve())),
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-        "config": config,
-        "command": command,
-        "metrics": metrics,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
     manifest = read_manifest(data_dir)
+    entry = _entry(path, data_dir, sha256_file(path), path.stat().st_size, config, command, metrics)
     manifest["artifacts"][name] = entry
-    _write_manifest(manifest, data_dir)
+    _atomic_write(data_dir / MANIFEST, _manifest_bytes(manifest))
     return entry
 
 
 def save_checkpoint(state: dict[str, Any], name: str, config: dict[str, Any], command: str,
                     metrics: dict[str, Any], data_dir: str | os.PathLike = DATA_DIR) -> dict[str, Any]:
-    """Save a state dict (or any torch-serialisable dict) as data/<name>.pt and record it in the manifest."""
+    """Save a state dict (or any torch-serialisable dict) as data/<name>.pt and record it in the manifest.
+
+    All or nothing: the manifest is read and the new entry built before anything is written, and
+    the checkpoint and the manifest are each written to a temporary file and renamed into place,
+    so a failed save (unreadable manifest, bad config, full disk) leaves the previous checkpoint
+    and the manifest exactly as they were."""
     if not isinstance(state, dict):
         raise CheckpointError(f"save_checkpoint takes a dict (e.g. model.state_dict()), got {type(state).__name__}")
+    if not command:
+        raise CheckpointError(f"artifact {name!r} needs the command that regenerates it")
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)  # fails here, before any write, if the manifest is unreadable
     buf = io.BytesIO()
     torch.save(state, buf)
-    path = Path(data_dir) / f"{name}.pt"
-    _atomic_write(path, buf.getvalue())
-    return register_artifact(path, name, config, command, metrics, data_dir)
+    data = buf.getvalue()
+    path = data_dir / f"{name}.pt"
+    entry = _entry(path, data_dir, hashlib.sha256(data).hexdigest(), len(data), config, command, metrics)
+    manifest["artifacts"][name] = entry
+    try:
+        manifest_data = _manifest_bytes(manifest)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config or metrics of {name!r} are not JSON-serialisable ({e}): nothing was written") from None
+    _atomic_write(path, data)
+    _atomic_write(data_dir / MANIFEST, manifest_data)
+    return entry
 
 
 def artifact_path(name: str, data_dir: str | os.PathLike = DATA_DIR, verify: bool = True) -> Path:
     """The verified path of artifact `name`: raises a one-line CheckpointError if it is unknown,
     missing or corrupted (sha256 mismatch), naming the command that regenerates it."""
     data_dir = Path(data_dir)
-    artifacts = read_manifest(data_dir)["artifacts"]
+    artifacts = read_manifest(data_dir, must_exist=True)["artifacts"]
     if name not in artifacts:
         known = ", ".join(sorted(artifacts)) or "none"
         raise CheckpointError(f"no artifact named {name!r} in {data_dir / MANIFEST} (known: {known})")
@@ -136,7 +168,7 @@ def load_checkpoint(name: str, data_dir: str | os.PathLike = DATA_DIR) -> tuple[
 def verify_all(data_dir: str | os.PathLike = DATA_DIR) -> list[str]:
     """One line per artifact that is missing or corrupted (empty when all are good)."""
     problems = []
-    for name in read_manifest(data_dir)["artifacts"]:
+    for name in read_manifest(data_dir, must_exist=True)["artifacts"]:
         try:
             artifact_path(name, data_dir)
         except CheckpointError as e:

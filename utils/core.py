@@ -22,9 +22,15 @@ def get_device(prefer: str | None = None) -> torch.device:
     Never hard-code "cuda" in a notebook; call this instead.
     """
     if prefer is not None:
-        if prefer.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            dev = torch.device(prefer)
+        except (RuntimeError, TypeError):
+            raise CourseError(f"unknown device {prefer!r}: use 'cpu', 'cuda', 'cuda:0' or 'mps' (or get_device() to pick one)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
             raise CourseError(f"device {prefer!r} asked for but CUDA is not available: use get_device() or 'cpu'")
-        return torch.device(prefer)
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise CourseError(f"device {prefer!r} asked for but MPS is not available: use get_device() or 'cpu'")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -94,29 +100,34 @@ class torch_threads:
 
 
 def check_fields(cfg: Any, *, positive_int: tuple[str, ...] = (), positive: tuple[str, ...] = (),
-                 unit: tuple[str, ...] = (), nonneg: tuple[str, ...] = ()) -> None:
-    """Validate a config dataclass's fields by kind, raising a one-line CourseError naming the
-    first bad one: `positive_int` (ints > 0), `positive` (finite numbers > 0), `unit` (numbers
-    in [0, 1]) and `nonneg` (numbers >= 0)."""
-
+                 unit: tuple[str, ...] = (), nonneg: tuple[str, ...] = (), nonneg_int: tuple[str, ...] = (),
+                 int_tuple: tuple[str, ...] = (), finite: tuple[str, ...] = ()) -> None:
+    """The one config validator: check a config dataclass's fields by kind, raising a one-line
+    CourseError naming the first bad one. Kinds: `positive_int` (ints > 0), `nonneg_int`
+    (ints >= 0, e.g. seeds and warmup steps), `positive` (finite numbers > 0), `nonneg`
+    (finite numbers >= 0), `unit` (numbers in [0, 1]), `finite` (any finite number) and
+    `int_tuple` (a non-empty tuple of positive ints, e.g. hidden sizes). Booleans are never
+    numbers here, and NaN or infinity never passes."""
     cls = type(cfg).__name__
 
     def number(v) -> bool:
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
-    for name in positive_int:
-        v = getattr(cfg, name)
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
-            raise CourseError(f"{cls}.{name} must be a positive int, got {v!r}")
-    for name in positive:
-        v = getattr(cfg, name)
-        if not (number(v) and v > 0):
-            raise CourseError(f"{cls}.{name} must be a positive number, got {v!r}")
-    for name in unit:
-        v = getattr(cfg, name)
-        if not (number(v) and 0 <= v <= 1):
-            raise CourseError(f"{cls}.{name} must be in [0, 1], got {v!r}")
-    for name in nonneg:
-        v = getattr(cfg, name)
-        if not (number(v) and v >= 0):
-            raise CourseError(f"{cls}.{name} must be >= 0, got {v!r}")
+    def integer(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    rules = (
+        (positive_int, lambda v: integer(v) and v > 0, "a positive int"),
+        (nonneg_int, lambda v: integer(v) and v >= 0, ">= 0 (an int)"),
+        (positive, lambda v: number(v) and v > 0, "a positive number (finite)"),
+        (nonneg, lambda v: number(v) and v >= 0, ">= 0 (a finite number)"),
+        (unit, lambda v: number(v) and 0 <= v <= 1, "in [0, 1]"),
+        (finite, number, "a finite number"),
+        (int_tuple, lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(integer(h) and h > 0 for h in v),
+         "a non-empty tuple of positive ints"),
+    )
+    for names, ok, what in rules:
+        for name in names:
+            v = getattr(cfg, name)
+            if not ok(v):
+                raise CourseError(f"{cls}.{name} must be {what}, got {v!r}")

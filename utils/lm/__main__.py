@@ -8,14 +8,13 @@ import json
 import sys
 import time
 
-from utils.checkpoints import read_manifest
+from utils.checkpoints import DATA_DIR, MANIFEST, REPO_ROOT, read_manifest
 from utils.core import CourseError
 from utils.lm.api import local_dir
 from utils.lm.artifacts import build
 
 
 def main(argv: list[str] | None = None) -> int:
-
     p = argparse.ArgumentParser(prog="python -m utils.lm")
     sub = p.add_subparsers(dest="verb", required=True)
     b = sub.add_parser("build", help="rebuild artifacts (default: all)")
@@ -26,26 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.verb == "build":
-
             t0 = time.time()
             out = build(args.names, progress=not args.quiet)
             print(json.dumps(out, indent=1, default=str))
             print(f"total build time: {time.time() - t0:.1f} s")
         elif args.verb == "list":
-
             for name, e in read_manifest()["artifacts"].items():
                 if name.startswith("lm/"):
                     print(f"{name}: {e['bytes'] / 1e6:.2f} MB  {json.dumps(e['metrics'], default=str)}")
         elif args.verb == "verify":
-
+            names = [n for n in read_manifest(must_exist=True)["artifacts"] if n.startswith("lm/")]
+            if not names:
+                raise CourseError(f"{DATA_DIR / MANIFEST} lists no lm artifacts: restore it with "
+                                  f"`git -C {REPO_ROOT} checkout -- data/{MANIFEST}`")
             bad = []
-            for name in read_manifest()["artifacts"]:
-                if name.startswith("lm/"):
-                    try:
-                        local_dir(name)
-                    except CourseError as e:
-                        bad.append(str(e))
-            print("\n".join(bad) or "all lm artifacts verified")
+            for name in names:
+                try:
+                    local_dir(name)
+                except CourseError as e:
+                    bad.append(str(e))
+            print("\n".join(bad) or f"all {len(names)} lm artifacts verified")
             return 1 if bad else 0
     except CourseError as e:
         print(f"error: {e}", file=sys.stderr)

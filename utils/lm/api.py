@@ -70,11 +70,8 @@ class LM:
     def tl(self):
         if self._tl is None:
             if self.source == "local":
-
                 self._tl = to_hooked(self.hf, self.tokenizer, name=self.name, device=self.hf.device)
             else:
-
-
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self._tl = HookedTransformer.from_pretrained(
@@ -136,8 +133,6 @@ def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike
 
     dev = get_device(device)
     if name in LOCAL_MODELS:
-
-
         d, entry = local_dir(model_artifact(name), data_dir)
         tok = load_tokenizer(d)
         model = GPT2LMHeadModel.from_pretrained(str(d)).to(dev).eval()
@@ -175,8 +170,9 @@ def load_sae(name: str, layer: int | None = None, width: str = "16k", device: st
     if name in LOCAL_MODELS:
         layer = DEFAULT_SAE_LAYER if layer is None else layer
         art = sae_artifact(name, layer)
-        if art not in read_manifest(data_dir)["artifacts"]:
-            have = sorted(a for a in read_manifest(data_dir)["artifacts"] if a.startswith(f"lm/{name}/sae-"))
+        artifacts = read_manifest(data_dir, must_exist=True)["artifacts"]
+        if art not in artifacts:
+            have = sorted(a for a in artifacts if a.startswith(f"lm/{name}/sae-"))
             raise CourseError(f"no SAE for {name!r} at layer {layer}: available {have or 'none'} "
                               f"(train one with utils.lm.saes.train_sae)")
         d, _ = local_dir(art, data_dir)

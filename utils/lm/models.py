@@ -13,15 +13,20 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError, check_fields, set_seed
 
 
 @dataclass
@@ -41,8 +46,9 @@ class LMConfig:
     seed: int = 0
 
     def check(self) -> "LMConfig":
-        if min(self.n_layer, self.n_embd, self.n_head, self.steps, self.batch_size) <= 0:
-            raise CourseError(f"LMConfig sizes must be positive: {asdict(self)}")
+        check_fields(self, positive_int=("n_layer", "n_embd", "n_head", "n_positions", "steps", "batch_size"),
+                     positive=("lr",), nonneg=("weight_decay",), unit=("offset_prob",),
+                     nonneg_int=("warmup", "max_offset", "seed"))
         if self.n_embd % self.n_head:
             raise CourseError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.max_offset >= self.n_positions:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,7 +32,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError, check_fields, set_seed
 from utils.lm.models import encode_docs, pad_batch, single_thread
 
 
@@ -52,8 +52,8 @@ class SAEConfig:
         if self.hook_name not in model.hook_dict:
             raise CourseError(f"unknown hook {self.hook_name!r}: residual hooks are e.g. "
                               f"{[f'blocks.{i}.hook_resid_pre' for i in range(model.cfg.n_layers)]}")
-        if min(self.expansion, self.k, self.n_docs, self.steps, self.batch_size) <= 0:
-            raise CourseError(f"SAEConfig sizes must be positive: {asdict(self)}")
+        check_fields(self, positive_int=("expansion", "k", "n_docs", "steps", "batch_size"), positive=("lr",),
+                     nonneg_int=("seed",))
         if self.k >= self.expansion * model.cfg.d_model:
             raise CourseError(f"k={self.k} must be below d_sae={self.expansion * model.cfg.d_model}")
         return self
@@ -119,7 +119,6 @@ def train_sae(model: HookedTransformer, tokenizer, texts: Sequence[str], cfg: SA
 
 
 def _to_inference(training_sae) -> SAE:
-
     with tempfile.TemporaryDirectory() as d:
         training_sae.save_inference_model(d)
         return SAE.load_from_disk(d)

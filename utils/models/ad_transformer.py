@@ -11,12 +11,12 @@ action logits.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from utils.core import CourseError
+from utils.core import CourseError, check_fields
 
 
 @dataclass
@@ -33,8 +33,8 @@ class ADConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if min(self.n_obs, self.n_actions, self.context_len, self.n_layers, self.d_model, self.n_heads, self.d_mlp) <= 0:
-            raise CourseError(f"ADConfig sizes must all be positive, got {asdict(self)}")
+        check_fields(self, positive_int=("n_obs", "n_actions", "context_len", "n_layers", "d_model", "n_heads", "d_mlp",
+                                         "n_rewards"), nonneg_int=("seed",))
         if self.d_model % self.n_heads:
             raise CourseError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.grid_size is not None and self.grid_size ** 2 != self.n_obs:

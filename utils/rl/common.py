@@ -5,9 +5,8 @@ import time
 from collections import deque
 
 import numpy as np
-import torch
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError, get_device, set_seed
 from utils.envs import check_env_name, make_env
 from utils.models.mlp_policy import HookedMLPPolicy
 
@@ -21,6 +20,7 @@ def check_agent_config(cfg) -> None:
     if cfg.stop_at_success is not None and not 0 < cfg.stop_at_success <= 1:
         raise CourseError(f"{name}.stop_at_success must be in (0, 1] or None, got {cfg.stop_at_success!r}")
     check_env_name(cfg.env_id)
+    get_device(cfg.device)  # a one-line error for "gpu", or "cuda" without CUDA
 
 
 def setup_run(cfg, net, env, value_head: bool, label: str):
@@ -28,7 +28,7 @@ def setup_run(cfg, net, env, value_head: bool, label: str):
     env and the HookedMLPPolicy, and move the network to cfg.device. Returns (env, net, device)."""
     cfg.validate()
     set_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    device = get_device(cfg.device)
     env = env if env is not None else make_env(cfg.env_id, cfg.n_envs, seed=cfg.seed, **cfg.env_kwargs)
     if env.n_envs != cfg.n_envs:
         raise CourseError(f"the env has {env.n_envs} envs but the config says n_envs={cfg.n_envs}")

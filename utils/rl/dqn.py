@@ -53,7 +53,8 @@ class DQNConfig:
     def validate(self) -> "DQNConfig":
         check_fields(self, positive_int=("total_steps", "n_envs", "buffer_size", "batch_size", "grad_steps",
                                          "target_update_every", "success_window"),
-                     positive=("lr",), unit=("gamma", "start_eps", "end_eps", "exploration_fraction"))
+                     positive=("lr", "max_grad_norm"), unit=("gamma", "start_eps", "end_eps", "exploration_fraction"),
+                     nonneg_int=("seed", "learning_starts"))
         if not 0 < self.tau <= 1:
             raise CourseError(f"DQNConfig.tau must be in (0, 1], got {self.tau!r}")
         if self.learning_starts < 0 or self.learning_starts >= self.total_steps:

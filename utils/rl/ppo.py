@@ -71,7 +71,8 @@ class PPOConfig:
     def validate(self) -> "PPOConfig":
         """Raise a one-line CourseError for an impossible config (before anything is built)."""
         check_fields(self, positive_int=("total_steps", "n_envs", "n_steps", "n_epochs", "n_minibatches", "success_window"),
-                     positive=("lr", "clip_coef"), unit=("gamma", "gae_lambda"), nonneg=("ent_coef", "vf_coef", "max_grad_norm"))
+                     positive=("lr", "clip_coef"), unit=("gamma", "gae_lambda"), nonneg=("ent_coef", "vf_coef", "max_grad_norm"),
+                     nonneg_int=("seed",))
         if self.batch_size % self.n_minibatches:
             raise CourseError(f"n_envs * n_steps = {self.batch_size} is not divisible by n_minibatches = {self.n_minibatches}")
         if self.total_steps < self.batch_size:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from utils.core import CourseError
+from utils.core import CourseError, check_fields
 
 
 @dataclass
@@ -26,8 +26,10 @@ class QLearningConfig:
     replay_sweeps: int = 1      # backward sweeps over the finished episode (propagates reward in one episode)
 
     def validate(self) -> None:
-        if self.n_episodes < 1 or not 0 < self.alpha <= 1 or not 0 <= self.gamma < 1 or self.replay_sweeps < 0:
-            raise CourseError(f"bad QLearningConfig {self}: need n_episodes >= 1, 0 < alpha <= 1, 0 <= gamma < 1, replay_sweeps >= 0")
+        check_fields(self, positive_int=("n_episodes",), positive=("alpha",), unit=("alpha", "gamma", "eps_start", "eps_end",
+                     "eps_decay"), finite=("q_init",), nonneg_int=("replay_sweeps",))
+        if self.gamma >= 1:
+            raise CourseError(f"QLearningConfig.gamma must be below 1 (tabular values would not converge), got {self.gamma}")
         if not 0 <= self.eps_end <= self.eps_start <= 1:
             raise CourseError(f"need 0 <= eps_end <= eps_start <= 1, got {self.eps_start}, {self.eps_end}")
 
