@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 
 from utils.course import REPO_ROOT
-from utils.course.run import _executed_profile, chapter_inputs, run, used_data, used_modules
+from utils.course.run import _executed_profile, chapter_inputs, run, succeeded, used_data, used_modules
 
 KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
@@ -48,7 +48,7 @@ def test_parallel_incremental_and_robust(tmp_path):
     # nothing changed: the ok chapters are not executed again (a failed one would be)
     lines, write = _lines()
     second = run(["a", "b"], "smoke", build_dir=build, src_dir=src, jobs=2, write=write)
-    assert [r.status for r in second] == ["cached", "cached"]
+    assert [r.status for r in second] == ["cached", "cached"] and succeeded(second) and not succeeded(first)
     assert re.search(r"\] a \[smoke\] cached \(last report \d+ s\) inputs unchanged", "\n".join(lines))
 
     # an edited notebook, another profile, or --force runs again

@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                 chapters = [get_chapter(c).id for c in args.chapters] or [c.id for c in ready_chapters()]
             except CourseError as e:
                 raise _Usage(str(e)) from None
-            from utils.course.run import run
+            from utils.course.run import run, succeeded
             if args.jobs is not None and args.jobs < 1:
                 raise _Usage(f"--jobs {args.jobs}: give 1 or more workers")
             results = run(chapters, profile, jobs=args.jobs, force=args.force)
-            return 0 if all(r.status == "ok" for r in results) else 1
+            return 0 if succeeded(results) else 1
         elif args.verb == "book":
             from utils.course.book import build
             index = build(executed=args.executed)

@@ -378,6 +378,11 @@ def run(chapters: list[str], profile: str, root: Path = REPO_ROOT, build_dir: Pa
     return ordered
 
 
+def succeeded(results: list[RunResult]) -> bool:
+    """True when no chapter failed (a cached chapter counts as its last, ok, run)."""
+    return all(r.status in ("ok", "cached") for r in results)
+
+
 def _read_report(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
