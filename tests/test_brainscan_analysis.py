@@ -76,3 +76,22 @@ def test_ordering_verdict():
     assert ordering_verdict(one, [seed_summary([0.1])]).startswith("one seed")
     assert "opposite" in ordering_verdict(one, [seed_summary([0.5])])
     assert fmt_interval(one) == "0.300 (1 seed)" and fmt_interval((1.0, 0.5, 1.5), 1) == "1.0 [0.5, 1.5]"
+
+
+def test_recovery_curve_and_random_deltas(pair):
+    base, tuned = pair
+    d = A.weight_deltas(base, tuned)
+    x = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def score(m):
+        with torch.no_grad():
+            return float(m(x).logits[..., 3].mean())
+
+    s_base, s_tuned = score(base), score(tuned)
+    curve = A.recovery_curve(score, base, d, [0, None], s_base, s_tuned)
+    assert curve[0] == pytest.approx(0.0, abs=1e-6)                      # k=0 is the base model
+    assert all(math.isnan(v) for v in A.recovery_curve(score, base, d, [1], s_base, s_base))
+    null = A.random_deltas(d, seed=0)
+    assert set(null) == set(d) and all(null[n].shape == d[n].shape for n in d)
+    assert A.global_norm(null) == pytest.approx(A.global_norm(d), rel=1e-4)   # norm-matched overall
+    assert all(torch.equal(a, b) for a, b in zip(null.values(), A.random_deltas(d, seed=0).values()))

@@ -114,3 +114,46 @@ def test_seed_interval_and_separation():
     assert intervals_separate((1, 0.9, 1.1), (2, 1.8, 2.2))
     assert not intervals_separate((1, 0.9, 1.9), (2, 1.8, 2.2))
     assert not intervals_separate(one, (2, 1.8, 2.2))
+
+
+def test_energy_rank_never_exceeds_classic_rank_and_ranges():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(8, 8), (20, 5), (3, 40)]:
+        A = torch.randn(shape, generator=g, dtype=torch.float64) * torch.rand(shape[1], generator=g, dtype=torch.float64)
+        assert 1.0 <= M.effective_rank_energy(A) <= M.effective_rank_roy_vetterli(A) + 1e-9 <= min(shape) + 1e-9
+        assert 0.0 < M.top1_energy(A) <= 1.0
+        assert 0.0 <= M.direction_alignment(A, torch.randn(shape, generator=g, dtype=torch.float64), 3) <= 1.0 + 1e-9
+    a, b = torch.rand(30, generator=g), torch.rand(30, generator=g)
+    assert 0.0 <= M.topk_jaccard(a, b, 5) <= 1.0
+
+
+def test_random_delta_like_keeps_the_spectrum_and_the_global_rng():
+    A = _with_singular_values([3.0, 2.0, 0.5], m=30, n=20).float()
+    state = torch.get_rng_state()
+    R = M.random_delta_like(A, torch.Generator().manual_seed(1))
+    assert torch.equal(state, torch.get_rng_state())
+    assert R.shape == A.shape and R.dtype == A.dtype
+    s = torch.linalg.svdvals(R.double())
+    assert torch.allclose(s[:3], torch.tensor([3.0, 2.0, 0.5], dtype=torch.float64), atol=1e-5)
+    assert float(s[3:].max()) < 1e-5                                  # same rank
+    for f in (M.effective_rank_energy, M.effective_rank_roy_vetterli, M.top1_energy):
+        assert f(R) == pytest.approx(f(A), rel=1e-4)                    # every rank metric identical
+    assert abs(float((R.flatten() @ A.flatten()) / (R.norm() * A.norm()))) < 0.5
+    v = torch.randn(10, generator=torch.Generator().manual_seed(2))
+    rv = M.random_delta_like(v, torch.Generator().manual_seed(3))
+    assert rv.norm() == pytest.approx(float(v.norm()), rel=1e-5)
+    assert torch.equal(M.random_delta_like(torch.zeros(4, 3), torch.Generator()), torch.zeros(4, 3))
+    with pytest.raises(CourseError):
+        M.random_delta_like(torch.zeros(2, 2, 2), torch.Generator())
+
+
+def test_feature_reward_correlation():
+    r = torch.tensor([-1.0, 0.0, 0.5, 2.0])
+    feats = torch.stack([2 * r + 1, -r, torch.ones(4), torch.tensor([1.0, 0.0, 1.0, 0.0])], dim=1)
+    c = M.feature_reward_correlation(feats, r)
+    assert c[0] == pytest.approx(1.0) and c[1] == pytest.approx(-1.0) and c[2] == 0.0
+    assert -1.0 <= float(c[3]) <= 1.0
+    with pytest.raises(CourseError):
+        M.feature_reward_correlation(feats, r[:3])
+    with pytest.raises(CourseError):
+        M.feature_reward_correlation(feats[:1], r[:1])

@@ -87,6 +87,34 @@ def rebuilt_model(base: torch.nn.Module, deltas: dict[str, Tensor], k: int | Non
     return model
 
 
+def recovery_curve(score_fn, base: torch.nn.Module, deltas: dict[str, Tensor], ks: Sequence[int | None],
+                   score_base: float, score_tuned: float, build=None) -> list[float]:
+    """recovery(k) = (score_fn(build(base, deltas, k)) - score_base) / (score_tuned - score_base) for
+    each k in `ks` (build defaults to `rebuilt_model`: W_base + trunc_k(dW) in every 2-D matrix, 1-D
+    parameters at base). NaN for every k when the tuned model did not change the score."""
+    build = build or rebuilt_model
+    out = []
+    for k in ks:
+        out.append(M.recovery_fraction(float(score_fn(build(base, deltas, k))), score_base, score_tuned))
+    return out
+
+
+def random_deltas(deltas: dict[str, Tensor], seed: int = 0, like=None) -> dict[str, Tensor]:
+    """A null for a whole run: every delta replaced by `like(delta, generator)` (default
+    `metrics.random_delta_like`: same singular values, random directions; 1-D: same norm)."""
+    like = like or M.random_delta_like
+    g = torch.Generator().manual_seed(seed)
+    return {n: like(d, g) for n, d in deltas.items()}
+
+
+@torch.no_grad()
+def doc_features(tl_model, tokenizer, sae, texts: Sequence[str], hook_name: str) -> Tensor:
+    """SAE feature activations mean-pooled over each document's non-BOS tokens: [n_docs, d_sae]."""
+    with torch_threads(1):
+        _, per_doc, _ = cache_resid(tl_model, tokenizer, list(texts), hook_name)
+        return torch.stack([sae.encode(a[1:]).mean(0) for a in per_doc]).cpu()
+
+
 def alignment(deltas_a: dict[str, Tensor], deltas_b: dict[str, Tensor], names: Iterable[str], k: int = 5) -> float:
     """Mean over matrices of `direction_alignment` between two runs' deltas."""
     vals = [M.direction_alignment(deltas_a[n], deltas_b[n], k) for n in names]

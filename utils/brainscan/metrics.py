@@ -165,5 +165,40 @@ def disrupted_features(freq_base: Tensor, freq_tuned: Tensor, threshold: float =
     return alive & (diff > threshold * freq_base)
 
 
-# ------------------------------------------------------------------------- seeds
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+def random_delta_like(dW: Tensor, generator: torch.Generator) -> Tensor:
+    """The null delta for `dW`: the same singular values (so the same Frobenius norm, rank and
+    effective rank) in random singular directions, U_r diag(s) V_r^T with U_r, V_r random
+    orthonormal columns drawn from `generator` (never the global one). A 1-D delta (bias,
+    LayerNorm) gets a random direction with the same norm. Returns dW's dtype; dW is not changed."""
+    if not isinstance(dW, Tensor) or dW.ndim not in (1, 2):
+        raise CourseError(f"expected a 1-D or 2-D delta, got {getattr(dW, 'shape', type(dW).__name__)}")
+    d = dW.detach().double()
+    if d.ndim == 1:
+        v = torch.randn(d.shape, generator=generator, dtype=torch.float64)
+        return (v * d.norm() / v.norm()).to(dW.dtype)
+    s = singular_values(d)
+    r = int((s > s.max() * 1e-10).sum()) if s.numel() and float(s.max()) > 0 else 0
+    if r == 0:
+        return torch.zeros_like(dW)
+    m, n = d.shape
+    with torch_threads(1):
+        U, _ = torch.linalg.qr(torch.randn(m, r, generator=generator, dtype=torch.float64))
+        V, _ = torch.linalg.qr(torch.randn(n, r, generator=generator, dtype=torch.float64))
+    return ((U * s[:r]) @ V.T).to(dW.dtype)
+
+
+def feature_reward_correlation(feature_acts: Tensor, rewards: Tensor) -> Tensor:
+    """Per SAE feature, the Pearson correlation across documents between its (mean-pooled)
+    activation and the document's reward: [n_docs, d_sae], [n_docs] -> [d_sae] in [-1, 1].
+    A feature that never varies gets 0 (no evidence), not NaN. Inputs are not changed."""
+    if feature_acts.ndim != 2 or rewards.ndim != 1 or feature_acts.shape[0] != rewards.shape[0]:
+        raise CourseError(f"expected feature activations [n_docs, d_sae] and rewards [n_docs], got "
+                          f"{tuple(feature_acts.shape)} and {tuple(rewards.shape)}")
+    if feature_acts.shape[0] < 2:
+        raise CourseError("a correlation needs at least 2 documents")
+    x = feature_acts.detach().double()
+    y = rewards.detach().double()
+    xc, yc = x - x.mean(0), y - y.mean()
+    denom = xc.norm(dim=0) * yc.norm()
+    corr = (xc * yc[:, None]).sum(0) / denom.clamp_min(1e-300)
+    return torch.where(denom > 1e-12, corr, torch.zeros_like(corr)).float()
