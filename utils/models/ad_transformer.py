@@ -10,13 +10,13 @@ action logits.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 from torch import Tensor, nn
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformerConfig
 
 from utils.core import CourseError, check_fields
+from utils.models.embedded import EmbeddedTokensTransformer
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ADConfig:
             raise CourseError(f"grid_size {self.grid_size} implies {self.grid_size ** 2} observations but n_obs is {self.n_obs}")
 
 
-class ADTransformer(HookedTransformer):
+class ADTransformer(EmbeddedTokensTransformer):
     """Action logits [B, T, n_actions] from tokens [B, T, 3] = (obs, prev action, prev reward)."""
 
     def __init__(self, cfg: ADConfig):
@@ -50,9 +50,7 @@ class ADTransformer(HookedTransformer):
             n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_model // cfg.n_heads,
             d_mlp=cfg.d_mlp, n_ctx=cfg.context_len, d_vocab=1, d_vocab_out=cfg.n_actions, act_fn="gelu",
             normalization_type="LN", seed=cfg.seed, default_prepend_bos=False)
-        with warnings.catch_warnings():  # TransformerLens 3.x flags HookedTransformer as deprecated in favour of 4.x
-            warnings.simplefilter("ignore", DeprecationWarning)
-            super().__init__(tl_cfg)
+        super().__init__(tl_cfg)  # the forward (embed_tokens, then the blocks) is the shared one
         self.ad_cfg = cfg
         if cfg.grid_size is None:
             self.obs_embed = nn.Embedding(cfg.n_obs, cfg.d_model)
@@ -88,14 +86,6 @@ class ADTransformer(HookedTransformer):
         x = self.hook_embed(x)
         pos = self.hook_pos_embed(self.pos_embed(tokens[..., 0]))
         return x + pos
-
-    def forward(self, tokens: Tensor, **kwargs) -> Tensor:  # type: ignore[override]
-        if tokens.is_floating_point():  # a residual stream passed by TransformerLens internals
-            return super().forward(tokens, **kwargs)
-        return super().forward(self.embed_tokens(tokens), start_at_layer=0, **kwargs)
-
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 class GridEmbedding(nn.Module):

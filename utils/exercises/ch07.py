@@ -1,0 +1,549 @@
+"""Checks for chapter 07 (decision transformers).
+
+Every check draws its inputs from a local `torch.Generator` (and builds its model inside
+`torch.random.fork_rng`), uses batches of several rows, values outside [0, 1] where the real
+quantity has them (returns, logits, residual streams), edge cases (padded steps, empty masks,
+an unreachable node), and verifies that the learner's function does not write into its inputs
+and keeps gradients where its output feeds a loss."""
+from __future__ import annotations
+
+import torch
+
+from utils.dt.data import returns_to_go, swap_rtg
+from utils.dt.interp import ablate_heads, attention_to_keys, head_dla, head_patching, steer_at
+from utils.dt.train import dt_loss
+from utils.envs.graph_walk import bfs_distances, random_graph
+from utils.exercises import ExerciseFailed, check
+from utils.models.decision_transformer import interleave
+
+
+def _unchanged(name: str, before: torch.Tensor, after: torch.Tensor) -> None:
+    if not torch.equal(before, after):
+        raise ExerciseFailed(f"your function wrote into the caller's `{name}` tensor: work on a copy "
+                             "(e.g. .clone() or out-of-place ops)")
+
+
+def _prefix_mask(lengths: list[int], t: int) -> torch.Tensor:
+    return torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def _as_tensor(x, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ExerciseFailed(f"{what} should return a tensor, got {type(x).__name__}")
+    return x
+
+
+@check
+def check_returns_to_go(returns_to_go_fn) -> None:
+    """returns_to_go(rewards [N, T], mask [N, T]) -> RTG [N, T], 0 on padded steps."""
+    g = torch.Generator().manual_seed(0)
+    rewards = 4 * torch.rand(5, 7, generator=g) - 2  # returns below 0 and above 1 both occur
+    mask = _prefix_mask([7, 3, 1, 0, 5], 7)
+    want = returns_to_go(rewards, mask)
+    r2, m2 = rewards.clone(), mask.clone()
+    got = _as_tensor(returns_to_go_fn(r2, m2), "returns_to_go").float()
+    _unchanged("rewards", rewards, r2)
+    _unchanged("mask", mask, m2)
+    if tuple(got.shape) != (5, 7):
+        raise ExerciseFailed(f"expected shape (5, 7), one RTG per step, got {tuple(got.shape)}")
+    if torch.allclose(got[0], rewards[0].cumsum(0), atol=1e-5):
+        raise ExerciseFailed("R_t sums the rewards from t to the END of the episode (a reversed cumulative sum), "
+                             "not from the start up to t")
+    if not torch.allclose(got[~mask], torch.zeros(int((~mask).sum())), atol=1e-6):
+        raise ExerciseFailed("padded steps (mask False) must hold RTG 0")
+    if not torch.allclose(got, want, atol=1e-5):
+        raise ExerciseFailed("rewards on padded steps must not count: sum only the real steps of each row "
+                             "(row 1 has 3 real steps, row 3 none)")
+
+
+@check
+def check_interleave(interleave_fn) -> None:
+    """interleave(rtg_emb, state_emb, action_emb) [B, T, d] -> [B, 3T, d] as R_1, s_1, a_1, R_2, ..."""
+    g = torch.Generator().manual_seed(1)
+    r, s, a = (torch.randn(3, 5, 8, generator=g) for _ in range(3))
+    want = interleave(r, s, a)
+    r2, s2, a2 = r.clone().requires_grad_(True), s.clone(), a.clone()
+    got = _as_tensor(interleave_fn(r2, s2, a2), "interleave")
+    _unchanged("state_emb", s, s2)
+    if tuple(got.shape) != (3, 15, 8):
+        raise ExerciseFailed(f"expected [B, 3T, d] = (3, 15, 8), got {tuple(got.shape)}")
+    if torch.allclose(got[:, :5], r):
+        raise ExerciseFailed("you put all RTG tokens first, then all states: interleave per timestep "
+                             "(R_1, s_1, a_1, R_2, ...)")
+    if torch.allclose(got[:, 0], s[:, 0]):
+        raise ExerciseFailed("each timestep starts with its return-to-go token, then the state, then the action")
+    if not torch.allclose(got, want):
+        raise ExerciseFailed("position 3t must be R_t, 3t+1 s_t and 3t+2 a_t, with the d features of each "
+                             "embedding kept together")
+    if not got.requires_grad:
+        raise ExerciseFailed("the output must keep the gradient to the embeddings (no detach, no torch.no_grad)")
+
+
+@check
+def check_dt_loss(dt_loss_fn) -> None:
+    """dt_loss(logits [B, T, A], actions [B, T], mask [B, T]) -> masked mean cross-entropy."""
+    g = torch.Generator().manual_seed(2)
+    logits = (3 * torch.randn(4, 6, 3, generator=g)).requires_grad_(True)
+    mask = _prefix_mask([6, 2, 0, 4], 6)
+    actions = torch.where(mask, torch.randint(0, 3, (4, 6), generator=g), 3)  # 3 = NONE on padded steps
+    want = dt_loss(logits, actions, mask)
+    want_grad, = torch.autograd.grad(want, logits)
+    lg, a2, m2 = logits.detach().clone().requires_grad_(True), actions.clone(), mask.clone()
+    got = torch.as_tensor(dt_loss_fn(lg, a2, m2))
+    _unchanged("actions", actions, a2)
+    _unchanged("mask", mask, m2)
+    if got.ndim != 0:
+        raise ExerciseFailed(f"the loss should be a scalar, got shape {tuple(got.shape)}")
+    got_v, want_v = float(got.detach()), float(want.detach())
+    if abs(got_v - want_v) > 1e-5:
+        raise ExerciseFailed(f"expected the mean cross-entropy over the {int(mask.sum())} real steps "
+                             f"({want_v:.4f}; every real step weighs the same), got {got_v:.4f}")
+    if not got.requires_grad:
+        raise ExerciseFailed("the loss has no gradient: do not compute it under torch.no_grad or detach the logits")
+    got_grad, = torch.autograd.grad(got, lg)
+    if not torch.allclose(got_grad, want_grad, atol=1e-6):
+        raise ExerciseFailed("the loss has the right value but the wrong gradient")
+    empty = torch.zeros(4, 6, dtype=torch.bool)
+    lg = logits.detach().clone().requires_grad_(True)
+    e = torch.as_tensor(dt_loss_fn(lg, torch.full((4, 6), 3), empty))
+    if not (e.ndim == 0 and torch.isfinite(e) and float(e.detach()) == 0.0 and e.requires_grad):
+        raise ExerciseFailed("with an empty mask the loss must be 0 (finite, with a gradient), not NaN or an error")
+
+
+@check
+def check_bfs_distances(bfs_distances_fn) -> None:
+    """bfs_distances(adj [n, n] bool, goal) -> [n] long, -1 where unreachable."""
+    cases = [(random_graph(n, p, seed=s), goal) for (n, p, s, goal) in ((8, 0.2, 3, 0), (12, 0.1, 4, 5),
+                                                                        (10, 0.4, 5, 9))]
+    cut = random_graph(9, 0.15, seed=6)
+    cut[7, :] = False
+    cut[:, 7] = False  # node 7 cannot reach anything
+    cases.append((cut, 2))
+    ring = torch.zeros(8, 8, dtype=torch.bool)
+    ring[torch.arange(8), (torch.arange(8) + 1) % 8] = True
+    cases.append((ring | ring.T, 0))  # two routes to every node: only the shorter one counts
+    for adj, goal in cases:
+        want = bfs_distances(adj, goal)
+        a2 = adj.clone()
+        got = _as_tensor(bfs_distances_fn(a2, goal), "bfs_distances")
+        _unchanged("adj", adj, a2)
+        if tuple(got.shape) != tuple(want.shape):
+            raise ExerciseFailed(f"expected one distance per node, shape {tuple(want.shape)}, got {tuple(got.shape)}")
+        if int(got[goal]) != 0:
+            raise ExerciseFailed("the goal is at distance 0 from itself")
+        if (want < 0).any() and not torch.equal(got[want < 0].long(), want[want < 0]):
+            raise ExerciseFailed("a node that cannot reach the goal gets -1")
+        if not torch.equal(got.long(), want):
+            raise ExerciseFailed(f"distances should be shortest-path lengths (breadth-first): expected {want.tolist()}, "
+                                 f"got {got.tolist()}")
+
+
+@check
+def check_swap_rtg(swap_rtg_fn) -> None:
+    """swap_rtg(tokens [N, T, 3], mask [N, T], new_return) -> same trajectories asking for new_return."""
+    g = torch.Generator().manual_seed(7)
+    mask = _prefix_mask([6, 3, 5, 1, 4], 6)
+    rewards = torch.where(mask, -torch.randint(0, 3, (5, 6), generator=g).float(), 0.0)
+    rtg = returns_to_go(rewards, mask).long()
+    tokens = torch.stack([rtg, torch.randint(0, 5, (5, 6), generator=g),
+                          torch.where(mask, torch.randint(0, 3, (5, 6), generator=g), 3)], -1)
+    tokens[..., 0][~mask] = -99  # padding must stay as it was
+    for new in (torch.tensor([2, -1, 0, 5, -7]), 3):
+        want = swap_rtg(tokens, mask, new)
+        t2, m2 = tokens.clone(), mask.clone()
+        got = _as_tensor(swap_rtg_fn(t2, m2, new), "swap_rtg")
+        _unchanged("tokens", tokens, t2)
+        _unchanged("mask", mask, m2)
+        if tuple(got.shape) != tuple(tokens.shape):
+            raise ExerciseFailed(f"return tokens of the same shape {tuple(tokens.shape)}, got {tuple(got.shape)}")
+        if not torch.equal(got[..., 1:], tokens[..., 1:]):
+            raise ExerciseFailed("only the RTG column changes: states and actions stay the same")
+        if not torch.equal(got[..., 0][~mask], tokens[..., 0][~mask]):
+            raise ExerciseFailed("padded steps (mask False) must be left as they were")
+        if not torch.equal(got[:, 0, 0], want[:, 0, 0]):
+            raise ExerciseFailed("the first RTG of each trajectory must be the new requested return (one per row "
+                                 "when new_return is a tensor)")
+        if not torch.equal(got, want):
+            raise ExerciseFailed("later RTGs must still fall by the rewards received: shift every real step's RTG "
+                                 "by the same amount (new - old first RTG) instead of overwriting it")
+
+
+def _pattern(b: int, h: int, t: int, g: torch.Generator) -> torch.Tensor:
+    causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    return torch.randn(b, h, t, t, generator=g).masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+@check
+def check_attention_to_keys(attention_to_keys_fn) -> None:
+    """attention_to_keys(pattern [B, H, Q, K], keys [B, Q, K], queries [B, Q]) -> [H]."""
+    g = torch.Generator().manual_seed(8)
+    pattern = _pattern(3, 2, 9, g)
+    keys = torch.rand(3, 9, 9, generator=g) < 0.3
+    queries = torch.rand(3, 9, generator=g) < 0.4
+    queries[1] = False  # a row with no chosen query
+    queries[0, 2] = True
+    want = attention_to_keys(pattern, keys, queries)
+    p2, k2, q2 = pattern.clone(), keys.clone(), queries.clone()
+    got = _as_tensor(attention_to_keys_fn(p2, k2, q2), "attention_to_keys").float()
+    for name, a, b in (("pattern", pattern, p2), ("keys", keys, k2), ("queries", queries, q2)):
+        _unchanged(name, a, b)
+    if tuple(got.shape) != (2,):
+        raise ExerciseFailed(f"expected one score per head, shape (2,), got {tuple(got.shape)}")
+    if not torch.allclose(got, want, atol=1e-5):
+        raise ExerciseFailed("for each head: sum the attention on the chosen keys of each query, then average over "
+                             "the chosen queries of all rows together (every chosen query weighs the same)")
+    none = _as_tensor(attention_to_keys_fn(pattern, keys, torch.zeros(3, 9, dtype=torch.bool)), "attention_to_keys")
+    if not torch.equal(none.float(), torch.zeros(2)):
+        raise ExerciseFailed("with no chosen query the score is 0 for every head (not NaN)")
+
+
+def _tiny_dt():
+    from utils.models.decision_transformer import DecisionTransformer, DTConfig
+    with torch.random.fork_rng():  # the model's init must not move the notebook's global generator
+        model = DecisionTransformer(DTConfig(n_states=5, n_actions=3, context_len=6, n_layers=2, d_model=16,
+                                             n_heads=2, d_mlp=32, seed=11))
+        for p in model.parameters():  # make every head matter
+            p.data.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return model.eval()
+
+
+@check
+def check_head_patching(head_patching_fn) -> None:
+    """head_patching(model, clean, corrupt, metric) -> fraction recovered per head [n_layers, n_heads]."""
+    model = _tiny_dt()
+    g = torch.Generator().manual_seed(9)
+    clean = torch.stack([torch.full((6, 5), 1), torch.randint(0, 5, (6, 5), generator=g),
+                         torch.randint(0, 3, (6, 5), generator=g)], -1)
+    corrupt = clean.clone()
+    corrupt[..., 0] = -3  # the requested return differs
+    metric = lambda logits: (logits[:, -2, 0] - logits[:, -2, 1]).mean()  # noqa: E731
+    want = head_patching(model, clean, corrupt, metric)
+    c2, k2 = clean.clone(), corrupt.clone()
+    got = torch.as_tensor(head_patching_fn(model, c2, k2, metric)).float()
+    _unchanged("clean", clean, c2)
+    _unchanged("corrupt", corrupt, k2)
+    if tuple(got.shape) != tuple(want.shape):
+        raise ExerciseFailed(f"expected one value per (layer, head), shape {tuple(want.shape)}, got {tuple(got.shape)}")
+    if torch.allclose(got, 1 - want, atol=1e-4):
+        raise ExerciseFailed("you patched the wrong way round: run the CORRUPT input with one head taken from the CLEAN run")
+    if not torch.allclose(got, want, atol=1e-4):
+        raise ExerciseFailed("patch one head's hook_z (every position) from the clean run, and return "
+                             "(patched - corrupt) / (clean - corrupt) of the metric")
+
+
+@check
+def check_head_dla(head_dla_fn) -> None:
+    """head_dla(z [B, H, e], W_O [H, e, d], ln_scale [B, 1], W_U [d, A], a [B], b [B]) -> [B, H]."""
+    g = torch.Generator().manual_seed(10)
+    z, W_O = torch.randn(5, 3, 4, generator=g), torch.randn(3, 4, 8, generator=g)
+    ln_scale = 0.5 + 2 * torch.rand(5, 1, generator=g)
+    W_U = torch.randn(8, 4, generator=g)
+    a, b = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([1, 0, 3, 2, 2])
+    want = head_dla(z, W_O, ln_scale, W_U, a, b)
+    args = [x.clone() for x in (z, W_O, ln_scale, W_U, a, b)]
+    got = _as_tensor(head_dla_fn(*args), "head_dla").float()
+    for name, before, after in zip(("z", "W_O", "ln_scale", "W_U", "a", "b"), (z, W_O, ln_scale, W_U, a, b), args):
+        _unchanged(name, before, after)
+    if tuple(got.shape) != (5, 3):
+        raise ExerciseFailed(f"expected one value per (row, head), shape (5, 3), got {tuple(got.shape)}")
+    if torch.allclose(got, want * ln_scale, atol=1e-4):
+        raise ExerciseFailed("divide each head's output by the final LayerNorm's scale (ln_scale): the logits "
+                             "see the normalised residual stream")
+    if torch.allclose(got, want / ln_scale ** 2, atol=1e-4):
+        raise ExerciseFailed("divide by ln_scale, do not multiply by it")
+    if not torch.allclose(got, want, atol=1e-4):
+        raise ExerciseFailed("contribution of head h in row i: (z[i, h] @ W_O[h]) / ln_scale[i] dotted with "
+                             "W_U[:, a_i] - W_U[:, b_i] (a and b differ per row)")
+
+
+@check
+def check_steer_at(steer_at_fn) -> None:
+    """steer_at(direction [d], scale, positions) -> hook(act [B, P, d], hook) adding at those positions."""
+    g = torch.Generator().manual_seed(12)
+    direction = torch.randn(8, generator=g)
+    act = torch.randn(3, 9, 8, generator=g)
+    for positions in ([1, -2], [4]):
+        want = steer_at(direction, -2.5, positions)(act.clone())
+        a2, d2 = act.clone().requires_grad_(True), direction.clone()
+        got = _as_tensor(steer_at_fn(d2, -2.5, positions)(a2, None), "the hook")
+        _unchanged("direction", direction, d2)
+        if not torch.equal(a2.detach(), act):
+            raise ExerciseFailed("the hook changed the activation in place: return a new tensor")
+        if not torch.allclose(got.detach(), want, atol=1e-5):
+            other = torch.ones(9, dtype=torch.bool)
+            other[positions] = False
+            if not torch.allclose(got.detach()[:, other], act[:, other]):
+                raise ExerciseFailed("add the direction only at the chosen positions; the others stay as they were")
+            raise ExerciseFailed("at the chosen positions add scale * direction (the raw direction, every row of the batch)")
+        if not got.requires_grad:
+            raise ExerciseFailed("keep the gradient through the hook (no detach)")
+
+
+@check
+def check_ablate_heads(ablate_heads_fn) -> None:
+    """ablate_heads(heads [(layer, head)], layer, mean_z [P, H, e]) -> hook(z [B, P, H, e], hook)."""
+    g = torch.Generator().manual_seed(13)
+    z = torch.randn(3, 6, 4, 5, generator=g)
+    mean_z = torch.randn(8, 4, 5, generator=g)  # computed on longer contexts: use the first P positions
+    heads = [(0, 1), (0, 3), (1, 2)]
+    want = ablate_heads(heads, 0, mean_z)(z.clone())
+    z2, m2 = z.clone(), mean_z.clone()
+    got = _as_tensor(ablate_heads_fn(heads, 0, m2)(z2, None), "the hook")
+    _unchanged("mean_z", mean_z, m2)
+    _unchanged("z (the activation: return a new tensor)", z, z2)
+    if tuple(got.shape) != tuple(z.shape):
+        raise ExerciseFailed(f"the hook must return z's shape {tuple(z.shape)}, got {tuple(got.shape)}")
+    if not torch.allclose(got[:, :, [0, 2]], z[:, :, [0, 2]]):
+        raise ExerciseFailed("heads not named for THIS layer must be left alone ((1, 2) belongs to layer 1)")
+    if torch.allclose(got[:, :, [1, 3]], torch.zeros(3, 6, 2, 5)):
+        raise ExerciseFailed("mean ablation replaces a head's output by its MEAN output, not by zero")
+    if not torch.allclose(got, want):
+        raise ExerciseFailed("replace heads 1 and 3 at every position p by mean_z[p] (position by position)")
+
+
+CHECKS = {
+    "returns_to_go": check_returns_to_go,
+    "interleave": check_interleave,
+    "dt_loss": check_dt_loss,
+    "bfs_distances": check_bfs_distances,
+    "swap_rtg": check_swap_rtg,
+    "attention_to_keys": check_attention_to_keys,
+    "head_patching": check_head_patching,
+    "head_dla": check_head_dla,
+    "steer_at": check_steer_at,
+    "ablate_heads": check_ablate_heads,
+}
+
+
+# ------------------------------------------------------------------ plausible wrong answers
+def _rtg_forward(rewards, mask):
+    return torch.where(mask, rewards.cumsum(1), 0.0)
+
+
+def _rtg_ignores_mask(rewards, mask):
+    return torch.where(mask, rewards.flip(1).cumsum(1).flip(1), 0.0)
+
+
+def _rtg_clamped(rewards, mask):
+    return returns_to_go(rewards, mask).clamp(0, 1)
+
+
+def _rtg_in_place(rewards, mask):
+    rewards[~mask] = 0
+    return torch.where(mask, rewards.flip(1).cumsum(1).flip(1), 0.0)
+
+
+def _rtg_first_row(rewards, mask):
+    return returns_to_go(rewards[:1], mask[:1]).expand_as(rewards)
+
+
+def _inter_concat(r, s, a):
+    return torch.cat([r, s, a], 1)
+
+
+def _inter_state_first(r, s, a):
+    return interleave(s, r, a)
+
+
+def _inter_features(r, s, a):
+    return torch.stack([r, s, a], -1).reshape(r.shape[0], 3 * r.shape[1], r.shape[2])
+
+
+def _inter_detached(r, s, a):
+    return interleave(r.detach(), s, a)
+
+
+def _loss_row_mean(logits, actions, mask):
+    per = torch.nn.functional.cross_entropy(logits.transpose(1, 2), actions.clamp_max(2), reduction="none")
+    rows = mask.any(1)
+    return ((per * mask).sum(1)[rows] / mask.sum(1)[rows]).mean()
+
+
+def _loss_sum(logits, actions, mask):
+    return torch.nn.functional.cross_entropy(logits[mask], actions[mask], reduction="sum")
+
+
+def _loss_no_grad(logits, actions, mask):
+    with torch.no_grad():
+        return dt_loss(logits, actions, mask)
+
+
+def _loss_nan_empty(logits, actions, mask):
+    return torch.nn.functional.cross_entropy(logits[mask], actions[mask])
+
+
+def _bfs_plus_one(adj, goal):
+    d = bfs_distances(adj, goal)
+    return torch.where(d > 0, d + 1, d)
+
+
+def _bfs_unreachable_zero(adj, goal):
+    return bfs_distances(adj, goal).clamp_min(0)
+
+
+def _bfs_dfs(adj, goal):
+    n = adj.shape[0]
+    dist = torch.full((n,), -1, dtype=torch.long)
+    dist[goal] = 0
+    stack = [goal]
+    while stack:  # depth-first: first discovery, not the shortest path
+        u = stack.pop()
+        for v in torch.nonzero(adj[u]).flatten().tolist():
+            if dist[v] < 0:
+                dist[v] = dist[u] + 1
+                stack.append(v)
+    return dist
+
+
+def _swap_overwrite(tokens, mask, new_return):
+    out = tokens.clone()
+    new = torch.as_tensor(new_return).expand(tokens.shape[0])
+    out[..., 0] = torch.where(mask, new[:, None], out[..., 0])
+    return out
+
+
+def _swap_pads_too(tokens, mask, new_return):
+    out = tokens.clone()
+    new = torch.as_tensor(new_return).expand(tokens.shape[0])
+    out[..., 0] = out[..., 0] + (new - tokens[:, 0, 0])[:, None]
+    return out
+
+
+def _swap_in_place(tokens, mask, new_return):
+    new = torch.as_tensor(new_return).expand(tokens.shape[0])
+    shift = new - tokens[:, 0, 0]
+    tokens[..., 0] = torch.where(mask, tokens[..., 0] + shift[:, None], tokens[..., 0])
+    return tokens
+
+
+def _swap_first_only(tokens, mask, new_return):
+    out = tokens.clone()
+    out[:, 0, 0] = torch.as_tensor(new_return).expand(tokens.shape[0])
+    return out
+
+
+def _attn_all_queries(pattern, keys, queries):
+    return (pattern * keys[:, None]).sum(-1).mean((0, 2))
+
+
+def _attn_mean_keys(pattern, keys, queries):
+    mass = (pattern * keys[:, None]).sum(-1) / keys[:, None].sum(-1).clamp_min(1)
+    w = queries[:, None].float()
+    return (mass * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1)
+
+
+def _attn_row_means(pattern, keys, queries):
+    mass = (pattern * keys[:, None]).sum(-1)
+    w = queries[:, None].float()
+    per_row = (mass * w).sum(2) / w.sum(2).clamp_min(1)
+    return per_row.mean(0)
+
+
+def _attn_nan_empty(pattern, keys, queries):
+    mass = (pattern * keys[:, None]).sum(-1)
+    w = queries[:, None].float()
+    return (mass * w).sum((0, 2)) / w.sum((0, 2))
+
+
+def _patch_reversed(model, clean, corrupt, metric):
+    return 1 - head_patching(model, clean, corrupt, metric)
+
+
+def _patch_raw_metric(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            def hook(z, hook, h=h, layer=layer):
+                z = z.clone()
+                z[:, :, h] = cache[f"blocks.{layer}.attn.hook_z"][:, :, h]
+                return z
+            out[layer, h] = metric(model.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)]))
+    return out
+
+
+def _patch_whole_layer(model, clean, corrupt, metric):
+    from utils.interp.patching import patching_sweep
+    s = patching_sweep(model, clean, corrupt, [f"blocks.{i}.attn.hook_z" for i in range(model.cfg.n_layers)], metric)
+    return torch.stack([v.expand(model.cfg.n_heads) for v in s.values()])
+
+
+def _dla_no_ln(z, W_O, ln_scale, W_U, a, b):
+    return head_dla(z, W_O, torch.ones_like(ln_scale), W_U, a, b)
+
+
+def _dla_times_ln(z, W_O, ln_scale, W_U, a, b):
+    return head_dla(z, W_O, 1 / ln_scale, W_U, a, b)
+
+
+def _dla_logit_a_only(z, W_O, ln_scale, W_U, a, b):
+    out = torch.einsum("bhe,hed->bhd", z, W_O) / ln_scale[:, :, None]
+    return torch.einsum("bhd,db->bh", out, W_U[:, a])
+
+
+def _dla_first_pair(z, W_O, ln_scale, W_U, a, b):
+    return head_dla(z, W_O, ln_scale, W_U, a[:1].expand_as(a), b[:1].expand_as(b))
+
+
+def _steer_in_place(direction, scale, positions):
+    def hook(act, hook=None):
+        act[:, positions] += scale * direction
+        return act
+    return hook
+
+
+def _steer_everywhere(direction, scale, positions):
+    return lambda act, hook=None: act + scale * direction
+
+
+def _steer_unit(direction, scale, positions):
+    return steer_at(direction / direction.norm(), scale, positions)
+
+
+def _steer_first_row(direction, scale, positions):
+    def hook(act, hook=None):
+        add = torch.zeros_like(act)
+        add[0, positions] = scale * direction
+        return act + add
+    return hook
+
+
+def _ablate_zero(heads, layer, mean_z):
+    return ablate_heads(heads, layer, torch.zeros_like(mean_z))
+
+
+def _ablate_any_layer(heads, layer, mean_z):
+    return ablate_heads([(layer, h) for (_, h) in heads], layer, mean_z)
+
+
+def _ablate_in_place(heads, layer, mean_z):
+    idx = [h for (l, h) in heads if l == layer]
+
+    def hook(z, hook=None):
+        z[:, :, idx] = mean_z[: z.shape[1], idx]
+        return z
+    return hook
+
+
+def _ablate_pooled_mean(heads, layer, mean_z):
+    idx = [h for (l, h) in heads if l == layer]
+
+    def hook(z, hook=None):
+        z = z.clone()
+        z[:, :, idx] = mean_z[:, idx].mean(0)
+        return z
+    return hook
+
+
+WRONG_ANSWERS = {
+    "returns_to_go": [_rtg_forward, _rtg_ignores_mask, _rtg_clamped, _rtg_in_place, _rtg_first_row],
+    "interleave": [_inter_concat, _inter_state_first, _inter_features, _inter_detached],
+    "dt_loss": [_loss_row_mean, _loss_sum, _loss_no_grad, _loss_nan_empty],
+    "bfs_distances": [_bfs_plus_one, _bfs_unreachable_zero, _bfs_dfs],
+    "swap_rtg": [_swap_overwrite, _swap_pads_too, _swap_in_place, _swap_first_only],
+    "attention_to_keys": [_attn_all_queries, _attn_mean_keys, _attn_row_means, _attn_nan_empty],
+    "head_patching": [_patch_reversed, _patch_raw_metric, _patch_whole_layer],
+    "head_dla": [_dla_no_ln, _dla_times_ln, _dla_logit_a_only, _dla_first_pair],
+    "steer_at": [_steer_in_place, _steer_everywhere, _steer_unit, _steer_first_row],
+    "ablate_heads": [_ablate_zero, _ablate_any_layer, _ablate_in_place, _ablate_pooled_mean],
+}
