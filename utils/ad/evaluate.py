@@ -46,12 +46,16 @@ def window_tokens(obs: Tensor, actions: Tensor, rewards: Tensor, episode: int, s
 @torch.no_grad()
 def in_context_rollout(model, goals: Tensor, n_episodes: int, context_episodes: int, size: int = 9,
                        episode_len: int = 20, sample: bool = True, seed: int = 0, goal_schedule: Tensor | None = None,
-                       prefix: History | None = None, fwd_hooks: list | None = None, progress: bool = False) -> Rollout:
+                       prefix: History | None = None, fwd_hooks: list | None = None, progress: bool = False,
+                       window_fn=None) -> Rollout:
     """Run `model` in context on Dark Room tasks `goals` [n] for `n_episodes` episodes.
 
     goal_schedule [n, n_episodes]: the goal of every episode (to move the rewarded cell);
     prefix: episodes placed in the context before the first live episode (a constructed
-    context); fwd_hooks: TransformerLens hooks active on every forward (steering)."""
+    context); fwd_hooks: TransformerLens hooks active on every forward (steering);
+    window_fn: the function that cuts the model's input (default `window_tokens`; the notebook
+    passes the learner's version)."""
+    window_fn = window_tokens if window_fn is None else window_fn
     goals = torch.as_tensor(goals, dtype=torch.long)
     n_actions = 5
     if n_episodes < 1 or context_episodes < 1:
@@ -77,7 +81,7 @@ def in_context_rollout(model, goals: Tensor, n_episodes: int, context_episodes: 
         s = env.reset()
         for t in range(episode_len):
             obs[:, e, t] = s
-            tokens = window_tokens(obs, acts, rews, e, t, context_episodes, n_actions).to(device)
+            tokens = window_fn(obs, acts, rews, e, t, context_episodes, n_actions).to(device)
             logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks) if fwd_hooks else model(tokens)
             logits = logits[:, -1].float().cpu()
             act = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1) if sample else logits.argmax(-1)

@@ -131,6 +131,14 @@ def regenerate_command(name: str, seed: int = 0) -> str:
     return f"{REGENERATE} {checkpoint_name(name, seed)}"
 
 
+def shipped_seeds(name: str) -> list[int]:
+    """The seeds in SEEDS whose checkpoint of variant `name` is listed in data/manifest.json
+    (all of them once every artifact has been built)."""
+    from utils.checkpoints import read_manifest
+    listed = read_manifest()["artifacts"]
+    return [s for s in SEEDS if checkpoint_name(name, s) in listed]
+
+
 def load_variant(name: str, spec: DarkRoomSpec) -> ADTransformer:
     """The shipped checkpoint of a variant for `spec.seed`; raises a one-line error if it was
     made with another spec."""

@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from utils.ad.data import sample_windows
-from utils.core import CourseError
+from utils.core import CourseError, check_fields
 from utils.models.ad_transformer import ADTransformer
 
 
@@ -27,8 +27,8 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.context_episodes < 1 or self.episode_len < 1:
-            raise CourseError(f"bad TrainConfig {self}: steps, batch_size, lr, context_episodes and episode_len must be positive")
+        check_fields(self, positive_int=("steps", "batch_size", "context_episodes", "episode_len"), positive=("lr",),
+                     nonneg=("weight_decay",), nonneg_int=("warmup", "seed"))
 
 
 def ad_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -40,9 +40,11 @@ def ad_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def train_ad(model: ADTransformer, tokens: Tensor, targets: Tensor, cfg: TrainConfig, desc: str = "training AD",
-             progress: bool = True) -> dict[str, list[float]]:
+             progress: bool = True, loss_fn=None) -> dict[str, list[float]]:
     """Train `model` on random windows of `cfg.context_episodes` episodes from (tokens, targets)
-    [n, E * L, 3] / [n, E * L]. Returns the log {'step', 'loss', 'seconds'}."""
+    [n, E * L, 3] / [n, E * L]. Returns the log {'step', 'loss', 'seconds'}.
+    loss_fn(logits, targets): default `ad_loss` (the notebook passes the learner's)."""
+    loss_fn = ad_loss if loss_fn is None else loss_fn
     cfg.validate()
     if cfg.context_episodes * cfg.episode_len > model.cfg.n_ctx:
         raise CourseError(f"context of {cfg.context_episodes} x {cfg.episode_len} tokens exceeds the model's context_len {model.cfg.n_ctx}")
@@ -65,7 +67,7 @@ def train_ad(model: ADTransformer, tokens: Tensor, targets: Tensor, cfg: TrainCo
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
     for step in bar:
         x, y = sample_windows(tokens, targets, cfg.episode_len, cfg.context_episodes, cfg.batch_size, g)
-        loss = ad_loss(model(x.to(device)), y.to(device))
+        loss = loss_fn(model(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
