@@ -6,6 +6,11 @@ the cued end, -1 at the other end, 0 on timeout (truncated). The observation is
 [one-hot position (length), one-hot cue (2), n_noise distractor readings]: the distractors
 are Gaussian noise the agent must learn to ignore (they also stop a probe from separating
 every observation trivially). Batched in torch with auto-reset (see `utils.envs.base`).
+
+`cue=LEFT` or `cue=RIGHT` fixes the cue of every episode (for steering experiments);
+`flip_cue` builds the counterfactual observation (same position and distractors, other cue);
+`random_walk_episodes` collects observations from random-action episodes, each tagged with
+its episode (the group of a leak-free probe split).
 """
 from __future__ import annotations
 
@@ -22,10 +27,14 @@ ACTION_NAMES = ("left", "right")
 class CueCorridor(BatchedEnv):
     n_actions = 2
 
-    def __init__(self, n_envs: int, length: int = 7, max_steps: int = 12, seed: int = 0, n_noise: int = 6):
+    def __init__(self, n_envs: int, length: int = 7, max_steps: int = 12, seed: int = 0, n_noise: int = 6,
+                 cue: int | None = None):
         self.n_envs = check_n_envs(n_envs)
         if length < 4:
             raise CourseError(f"length must be at least 4 (two ends and room to move), got {length}")
+        if cue not in (None, LEFT, RIGHT):
+            raise CourseError(f"cue must be None (random), LEFT (0) or RIGHT (1), got {cue!r}")
+        self.fixed_cue = cue
         self.length, self.max_steps, self.n_noise = length, max_steps, n_noise
         self.g = torch.Generator().manual_seed(seed)
         self.obs_dim = length + 2 + n_noise
@@ -42,6 +51,8 @@ class CueCorridor(BatchedEnv):
         k = int(mask.sum())
         self.pos[mask] = torch.randint(1, self.length - 1, (k,), generator=self.g)
         self.cue[mask] = torch.randint(0, 2, (k,), generator=self.g)
+        if self.fixed_cue is not None:  # draw anyway, so a fixed cue leaves positions and noise unchanged
+            self.cue[mask] = self.fixed_cue
         self.t[mask] = 0
         self.ep_return[mask] = 0
 
@@ -83,3 +94,33 @@ def encode(pos: Tensor, cue: Tensor, length: int = 7, noise: Tensor | None = Non
         raise CourseError(f"noise must have shape [{len(pos)}, n_noise], got {tuple(noise.shape)}")
     onehots = [torch.nn.functional.one_hot(pos, length), torch.nn.functional.one_hot(cue, 2)]
     return torch.cat([*onehots, noise.float()], -1).float()
+
+
+def flip_cue(obs: Tensor, length: int = 7) -> Tensor:
+    """The counterfactual observations: a copy of `obs` [batch, length + 2 + n_noise] with the
+    two cue entries swapped (goal left <-> goal right), position and distractors unchanged."""
+    if obs.ndim != 2 or obs.shape[1] < length + 2:
+        raise CourseError(f"obs must have shape [batch, {length} + 2 + n_noise], got {tuple(obs.shape)}")
+    out = obs.clone()
+    out[:, length], out[:, length + 1] = obs[:, length + 1], obs[:, length]
+    return out
+
+
+def random_walk_episodes(n_episodes: int, length: int = 7, n_noise: int = 6, seed: int = 0,
+                         max_steps: int = 12) -> dict[str, Tensor]:
+    """Every observation of `n_episodes` episodes of a random-action policy, flattened:
+    obs [n, obs_dim], pos [n], cue [n] and episode [n] (the id of the episode each came
+    from: the unit that must not straddle a probe's train/test split)."""
+    env = CueCorridor(n_episodes, length, max_steps, seed=seed, n_noise=n_noise)
+    g = torch.Generator().manual_seed(seed + 1)
+    obs, active = env.reset(), torch.ones(n_episodes, dtype=torch.bool)
+    ids = torch.arange(n_episodes)
+    rows: dict[str, list[Tensor]] = {"obs": [], "pos": [], "cue": [], "episode": []}
+    for _ in range(max_steps):
+        for key, val in (("obs", obs), ("pos", env.pos), ("cue", env.cue), ("episode", ids)):
+            rows[key].append(val[active].clone())
+        obs, _, term, trunc, _ = env.step(torch.randint(0, 2, (n_episodes,), generator=g))
+        active &= ~(term | trunc)
+        if not active.any():
+            break
+    return {k: torch.cat(v) for k, v in rows.items()}

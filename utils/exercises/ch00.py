@@ -1,21 +1,57 @@
-"""Checks for chapter 00 (orientation)."""
+"""Checks for chapter 00 (orientation).
+
+Every check draws its inputs from a local `torch.Generator` (networks are built inside
+`torch.random.fork_rng`, then filled from the local generator), uses batches of several rows
+with different sources, and checks that the learner's function leaves its inputs unchanged.
+"""
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from utils.envs.cue_corridor import LEFT, RIGHT, encode, flip_cue
 from utils.exercises import ExerciseFailed, check
+from utils.interp.attribution import logit_diff
 from utils.interp.hooks import cache_activations
-from utils.interp.patching import fraction_recovered, replace_hook
+from utils.interp.patching import fraction_recovered, patch_each_unit, replace_hook
+from utils.interp.probes import ProbeReport, train_probe
+from utils.interp.steering import mean_difference
 from utils.models.mlp_policy import HookedMLPPolicy
 
 
+# ------------------------------------------------------------------ helpers
+def _policy(seed: int, obs_dim: int = 9, hidden=(16, 8)) -> HookedMLPPolicy:
+    """A policy with weights from a local generator; building it leaves the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        policy = HookedMLPPolicy(obs_dim, 2, hidden)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.7)
+    return policy.eval()
+
+
+def _unchanged(before: Tensor, after: Tensor, what: str) -> None:
+    if not torch.equal(before, after):
+        raise ExerciseFailed(f"your function changed its input `{what}` in place; work on a copy "
+                             "(`.clone()`) so the caller's tensor stays as it was")
+
+
+def _corridor_batch(g: torch.Generator, n: int, length: int, n_noise: int) -> Tensor:
+    pos = torch.randint(0, length, (n,), generator=g)
+    cue = torch.arange(n) % 2  # both cues in every batch
+    return encode(pos, cue, length, noise=2.0 * torch.randn(n, n_noise, generator=g), n_noise=n_noise)
+
+
+# ------------------------------------------------------------------ exercise 1
 @check
 def check_get_hidden(get_hidden) -> None:
     """get_hidden(policy, obs, layer) -> the post-ReLU activations of that layer."""
-    torch.manual_seed(0)
-    policy = HookedMLPPolicy(9, 2, (16, 8))
-    obs = torch.randn(5, 9)
+    policy = _policy(0)
+    obs = torch.randn(5, 9, generator=torch.Generator().manual_seed(1))
+    obs_before = obs.clone()
     for layer in (0, 1):
         name = f"layers.{layer}.hook_post"
         want = cache_activations(policy, obs, [name])[name]
@@ -23,61 +59,300 @@ def check_get_hidden(get_hidden) -> None:
         if not isinstance(got, torch.Tensor):
             raise ExerciseFailed(f"get_hidden should return a tensor, got {type(got).__name__}")
         if got.shape != want.shape:
-            raise ExerciseFailed(f"layer {layer}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}")
+            raise ExerciseFailed(f"layer {layer}: expected shape {tuple(want.shape)} ([batch, d_hidden]), "
+                                 f"got {tuple(got.shape)}")
         if (got < 0).any():
-            raise ExerciseFailed(f"layer {layer}: negative values; you returned the pre-activation (hook_pre), not the output of the ReLU (hook_post)")
+            raise ExerciseFailed(f"layer {layer}: negative values; you returned the pre-activation "
+                                 "(hook_pre), not the output of the ReLU (hook_post)")
         if not torch.allclose(got, want, atol=1e-6):
-            raise ExerciseFailed(f"layer {layer}: values differ from layers.{layer}.hook_post; is the layer index right?")
+            raise ExerciseFailed(f"layer {layer}: values differ from layers.{layer}.hook_post; is the layer "
+                                 "index right, and is every row of the batch its own observation's?")
+    _unchanged(obs_before, obs, "obs")
 
 
+# ------------------------------------------------------------------ exercise 2
+@check
+def check_counterfactual_obs(counterfactual_obs) -> None:
+    """counterfactual_obs(obs, length) -> obs with the cue swapped, everything else unchanged."""
+    g = torch.Generator().manual_seed(2)
+    for length, n_noise in ((7, 6), (5, 3)):
+        obs = _corridor_batch(g, 6, length, n_noise)
+        before = obs.clone()
+        got = counterfactual_obs(obs, length)
+        _unchanged(before, obs, "obs")
+        want = flip_cue(before, length)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            raise ExerciseFailed(f"expected a tensor of shape {tuple(want.shape)}, got "
+                                 f"{getattr(got, 'shape', type(got).__name__)}")
+        if not torch.equal(got[:, :length], before[:, :length]):
+            raise ExerciseFailed("the position one-hot changed: a counterfactual changes the cue only")
+        if not torch.equal(got[:, length + 2:], before[:, length + 2:]):
+            raise ExerciseFailed("the distractor readings changed: keep them, so the pair differs in the cue alone")
+        if not torch.equal(got[:, length:length + 2], want[:, length:length + 2]):
+            raise ExerciseFailed(f"length={length}: the cue entries (columns {length} and {length + 1}) should "
+                                 "be swapped in every row (goal left <-> goal right), whatever that row's cue is")
+
+
+# ------------------------------------------------------------------ exercise 3
 @check
 def check_patch_units_hook(patch_units_hook) -> None:
     """patch_units_hook(source, units) -> a hook that overwrites `units` of the activation with `source`."""
-    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(3)
     hp = HookPoint()
     hp.name = "layers.0.hook_post"
-    act, src = torch.randn(4, 6), torch.randn(1, 6)
-    for units in ([2], [0, 5], None):
-        want = replace_hook(src, units)(act.clone(), hp)
-        got = patch_units_hook(src, units)(act.clone(), hp)
-        if got is None:
-            raise ExerciseFailed("the hook must return the new activation (it returned None)")
-        if got.shape != act.shape:
-            raise ExerciseFailed(f"the hook changed the activation's shape from {tuple(act.shape)} to {tuple(got.shape)}")
-        if not torch.allclose(got, want):
-            which = "every unit" if units is None else f"units {units}"
-            keep = "" if units is None else " and leave the others unchanged"
-            raise ExerciseFailed(f"with units={units}: should copy the source into {which}{keep}, for every row of the batch")
+    act = torch.randn(4, 6, generator=g)
+    for src in (torch.randn(1, 6, generator=g), 3 * torch.randn(4, 6, generator=g)):
+        for units in ([2], [0, 5], None):
+            act_in, src_before, act_before = act.clone(), src.clone(), act.clone()
+            want = replace_hook(src, units)(act.clone(), hp)
+            got = patch_units_hook(src, units)(act_in, hp)
+            if got is None:
+                raise ExerciseFailed("the hook must return the new activation (it returned None)")
+            _unchanged(act_before, act_in, "act (the activation the hook receives)")
+            _unchanged(src_before, src, "source")
+            if got.shape != act.shape:
+                raise ExerciseFailed(f"the hook changed the activation's shape from {tuple(act.shape)} to "
+                                     f"{tuple(got.shape)}")
+            if not torch.allclose(got, want):
+                which = "every unit" if units is None else f"units {units}"
+                keep = "" if units is None else " and leave the others unchanged"
+                rows = f" (source has {src.shape[0]} row(s): row i of a [batch, d] source goes to row i)"
+                raise ExerciseFailed(f"with units={units}: should copy the source into {which}{keep}, "
+                                     f"for every row of the batch{rows}")
 
 
+# ------------------------------------------------------------------ exercise 4
 @check
 def check_fraction_recovered(fraction_recovered_fn) -> None:
     """fraction_recovered(patched, clean, corrupt) -> (patched - corrupt) / (clean - corrupt)."""
-    cases = [(3.0, 5.0, 1.0), (1.0, 5.0, 1.0), (5.0, 5.0, 1.0), (-2.0, -4.0, 2.0), (0.0, 2.0, -2.0)]
+    # includes patches that overshoot (> 1) or push the wrong way (< 0), and negative gaps
+    cases = [(3.0, 5.0, 1.0), (1.0, 5.0, 1.0), (5.0, 5.0, 1.0), (-2.0, -4.0, 2.0), (0.0, 2.0, -2.0),
+             (7.0, 5.0, 1.0), (-1.0, 5.0, 1.0), (4.0, -4.0, 2.0)]
     for patched, clean, corrupt in cases:
         want = fraction_recovered(patched, clean, corrupt)
         got = float(fraction_recovered_fn(torch.tensor(patched), torch.tensor(clean), torch.tensor(corrupt)))
         if abs(got - want) > 1e-5:
-            raise ExerciseFailed(f"patched={patched}, clean={clean}, corrupt={corrupt}: expected {want:.3f}, got {got:.3f} "
-                                 "(0 means the patch restored nothing, 1 means all of the clean-vs-corrupt gap)")
+            raise ExerciseFailed(f"patched={patched}, clean={clean}, corrupt={corrupt}: expected {want:.3f}, "
+                                 f"got {got:.3f} (0 means the patch restored nothing, 1 all of the "
+                                 "clean-vs-corrupt gap; a patch can overshoot past 1 or go below 0)")
+
+
+# ------------------------------------------------------------------ exercise 5
+@check
+def check_patch_each_unit(patch_each_unit_fn) -> None:
+    """patch_each_unit(policy, clean, corrupt, hook_name, metric, make_hook) -> [n_units] fractions."""
+    policy = _policy(5, obs_dim=9, hidden=(12, 10))
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randn(6, 9, generator=g)
+    corrupt = torch.randn(6, 9, generator=g)
+    metric = lambda logits: logit_diff(logits, RIGHT, LEFT).mean()  # noqa: E731
+    for name, d in (("layers.1.hook_post", 10), ("layers.0.hook_post", 12)):
+        calls = []
+
+        def spy(source, units):
+            calls.append(units)
+            return replace_hook(source, units)
+
+        clean_before, corrupt_before = clean.clone(), corrupt.clone()
+        got = patch_each_unit_fn(policy, clean, corrupt, name, metric, spy)
+        _unchanged(clean_before, clean, "clean")
+        _unchanged(corrupt_before, corrupt, "corrupt")
+        want = patch_each_unit(policy, clean, corrupt, name, metric)
+        got = torch.as_tensor(got, dtype=torch.float32).flatten()
+        if got.shape != (d,):
+            raise ExerciseFailed(f"{name}: expected one score per unit, shape ({d},), got {tuple(got.shape)}")
+        if len(calls) < d or any(u is None or len(list(u)) != 1 for u in calls):
+            raise ExerciseFailed("build every patch with the `make_hook` you were given, one unit at a time: "
+                                 "make_hook(clean activation, [u]) for each unit u")
+        if not torch.allclose(got, want.float(), atol=1e-4):
+            i = int((got - want).abs().argmax())
+            raise ExerciseFailed(f"{name}, unit {i}: expected {want[i]:.3f}, got {got[i]:.3f}; patch the CLEAN "
+                                 "activation (all rows) into the CORRUPT run and score it with the fraction of "
+                                 "the clean-minus-corrupt metric gap recovered")
+
+
+# ------------------------------------------------------------------ exercise 6
+def _probe_data(seed: int, leaky: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(acts, labels, random_acts, groups): 40 groups of 6 rows. leaky=True: the label is fixed per
+    group and the activations identify the group, so an ungrouped split memorises groups."""
+    g = torch.Generator().manual_seed(seed)
+    n_groups, per = 40, 6
+    groups = torch.arange(n_groups).repeat_interleave(per)
+    if leaky:
+        labels = torch.randint(0, 2, (n_groups,), generator=g)[groups]
+        acts = (3 * torch.randn(n_groups, 8, generator=g))[groups] + 0.1 * torch.randn(len(groups), 8, generator=g)
+    else:
+        labels = torch.randint(0, 2, (len(groups),), generator=g)
+        acts = torch.randn(len(groups), 8, generator=g)
+        acts[:, 0] += 3.0 * (2 * labels - 1)
+    random_acts = torch.randn(len(groups), 8, generator=g)
+    return acts, labels, random_acts, groups
+
+
+@check
+def check_probe_report(probe_report) -> None:
+    """probe_report(acts, labels, random_acts, seed, groups) -> a ProbeReport."""
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's default init (inside train_probe) draws from it
+        _check_probe(probe_report)
+
+
+def _check_probe(probe_report) -> None:
+    for leaky in (True, False):
+        acts, labels, random_acts, groups = _probe_data(7, leaky)
+        before = [t.clone() for t in (acts, labels, random_acts, groups)]
+        rep = probe_report(acts, labels, random_acts, seed=3, groups=groups)
+        for b, t, what in zip(before, (acts, labels, random_acts, groups), ("acts", "labels", "random_acts", "groups")):
+            _unchanged(b, t, what)
+        if not isinstance(rep, ProbeReport) or rep.random_model is None:
+            raise ExerciseFailed("return ProbeReport(probe, shuffled, random_model), three ProbeResults from train_probe")
+        want = train_probe(acts, labels, seed=3, groups=groups)
+        if abs(rep.probe.test_acc - want.test_acc) > 1e-6:
+            ungrouped = train_probe(acts, labels, seed=3)
+            hint = (" It matches a probe WITHOUT groups: pass groups=groups, so no episode sits on both sides of "
+                    "the split" if abs(rep.probe.test_acc - ungrouped.test_acc) < 1e-6 else "")
+            raise ExerciseFailed(f"the probe on `acts` should be train_probe(acts, labels, seed=seed, groups=groups) "
+                                 f"(held-out accuracy {want.test_acc:.3f}), got {rep.probe.test_acc:.3f}.{hint}")
+        want_rand = train_probe(random_acts, labels, seed=3, groups=groups)
+        if abs(rep.random_model.test_acc - want_rand.test_acc) > 1e-6:
+            raise ExerciseFailed("the random-model baseline is the same probe (same labels, seed and groups) on "
+                                 f"`random_acts`: expected {want_rand.test_acc:.3f}, got {rep.random_model.test_acc:.3f}")
+        if not leaky and rep.shuffled.test_acc > rep.probe.test_acc - 0.25:
+            raise ExerciseFailed(f"the shuffled-label baseline reaches {rep.shuffled.test_acc:.3f}, close to the real "
+                                 f"probe's {rep.probe.test_acc:.3f}: permute the LABELS only (not the activations "
+                                 "with them), with a generator seeded from `seed`")
+        if not np.isfinite(rep.probe.test_ci).all():
+            raise ExerciseFailed("the probe has no interval: use train_probe, which sets test_ci")
+
+
+# ------------------------------------------------------------------ exercise 7
+@check
+def check_steering_directions(steering_directions) -> None:
+    """steering_directions(acts, goal_right, seed) -> (mean-difference direction, norm-matched random)."""
+    g = torch.Generator().manual_seed(8)
+    acts = torch.randn(20, 32, generator=g) + 0.5
+    goal_right = torch.zeros(20, dtype=torch.bool)
+    goal_right[torch.randperm(20, generator=g)[:7]] = True   # unequal groups: a sum is not a mean
+    before_acts, before_mask = acts.clone(), goal_right.clone()
+    state = torch.get_rng_state()
+    try:
+        direction, control = steering_directions(acts, goal_right, 4)
+        if not torch.equal(state, torch.get_rng_state()):
+            raise ExerciseFailed("your function drew from PyTorch's global random generator; draw the control "
+                                 "from a local torch.Generator().manual_seed(seed) (or norm_matched_random)")
+        again = steering_directions(acts, goal_right, 4)[1]
+        other = steering_directions(acts, goal_right, 5)[1]
+    finally:
+        torch.set_rng_state(state)
+    _unchanged(before_acts, acts, "acts")
+    _unchanged(before_mask, goal_right, "goal_right")
+    want = mean_difference(acts, goal_right, ~goal_right)
+    if direction.shape != want.shape or not torch.allclose(direction, want, atol=1e-5):
+        flipped = direction.shape == want.shape and torch.allclose(direction, -want, atol=1e-5)
+        raise ExerciseFailed("the direction should be mean(acts[goal_right]) - mean(acts[~goal_right])"
+                             + (" (you have it the wrong way round)" if flipped else ""))
+    if control.shape != want.shape or abs(float(control.norm() / want.norm()) - 1) > 1e-4:
+        raise ExerciseFailed(f"the control should have the direction's norm ({want.norm():.3f}), got "
+                             f"{control.norm():.3f}")
+    if abs(float(torch.nn.functional.cosine_similarity(control, want, dim=0))) > 0.9:
+        raise ExerciseFailed("the control is (anti-)parallel to the direction: draw a RANDOM direction, "
+                             "then rescale it to the same norm")
+    if not torch.equal(control, again):
+        raise ExerciseFailed("the control changed between two calls with the same seed: seed a local generator")
+    if torch.equal(control, other):
+        raise ExerciseFailed("the control is the same for seeds 4 and 5: draw it from a generator seeded with `seed`")
 
 
 CHECKS = {
     "get_hidden": check_get_hidden,
+    "counterfactual_obs": check_counterfactual_obs,
     "patch_units_hook": check_patch_units_hook,
     "fraction_recovered": check_fraction_recovered,
+    "patch_each_unit": check_patch_each_unit,
+    "probe_report": check_probe_report,
+    "steering_directions": check_steering_directions,
 }
 
 
+# ------------------------------------------------------------- wrong answers
+# get_hidden
 def _pre_activation(policy, obs, layer):
     _, cache = policy.run_with_cache(obs)
     return cache[f"layers.{layer}.hook_pre"]
 
 
+def _next_layer(policy, obs, layer):
+    _, cache = policy.run_with_cache(obs)
+    return cache[f"layers.{min(layer + 1, len(policy.layers) - 1)}.hook_post"]
+
+
+def _first_row_only(policy, obs, layer):
+    _, cache = policy.run_with_cache(obs[:1])
+    return cache[f"layers.{layer}.hook_post"].expand(len(obs), -1)
+
+
+# counterfactual_obs
+def _flip_in_place(obs, length):
+    obs[:, [length, length + 1]] = obs[:, [length + 1, length]]
+    return obs
+
+
+def _always_goal_left(obs, length):
+    out = obs.clone()
+    out[:, length], out[:, length + 1] = 1.0, 0.0
+    return out
+
+
+def _hard_coded_length(obs, length):
+    out = obs.clone()
+    out[:, 7], out[:, 8] = obs[:, 8], obs[:, 7]
+    return out
+
+
+def _mirror_position(obs, length):
+    out = obs.clone()
+    out[:, :length] = obs[:, :length].flip(-1)
+    return out
+
+
+def _drop_distractors(obs, length):
+    out = torch.zeros_like(obs)
+    out[:, :length] = obs[:, :length]
+    out[:, length], out[:, length + 1] = obs[:, length + 1], obs[:, length]
+    return out
+
+
+# patch_units_hook
 def _patch_all_units(source, units):
     return lambda act, hook: source.expand_as(act).clone()
 
 
+def _first_source_row(source, units):
+    def hook(act, hook):
+        act = act.clone()
+        idx = slice(None) if units is None else units
+        act[..., idx] = source[:1].expand_as(act)[..., idx]
+        return act
+    return hook
+
+
+def _writes_in_place(source, units):
+    def hook(act, hook):
+        idx = slice(None) if units is None else units
+        act[..., idx] = source.expand_as(act)[..., idx]
+        return act
+    return hook
+
+
+def _keeps_units_patches_rest(source, units):
+    def hook(act, hook):
+        out = source.expand_as(act).clone()
+        if units is not None:
+            out[..., units] = act[..., units]
+        return out
+    return hook
+
+
+# fraction_recovered
 def _ratio(patched, clean, corrupt):
     return patched / clean
 
@@ -86,8 +361,102 @@ def _no_corrupt_offset(patched, clean, corrupt):
     return (patched - corrupt) / clean
 
 
+def _clamped(patched, clean, corrupt):
+    return ((patched - corrupt) / (clean - corrupt)).clamp(0, 1)
+
+
+def _absolute(patched, clean, corrupt):
+    return (patched - corrupt).abs() / (clean - corrupt).abs()
+
+
+# patch_each_unit
+def _corrupt_into_clean(policy, clean, corrupt, hook_name, metric, make_hook):
+    return patch_each_unit(policy, corrupt, clean, hook_name, metric, make_hook)
+
+
+@torch.no_grad()
+def _raw_metric(policy, clean, corrupt, hook_name, metric, make_hook):
+    src = cache_activations(policy, clean, [hook_name])[hook_name]
+    return torch.tensor([float(metric(policy.run_with_hooks(corrupt, fwd_hooks=[(hook_name, make_hook(src, [u]))])))
+                         for u in range(src.shape[-1])])
+
+
+@torch.no_grad()
+def _first_clean_row(policy, clean, corrupt, hook_name, metric, make_hook):
+    src = cache_activations(policy, clean, [hook_name])[hook_name][:1]
+    m_clean, m_corrupt = metric(policy(clean)), metric(policy(corrupt))
+    return torch.tensor([fraction_recovered(metric(policy.run_with_hooks(
+        corrupt, fwd_hooks=[(hook_name, make_hook(src, [u]))])), m_clean, m_corrupt) for u in range(src.shape[-1])])
+
+
+def _ignores_make_hook(policy, clean, corrupt, hook_name, metric, make_hook):
+    return patch_each_unit(policy, clean, corrupt, hook_name, metric)
+
+
+# probe_report
+def _no_groups(acts, labels, random_acts, seed=0, groups=None):
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 1))
+    return ProbeReport(train_probe(acts, labels, seed=seed), train_probe(acts, labels[perm], seed=seed),
+                       train_probe(random_acts, labels, seed=seed))
+
+
+def _random_baseline_on_trained(acts, labels, random_acts, seed=0, groups=None):
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 1))
+    kw = dict(seed=seed, groups=groups)
+    return ProbeReport(train_probe(acts, labels, **kw), train_probe(acts, labels[perm], **kw),
+                       train_probe(acts, labels, **kw))
+
+
+def _shuffles_rows_together(acts, labels, random_acts, seed=0, groups=None):
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 1))
+    kw = dict(seed=seed, groups=groups)
+    return ProbeReport(train_probe(acts, labels, **kw), train_probe(acts[perm], labels[perm], **kw),
+                       train_probe(random_acts, labels, **kw))
+
+
+def _shuffles_caller_labels(acts, labels, random_acts, seed=0, groups=None):
+    kw = dict(seed=seed, groups=groups)
+    probe, rand = train_probe(acts, labels, **kw), train_probe(random_acts, labels, **kw)
+    labels[:] = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 1))]
+    return ProbeReport(probe, train_probe(acts, labels, **kw), rand)
+
+
+# steering_directions
+def _reversed(acts, goal_right, seed):
+    d = acts[~goal_right].mean(0) - acts[goal_right].mean(0)
+    r = torch.randn(d.shape, generator=torch.Generator().manual_seed(seed))
+    return d, r / r.norm() * d.norm()
+
+
+def _unit_norm_control(acts, goal_right, seed):
+    d = acts[goal_right].mean(0) - acts[~goal_right].mean(0)
+    r = torch.randn(d.shape, generator=torch.Generator().manual_seed(seed))
+    return d, r / r.norm()
+
+
+def _global_generator(acts, goal_right, seed):
+    d = acts[goal_right].mean(0) - acts[~goal_right].mean(0)
+    r = torch.randn(d.shape)
+    return d, r / r.norm() * d.norm()
+
+
+def _sums(acts, goal_right, seed):
+    d = acts[goal_right].sum(0) - acts[~goal_right].sum(0)
+    r = torch.randn(d.shape, generator=torch.Generator().manual_seed(seed))
+    return d, r / r.norm() * d.norm()
+
+
+def _negated_control(acts, goal_right, seed):
+    d = acts[goal_right].mean(0) - acts[~goal_right].mean(0)
+    return d, -d
+
+
 WRONG_ANSWERS = {
-    "get_hidden": [_pre_activation],
-    "patch_units_hook": [_patch_all_units],
-    "fraction_recovered": [_ratio, _no_corrupt_offset],
+    "get_hidden": [_pre_activation, _next_layer, _first_row_only],
+    "counterfactual_obs": [_flip_in_place, _always_goal_left, _hard_coded_length, _mirror_position, _drop_distractors],
+    "patch_units_hook": [_patch_all_units, _first_source_row, _writes_in_place, _keeps_units_patches_rest],
+    "fraction_recovered": [_ratio, _no_corrupt_offset, _clamped, _absolute],
+    "patch_each_unit": [_corrupt_into_clean, _raw_metric, _first_clean_row, _ignores_make_hook],
+    "probe_report": [_no_groups, _random_baseline_on_trained, _shuffles_rows_together, _shuffles_caller_labels],
+    "steering_directions": [_reversed, _unit_norm_control, _global_generator, _sums, _negated_control],
 }

@@ -25,3 +25,9 @@ def cache_activations(model: HookedRootModule, inputs: Tensor, names: Iterable[s
     names = check_names(model, names) if names is not None else None
     _, cache = model.run_with_cache(inputs, names_filter=names)
     return {k: v.detach() for k, v in cache.items()}
+
+def hidden_units(model: HookedRootModule, obs: Tensor, layer: int) -> Tensor:
+    """The post-nonlinearity activations `layers.{layer}.hook_post` [batch, d_hidden] of an MLP
+    policy (`HookedMLPPolicy`) for observations `obs` [batch, obs_dim]."""
+    name = f"layers.{layer}.hook_post"
+    return cache_activations(model, obs, [name])[name]

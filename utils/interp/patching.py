@@ -123,3 +123,10 @@ def heldout_unit_patching(model: HookedRootModule, pairs: dict[str, Tensor], lay
         patched = metric(run_patched(model, test["corrupt"], layer, act, units.tolist()))
         res[label + "_ci"] = fraction_recovered_ci(patched, m_clean, m_corrupt, seed=seed)
     return res
+
+def patch_each_unit(model: HookedRootModule, clean: Tensor, corrupt: Tensor, hook_name: str,
+                    metric: Callable[[Tensor], Tensor], make_hook: HookFactory | None = None) -> Tensor:
+    """Fraction of the clean-vs-corrupt metric gap recovered by patching each unit of `hook_name`
+    alone from the clean run into the corrupt run: a tensor [n_units] (`patching_sweep` with
+    `per_unit=True` on one hook)."""
+    return patching_sweep(model, clean, corrupt, [hook_name], metric, per_unit=True, make_hook=make_hook)[hook_name]

@@ -33,3 +33,10 @@ def norm_matched_random(direction: Tensor, seed: int) -> Tensor:
     """A random direction with the same norm as `direction`: the control for a steering vector."""
     r = torch.randn(direction.shape, generator=torch.Generator().manual_seed(seed))
     return r / r.norm() * direction.norm()
+
+def direction_and_control(acts: Tensor, mask: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """(mean(acts[mask]) - mean(acts[~mask]), a random direction of the same norm): a
+    mean-difference steering vector and its norm-matched control (`norm_matched_random`)."""
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    direction = mean_difference(acts, mask, ~mask)
+    return direction, norm_matched_random(direction, seed)
