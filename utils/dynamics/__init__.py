@@ -16,12 +16,12 @@ from utils.dynamics.checkpoints import (Checkpoint, CheckpointRecorder, check_ch
                                         weight_stats)
 from utils.dynamics.cloning import (action_agreement, collect_states, distil, distillation_loss,
                                     value_error)
-from utils.dynamics.metrics import (effective_rank, fit_affine_map, heldout_topk_recovery, inert_units, linear_cka,
+from utils.dynamics.metrics import (dormant_fraction, effective_rank, fit_affine_map, heldout_topk_recovery, inert_units, linear_cka,
                                     match_units, onset, policy_entropy, probe_over_checkpoints, steering_effect,
                                     unit_ablation_effect, vestigial_units)
 
 __all__ = ["Checkpoint", "CheckpointRecorder", "action_agreement", "check_checkpoints", "collect_states", "distil",
-           "distillation_loss", "effective_rank", "fit_affine_map", "heldout_topk_recovery", "inert_units",
+           "distillation_loss", "dormant_fraction", "effective_rank", "fit_affine_map", "heldout_topk_recovery", "inert_units",
            "linear_cka", "load_checkpoint", "load_checkpoints", "log_spaced_checkpoints", "match_units", "onset",
            "policy_entropy", "probe_over_checkpoints", "steering_effect", "train_with_checkpoints",
            "unit_ablation_effect", "value_error", "vestigial_units", "weight_stats"]

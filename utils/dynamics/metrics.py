@@ -207,3 +207,13 @@ def policy_entropy(model: HookedRootModule, states: Tensor) -> float:
     """Mean entropy (nats) of the policy's action distribution over `states`."""
     logp = torch.log_softmax(model(states), -1)
     return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+def dormant_fraction(acts: Tensor, tau: float = 0.1) -> float:
+    """Sokar et al. (2023): the fraction of units whose mean |activation| over the inputs, divided by
+    the layer's average of that quantity, is at most `tau` ("tau-dormant"). acts: [n, d]."""
+    score = acts.abs().mean(0)
+    mean = score.mean()
+    if float(mean) == 0:
+        return 1.0
+    return float((score / mean <= tau).float().mean())

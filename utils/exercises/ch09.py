@@ -38,11 +38,11 @@ def _policy(seed: int, obs_dim: int = 10, n_actions: int = 4, hidden=(8, 6), sca
 
 def _quiet(fn):
     """Run a check on one thread (tiny tensors: more threads only contend on a shared machine) and
-    inside torch.random.fork_rng, so that library code that builds layers (nn.Linear draws its
+    inside torch.random.fork_rng (and with gradients on, whatever the notebook set), so that library code that builds layers (nn.Linear draws its
     initial weights from the global generator) leaves the global random state as it was."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with torch_threads(1), torch.random.fork_rng(devices=[]):
+        with torch_threads(1), torch.random.fork_rng(devices=[]), torch.enable_grad():
             return fn(*args, **kwargs)
     return wrapper
 

@@ -6,22 +6,23 @@ trunk, so they can be probed, compared and stitched over training (chapter 09, p
 It has the interface `utils.rl.ppo.train_ppo` needs (`obs_dim`, `n_actions`, `forward`,
 `forward_both`), so PPO trains it unchanged.
 
-Hook names: `actor.hook_obs`, `actor.layers.{i}.hook_post`, `actor.hook_logits` for the policy;
-`critic.layers.{i}.hook_post`, `critic.hook_logits` (the value, shape [batch, 1]) for the value
-network.
+Hooks: `.actor` and `.critic` are each a `HookedMLPPolicy`, so cache, patch and probe them
+separately with their own hook names (`layers.{i}.hook_post`, `hook_logits`; the critic's
+`hook_logits` is the value, shape [batch, 1]). The wrapper itself is a plain `nn.Module`: one
+HookedRootModule around two would rename their hooks ("actor.layers.0.hook_post"), and the
+tools that read a sub-network's cache by its own names would no longer find them.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-from torch import Tensor
-from transformer_lens import HookedRootModule
+from torch import Tensor, nn
 
 from utils.core import CourseError
 from utils.models.mlp_policy import HookedMLPPolicy
 
 
-class SeparateActorCritic(HookedRootModule):
+class SeparateActorCritic(nn.Module):
     """Policy network `actor` and value network `critic`, two MLPs of the same hidden sizes."""
 
     def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (64, 64)):
@@ -29,7 +30,6 @@ class SeparateActorCritic(HookedRootModule):
         self.obs_dim, self.n_actions, self.hidden = obs_dim, n_actions, tuple(hidden)
         self.actor = HookedMLPPolicy(obs_dim, n_actions, hidden, value_head=False)
         self.critic = HookedMLPPolicy(obs_dim, 1, hidden, value_head=False)
-        self.setup()
 
     def forward(self, obs: Tensor) -> Tensor:
         """Action logits [batch, n_actions] (the policy network alone)."""
