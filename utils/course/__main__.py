@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.core import PROFILES, CourseError
+from utils.core import PROFILES, CourseError, default_profile
+from utils.course.book import build
+from utils.course.chapters import get_chapter, ready_chapters
+from utils.course.check import problems
+from utils.course.notebooks import generate
+from utils.course.run import run, succeeded
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,11 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.verb == "notebooks":
-            from utils.course.notebooks import generate
             changed = generate()
             print("\n".join(f"wrote {path}" for path in changed) or "notebooks up to date")
         elif args.verb == "check":
-            from utils.course.check import problems
             found = problems()
             for line in found:
                 print(line)
@@ -41,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print("check: all rules pass")
         elif args.verb == "run":
-            from utils.core import default_profile
-            from utils.course.chapters import get_chapter, ready_chapters
             profile = args.profile or default_profile()
             if profile not in PROFILES:
                 raise _Usage(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
@@ -50,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
                 chapters = [get_chapter(c).id for c in args.chapters] or [c.id for c in ready_chapters()]
             except CourseError as e:
                 raise _Usage(str(e)) from None
-            from utils.course.run import run, succeeded
             if args.jobs is not None and args.jobs < 1:
                 raise _Usage(f"--jobs {args.jobs}: give 1 or more workers")
             results = run(chapters, profile, jobs=args.jobs, force=args.force)
             return 0 if succeeded(results) else 1
         elif args.verb == "book":
-            from utils.course.book import build
             index = build(executed=args.executed)
             print(f"site built: open {index}")
     except _Usage as e:

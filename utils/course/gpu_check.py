@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 
+import torch
+from huggingface_hub import get_token, try_to_load_from_cache
+
 from utils import CourseError
 
 # Hub repositories that need an accepted licence and a token (checked by prefix).
@@ -27,7 +30,6 @@ def hf_token() -> str | None:
     if os.environ.get("HF_TOKEN"):
         return os.environ["HF_TOKEN"]
     try:
-        from huggingface_hub import get_token
 
         return get_token()
     except Exception:  # an old huggingface_hub, or Colab's secrets not granted to the notebook
@@ -37,7 +39,6 @@ def hf_token() -> str | None:
 def is_cached(repo_id: str) -> bool:
     """True when the model's config is already in the local Hugging Face cache."""
     try:
-        from huggingface_hub import try_to_load_from_cache
 
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:
@@ -46,8 +47,6 @@ def is_cached(repo_id: str) -> bool:
 
 def gpu_memory_gib() -> tuple[str, float] | None:
     """(name, total GiB) of CUDA device 0, or None without CUDA."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import nbformat
+import papermill as pm
 import psutil
 
 # the repository root, as utils.course.REPO_ROOT, without importing `utils` (and torch) in workers
@@ -46,7 +49,6 @@ class RunResult:
 
 class _PeakMemory:
     """Polls the resident memory of this process's children (the kernel) and keeps the peak."""
-
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak = interval, 0.0
         self._stop = threading.Event()
@@ -76,7 +78,6 @@ class _PeakMemory:
 def clean_streams(path: Path) -> None:
     """Merge each cell's consecutive stream outputs and resolve carriage returns, so a tqdm
     bar shows as its final state (one line) on the website instead of one block per update."""
-    import nbformat
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
@@ -96,9 +97,7 @@ def clean_streams(path: Path) -> None:
 
 def run_notebook(src: Path, out: Path, profile: str, chapter: str, timeout: int | None = None) -> RunResult:
     """Execute one notebook in this process (a fresh kernel as its child) and return its result."""
-    import logging
 
-    import papermill as pm
 
     # papermill tries to parse the parameters cell for its own docs and warns on every
     # multi-line SIZES entry; injecting PROFILE does not need that parse
@@ -304,16 +303,9 @@ class _Progress:
             self.last_line = now
 
 
-def run(chapters: list[str], profile: str, root: Path = REPO_ROOT, build_dir: Path | None = None,
-        src_dir: Path | None = None, jobs: int | None = None, force: bool = False, write=print) -> list[RunResult]:
-    """Run `chapters` at `profile` in up to `jobs` parallel workers (default: one per core),
-    skipping those whose inputs are unchanged since their last ok run (unless `force`)."""
-    build_dir = build_dir or root / "_build"
-    src_dir = src_dir or root / "solutions"
-    report_path = build_dir / "run_report.json"
-    previous = _read_report(report_path)
-    t_start = time.perf_counter()
-
+def _plan(chapters: list[str], profile: str, root: Path, build_dir: Path, src_dir: Path, previous: dict,
+          force: bool) -> tuple[dict[str, RunResult], list[tuple[str, Path, Path, str]]]:
+    """(cached results, chapters to run): a chapter is cached when its inputs hash matches its last ok run."""
     results: dict[str, RunResult] = {}
     todo: list[tuple[str, Path, Path, str]] = []
     for ch in chapters:
@@ -326,16 +318,11 @@ def run(chapters: list[str], profile: str, root: Path = REPO_ROOT, build_dir: Pa
                                     output=str(out), inputs=digest)
         else:
             todo.append((ch, src, out, digest))
+    return results, todo
 
-    estimates = {ch: float(previous[f"{ch}:{profile}"]["seconds"]) for ch in chapters
-                 if previous.get(f"{ch}:{profile}", {}).get("seconds")}
-    jobs = max(1, min(jobs or default_jobs(), len(todo) or 1))
-    progress = _Progress(chapters, estimates, profile, write)
-    for ch in results:
-        progress.event(ch, "cached", note=" inputs unchanged, not re-run (--force re-runs)")
-    # longest first (unknown times count as longest), so the last chapter to start is a short one
-    todo.sort(key=lambda t: -estimates.get(t[0], float("inf")))
 
+def _execute(todo: list, profile: str, jobs: int, build_dir: Path, progress: "_Progress") -> dict[str, RunResult]:
+    """Run the chapters in `todo` in `jobs` worker threads (each drives a worker process)."""
     def one(ch: str, src: Path, out: Path, digest: str) -> RunResult:
         progress.event(ch, "running")
         r = _run_in_worker(src, out, profile, ch, jobs > 1, build_dir / "logs")
@@ -343,19 +330,19 @@ def run(chapters: list[str], profile: str, root: Path = REPO_ROOT, build_dir: Pa
         progress.event(ch, r.status, r.seconds, f": {r.error}" if r.error else "")
         return r
 
-    if todo:
-        write(f"running {len(todo)} chapter(s) at profile {profile} in {jobs} worker(s)"
-              + (f"; {len(results)} cached" if results else ""), flush=True)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            pending = {pool.submit(one, *t) for t in todo}
-            while pending:
-                finished, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    r = f.result()
-                    results[r.chapter] = r
-                progress.heartbeat()
+    results: dict[str, RunResult] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending = {pool.submit(one, *t) for t in todo}
+        while pending:
+            finished, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+            for f in finished:
+                r = f.result()
+                results[r.chapter] = r
+            progress.heartbeat()
+    return results
 
-    ordered = [results[ch] for ch in chapters]
+
+def _write_report(report_path: Path, ordered: list[RunResult]) -> None:
     known = {f.name for f in fields(RunResult)}
     previous = _read_report(report_path)  # again: another run may have reported meanwhile
     for r in ordered:
@@ -365,6 +352,31 @@ def run(chapters: list[str], profile: str, root: Path = REPO_ROOT, build_dir: Pa
     tmp = report_path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(previous, indent=2) + "\n")
     tmp.replace(report_path)
+
+
+def run(chapters: list[str], profile: str, root: Path = REPO_ROOT, build_dir: Path | None = None,
+        src_dir: Path | None = None, jobs: int | None = None, force: bool = False, write=print) -> list[RunResult]:
+    """Run `chapters` at `profile` in up to `jobs` parallel workers (default: one per core),
+    skipping those whose inputs are unchanged since their last ok run (unless `force`)."""
+    build_dir = build_dir or root / "_build"
+    report_path = build_dir / "run_report.json"
+    previous = _read_report(report_path)
+    t_start = time.perf_counter()
+    results, todo = _plan(chapters, profile, root, build_dir, src_dir or root / "solutions", previous, force)
+    estimates = {ch: float(previous[f"{ch}:{profile}"]["seconds"]) for ch in chapters
+                 if previous.get(f"{ch}:{profile}", {}).get("seconds")}
+    jobs = max(1, min(jobs or default_jobs(), len(todo) or 1))
+    progress = _Progress(chapters, estimates, profile, write)
+    for ch in results:
+        progress.event(ch, "cached", note=" inputs unchanged, not re-run (--force re-runs)")
+    # longest first (unknown times count as longest), so the last chapter to start is a short one
+    todo.sort(key=lambda t: -estimates.get(t[0], float("inf")))
+    if todo:
+        write(f"running {len(todo)} chapter(s) at profile {profile} in {jobs} worker(s)"
+              + (f"; {len(results)} cached" if results else ""), flush=True)
+        results.update(_execute(todo, profile, jobs, build_dir, progress))
+    ordered = [results[ch] for ch in chapters]
+    _write_report(report_path, ordered)
     write(table(ordered))
     ran = [r for r in ordered if r.status != "cached"]
     if ran:
