@@ -14,9 +14,12 @@ from utils.envs.colour_goal import (
     RIGHT,
     UP,
     ColourGoalGrid,
+    counterfactual_cue_pairs,
+    cue_pairs,
     encode,
     make_minigrid_colour_goal,
     obs_dim_for,
+    random_layouts,
     shortest_path_actions,
 )
 
@@ -136,3 +139,82 @@ def test_minigrid_version_reaches_goal_with_reward():
     assert terminated and info["is_success"] and reward > 0
     with pytest.raises(CourseError):
         make_minigrid_colour_goal(size=1)
+
+
+# --- chapter 01's interpretability identities and references (moved out of the notebook) ------
+def _tiny_policy(seed: int = 0):
+    from utils.models.mlp_policy import HookedMLPPolicy
+
+    torch.manual_seed(seed)
+    return HookedMLPPolicy(77, 4, (16, 8)).eval()
+
+
+def test_dla_sums_to_the_logit_difference_and_equals_last_layer_single_unit_patching():
+    from utils.interp.attribution import direct_logit_attribution, logit_diff
+    from utils.interp.hooks import cache_activations
+    from utils.interp.patching import run_patched
+
+    policy = _tiny_policy()
+    g = torch.Generator().manual_seed(1)
+    clean, corrupt = torch.randn(256, 77, generator=g), torch.randn(256, 77, generator=g)
+    keep = policy(clean).argmax(-1) != policy(corrupt).argmax(-1)
+    pairs = {"clean": clean[keep], "corrupt": corrupt[keep], "a_clean": policy(clean[keep]).argmax(-1),
+             "a_corrupt": policy(corrupt[keep]).argmax(-1)}
+    n, L1 = len(pairs["clean"]), "layers.1.hook_post"
+    h = cache_activations(policy, torch.cat([pairs["clean"], pairs["corrupt"]]), [L1])[L1]
+    W, a, b = policy.actor.weight.detach(), pairs["a_clean"], pairs["a_corrupt"]
+    with torch.no_grad():
+        change = (direct_logit_attribution(h[:n], W, a, b) - direct_logit_attribution(h[n:], W, a, b)).mean(0)
+        base = logit_diff(policy(pairs["corrupt"]), a, b)
+        gap = (logit_diff(policy(pairs["clean"]), a, b) - base).mean()
+        single = torch.stack([(logit_diff(run_patched(policy, pairs["corrupt"], L1, h[:n], [u]), a, b) - base).mean()
+                              for u in range(h.shape[1])])
+    assert torch.allclose(change.sum(), gap, atol=1e-4)       # the bias cancels between clean and corrupt
+    assert torch.allclose(single, change, atol=1e-5)          # nothing lies between layer 1 and the logits
+
+
+def test_counterfactual_cue_pairs_flip_only_the_cue_and_the_action():
+    policy = _tiny_policy(1)
+    agent, tiles, _ = random_layouts(64, seed=3)
+    saved = agent.copy(), tiles.copy()
+    pairs = counterfactual_cue_pairs(policy, agent, tiles)
+    assert np.array_equal(agent, saved[0]) and np.array_equal(tiles, saved[1])
+    diff = pairs["clean"] - pairs["corrupt"]
+    assert torch.all(diff[:, :-2] == 0) and torch.all(diff[:, -2:] == torch.tensor([1.0, -1.0]))
+    assert torch.all(pairs["a_clean"] != pairs["a_corrupt"])
+    blind = lambda obs: obs[:, :-2] @ torch.ones(75, 4)  # noqa: E731 (ignores the cue)
+    assert counterfactual_cue_pairs(blind, agent, tiles)["clean"].shape == (0, 77)
+    with pytest.raises(CourseError):
+        cue_pairs(blind, 64, seed=3)
+
+
+def test_rollout_states_groups_states_by_episode():
+    from utils.rl.evaluate import rollout_states
+
+    st = rollout_states(None, 50, seed=2)
+    assert st["obs"].shape == (len(st["episode"]), 77) and set(st["episode"]) == set(range(50))
+    for e in range(50):   # a layout and a cue per episode, and the observation encodes them
+        rows = st["episode"] == e
+        assert (st["tiles"][rows] == st["tiles"][rows][0]).all() and (st["goal"][rows] == st["goal"][rows][0]).all()
+    assert np.array_equal(st["obs"], encode(st["agent"], st["tiles"], st["goal"]))
+    assert np.array_equal(rollout_states(None, 50, seed=2)["obs"], st["obs"])   # seeded
+
+
+def test_top_k_share_and_steering_effect_references():
+    from utils.interp.patching import top_k_share
+    from utils.interp.steering import steering_effect
+
+    s = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, -1.0, 0.5, 0.5]])
+    assert torch.allclose(top_k_share(s, 1), torch.tensor([0.25, 0.5]))
+    assert torch.allclose(top_k_share(s, 4), torch.ones(2))
+    with pytest.raises(CourseError):
+        top_k_share(torch.zeros(3), 1)
+    policy = _tiny_policy(2)
+    obs = torch.from_numpy(encode(*random_layouts(200, seed=4)))
+    direction = torch.zeros(8)
+    direction[0] = 1.0
+    out = steering_effect(policy, obs, "layers.1.hook_post", direction, [0.0, 1e4], action=2)
+    greedy0 = (policy(obs).argmax(-1) == 2).float().mean()
+    assert torch.allclose(out["direction"][0], greedy0) and torch.allclose(out["random"][0], greedy0)
+    huge = policy.run_with_hooks(obs, fwd_hooks=[("layers.1.hook_post", lambda a, hook: a + 1e4 * direction)])
+    assert torch.allclose(out["direction"][1], (huge.argmax(-1) == 2).float().mean())

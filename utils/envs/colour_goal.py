@@ -188,20 +188,34 @@ def shortest_path_actions(agent: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 # --- counterfactuals and task variables for interpretability --------------------------
 @torch.no_grad()
-def cue_pairs(model, n: int = 512, size: int = 5, seed: int = 0) -> dict[str, Tensor]:
-    """Counterfactual pairs: the same layout with goal RED (clean) and goal BLUE (corrupt),
-    kept where the model's greedy actions differ. Returns clean, corrupt [m, obs_dim],
-    a_clean, a_corrupt [m] and the layouts (agent, tiles)."""
-    agent, tiles, _ = random_layouts(n, size, seed)
+def counterfactual_cue_pairs(model, agent, tiles, size: int = 5) -> dict[str, Tensor]:
+    """Counterfactual pairs from given layouts (agent [n, 2], tiles [n, 2, 2]): each layout with
+    goal RED (clean) and goal BLUE (corrupt), kept where the model's greedy actions differ.
+    Returns clean, corrupt [m, obs_dim], a_clean, a_corrupt [m] (long) and the kept layouts
+    agent [m, 2], tiles [m, 2, 2]. The inputs are not modified."""
+    agent, tiles = np.asarray(agent), np.asarray(tiles)
+    n = len(agent)
     clean = torch.from_numpy(encode(agent, tiles, np.full(n, RED), size))
     corrupt = torch.from_numpy(encode(agent, tiles, np.full(n, BLUE), size))
     a_clean, a_corrupt = model(clean).argmax(-1), model(corrupt).argmax(-1)
     keep = a_clean != a_corrupt
-    if keep.sum() < 2:
-        raise CourseError("fewer than 2 layouts where flipping the goal colour changes the action: is the agent trained?")
     k = keep.numpy()
     return {"clean": clean[keep], "corrupt": corrupt[keep], "a_clean": a_clean[keep], "a_corrupt": a_corrupt[keep],
-            "agent": torch.from_numpy(agent[k]), "tiles": torch.from_numpy(tiles[k])}
+            "agent": torch.from_numpy(agent[k].copy()), "tiles": torch.from_numpy(tiles[k].copy())}
+
+
+@torch.no_grad()
+def cue_pairs(model, n: int = 512, size: int = 5, seed: int = 0,
+              make_pairs=counterfactual_cue_pairs) -> dict[str, Tensor]:
+    """Counterfactual pairs on `n` random layouts: the same layout with goal RED (clean) and goal
+    BLUE (corrupt), kept where the model's greedy actions differ (`make_pairs(model, agent, tiles,
+    size)` builds them; default `counterfactual_cue_pairs`). Returns clean, corrupt [m, obs_dim],
+    a_clean, a_corrupt [m] and the layouts (agent, tiles)."""
+    agent, tiles, _ = random_layouts(n, size, seed)
+    pairs = make_pairs(model, agent, tiles, size)
+    if len(pairs["clean"]) < 2:
+        raise CourseError("fewer than 2 layouts where flipping the goal colour changes the action: is the agent trained?")
+    return pairs
 
 
 def gridworld_features(agent, tiles, goal) -> dict[str, Tensor]:

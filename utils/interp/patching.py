@@ -130,3 +130,19 @@ def patch_each_unit(model: HookedRootModule, clean: Tensor, corrupt: Tensor, hoo
     alone from the clean run into the corrupt run: a tensor [n_units] (`patching_sweep` with
     `per_unit=True` on one hook)."""
     return patching_sweep(model, clean, corrupt, [hook_name], metric, per_unit=True, make_hook=make_hook)[hook_name]
+
+
+def top_k_share(scores: Tensor, k: int) -> Tensor:
+    """How concentrated per-unit scores are: the share of the total |score| held by the k units
+    with the largest |score|, along the last dimension (scores [..., d] -> [...]).
+
+    1 = all in k units; k / d = spread evenly. Scores may be negative (a unit can push the
+    other way) or exceed 1, so magnitudes are used; the input is not modified."""
+    scores = torch.as_tensor(scores)
+    if scores.ndim == 0 or not 1 <= k <= scores.shape[-1]:
+        raise CourseError(f"need scores [..., d] and 1 <= k <= d, got shape {tuple(scores.shape)} and k={k}")
+    mag = scores.abs()
+    total = mag.sum(-1)
+    if (total == 0).any():
+        raise CourseError("every score is zero in some row: there is nothing to share out")
+    return mag.topk(k, dim=-1).values.sum(-1) / total

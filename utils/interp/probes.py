@@ -176,3 +176,14 @@ def probe_with_baselines(acts: Tensor, labels: Tensor, random_acts: Tensor | Non
     shuffled = train_probe(acts, labels[perm], seed=seed, **kw)
     rand = train_probe(random_acts, labels, seed=seed, **kw) if random_acts is not None else None
     return ProbeReport(probe, shuffled, rand)
+
+
+def probe_with_controls(acts: Tensor, labels: Tensor, random_acts: Tensor, groups, seed: int = 0) -> dict[str, float]:
+    """One row of a probe table: the held-out accuracy of a probe on `acts` with a grouped split
+    (no group on both sides) and its 95% interval over test groups, beside its controls (the
+    same probe on a random-init model's `random_acts`, on shuffled labels, and the majority
+    class), and the gain over the strongest control."""
+    rep = probe_with_baselines(acts, labels, random_acts, seed=seed, groups=groups)
+    return {"probe": rep.probe.test_acc, "low": rep.probe.test_ci[0], "high": rep.probe.test_ci[1],
+            "random_net": rep.random_model.test_acc, "shuffled": rep.shuffled.test_acc,
+            "majority": rep.probe.majority_acc, "gain": rep.gain, "n_test_groups": rep.probe.n_test_groups}

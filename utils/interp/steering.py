@@ -40,3 +40,22 @@ def direction_and_control(acts: Tensor, mask: Tensor, seed: int) -> tuple[Tensor
     mask = torch.as_tensor(mask, dtype=torch.bool)
     direction = mean_difference(acts, mask, ~mask)
     return direction, norm_matched_random(direction, seed)
+
+
+@torch.no_grad()
+def steering_effect(model, obs: Tensor, layer: str, direction: Tensor, scales, action: int,
+                    seed: int = 0) -> dict[str, Tensor]:
+    """How often the greedy action is `action` when `scale * direction` is added at `layer`, for
+    each scale, beside the same for a norm-matched random direction (`norm_matched_random(
+    direction, seed)`, the control). obs: [n, ...] observations; returns {"direction": [len(
+    scales)], "random": [len(scales)]}, each a fraction of the n observations."""
+    scales = [float(s) for s in scales]
+    if not scales:
+        raise CourseError("give at least one steering scale")
+    rand = norm_matched_random(direction, seed)
+    out = {}
+    for name, d in (("direction", direction), ("random", rand)):
+        rates = [(model.run_with_hooks(obs, fwd_hooks=[(layer, add_hook(d, s))]).argmax(-1) == action).float().mean()
+                 for s in scales]
+        out[name] = torch.stack(rates)
+    return out

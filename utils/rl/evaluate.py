@@ -118,3 +118,34 @@ def evaluate_gym(model, env_id: str = "CartPole-v1", n_episodes: int = 100, seed
         returns += info["episode_return"][done].tolist()
     env.close()
     return {"returns": np.array(returns[:n_episodes]), "obs": torch.cat(visited)}
+
+
+def rollout_states(model=None, n_episodes: int = 500, size: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every state visited in `n_episodes` colour-goal episodes, with the episode it came from.
+
+    Actions are greedy under `model`, or uniformly random when model is None (a state
+    distribution shared by every agent). Returns obs [m, obs_dim] (float32), episode [m] (the
+    group id for leak-free probe splits: states of one episode share their layout), agent
+    [m, 2], tiles [m, 2, 2], goal [m] and t [m] (the step index within the episode)."""
+    if n_episodes <= 0:
+        raise CourseError(f"n_episodes must be positive, got {n_episodes}")
+    env = ColourGoalGrid(n_episodes, size=size, seed=seed, auto_reset=False)
+    rng = np.random.default_rng(seed + 1)
+    active = np.ones(n_episodes, bool)
+    rows: dict[str, list] = {k: [] for k in ("obs", "episode", "agent", "tiles", "goal", "t")}
+    for t in range(env.max_steps):
+        idx = np.flatnonzero(active)
+        obs = env.observe_np()
+        for k, v in (("obs", obs[idx]), ("episode", idx), ("agent", env.agent[idx].copy()),
+                     ("tiles", env.tiles[idx].copy()), ("goal", env.goal[idx].copy()), ("t", np.full(len(idx), t))):
+            rows[k].append(v)
+        if model is None:
+            action = rng.integers(0, 4, n_episodes)
+        else:
+            with torch.no_grad():
+                action = model(torch.from_numpy(obs)).argmax(-1).numpy()
+        _, _, term, _, _ = env.step_np(action)
+        active &= ~term
+        if not active.any():
+            break
+    return {k: np.concatenate(v) for k, v in rows.items()}
