@@ -17,10 +17,12 @@ from utils.core import CourseError
 
 def rollout(env, policy: Callable[[Tensor], Tensor], seed: int | None = None, **reset_kwargs) -> dict[str, Tensor]:
     """Run `policy(obs) -> actions` on a batched env without auto-reset until every copy is done
-    (or env.max_steps). Returns states, actions, rewards [N, T] and mask [N, T]."""
+    (or env.max_steps). Returns states, actions, rewards [N, T], mask [N, T] and success [N]
+    (the env's `info["success"]` at the end of the episode)."""
     obs = env.reset(seed=seed, **reset_kwargs)
     states, actions, rewards, mask = [], [], [], []
     done = torch.zeros(env.n_envs, dtype=torch.bool)
+    success = torch.zeros(env.n_envs, dtype=torch.bool)
     for _ in range(env.max_steps):
         if done.all():
             break
@@ -28,13 +30,15 @@ def rollout(env, policy: Callable[[Tensor], Tensor], seed: int | None = None, **
         states.append(obs.clone())
         actions.append(a.clone())
         mask.append(~done)
-        obs, r, term, trunc, _ = env.step(a)
+        obs, r, term, trunc, info = env.step(a)
         rewards.append(r)
+        success |= info["success"]
         done = done | term | trunc
     out = {k: torch.stack(v, 1) for k, v in (("states", states), ("actions", actions), ("rewards", rewards),
                                              ("mask", mask))}
     out["states"] = torch.where(out["mask"], out["states"], 0)
     out["rewards"] = torch.where(out["mask"], out["rewards"], 0.0)
+    out["success"] = success
     return out
 
 

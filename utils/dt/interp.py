@@ -27,20 +27,22 @@ def attention_to_keys(pattern: Tensor, keys: Tensor, queries: Tensor) -> Tensor:
     return (mass * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1)
 
 
-def key_masks(n: int, t: int, query_step: Tensor) -> dict[str, Tensor]:
-    """For a query at the state position of step query_step[i] (one per row), key masks
-    [n, 3t, 3t] for: 'rtg' (the current RTG token), 'cue' (the first state token),
-    'state' (the current state token itself); and the query mask [n, 3t]."""
+def key_masks(query_steps: Tensor) -> dict[str, Tensor]:
+    """Masks for `attention_to_keys` from the steps whose STATE position is a query
+    (query_steps [n, T] bool): 'queries' [n, 3T], and key masks [n, 3T, 3T] for 'rtg' (the
+    RTG token of the query's own step), 'cue' (the first state token) and 'state' (the query
+    itself); plus 'chance' [n, 3T]: the mass a uniform causal head puts on one key."""
+    n, t = query_steps.shape
     p = 3 * t
-    q = 3 * query_step + 1
     queries = torch.zeros(n, p, dtype=torch.bool)
-    queries[torch.arange(n), q] = True
-    out = {}
-    for name, k in (("rtg", q - 1), ("cue", torch.ones_like(q)), ("state", q)):
-        m = torch.zeros(n, p, p, dtype=torch.bool)
-        m[torch.arange(n), q, k] = True
-        out[name] = m
-    out["queries"] = queries
+    queries[:, 1::3] = query_steps.bool()
+    qpos = torch.arange(p)
+    out = {"queries": queries, "chance": (1.0 / (qpos + 1)).expand(n, p)}
+    for name, key in (("rtg", qpos - 1), ("cue", torch.ones(p, dtype=torch.long)), ("state", qpos)):
+        m = torch.zeros(p, p, dtype=torch.bool)
+        ok = key >= 0
+        m[qpos[ok], key[ok]] = True
+        out[name] = m.expand(n, p, p) & queries[:, :, None]
     return out
 
 
@@ -106,3 +108,47 @@ def ablate_heads(heads: Sequence[tuple[int, int]], layer: int, mean_z: Tensor):
         return z
 
     return hook
+
+
+@torch.no_grad()
+def patch_heads(model, clean: Tensor, corrupt: Tensor, heads: Sequence[tuple[int, int]],
+                metric: Callable[[Tensor], Tensor], per_pair: bool = False):
+    """Patch SEVERAL heads (hook_z, every position) from clean into corrupt together.
+    Returns the fraction of the metric gap recovered, or with `per_pair` the three per-pair
+    metric tensors (patched, clean, corrupt) for `utils.stats.fraction_recovered_ci`."""
+    heads = [tuple(h) for h in heads]
+    layers = sorted({l for l, _ in heads})
+    _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+    hooks = []
+    for layer in layers:
+        idx = [h for l, h in heads if l == layer]
+        name = f"blocks.{layer}.attn.hook_z"
+
+        def hook(z, hook, idx=idx, name=name):
+            z = z.clone()
+            z[:, :, idx] = cache[name][:, :, idx]
+            return z
+        hooks.append((name, hook))
+    patched = metric(model.run_with_hooks(corrupt, fwd_hooks=hooks))
+    m_clean, m_corrupt = metric(model(clean)), metric(model(corrupt))
+    if per_pair:
+        return patched, m_clean, m_corrupt
+    return fraction_recovered(patched, m_clean, m_corrupt)
+
+
+@torch.no_grad()
+def mean_z(model, tokens: Tensor) -> dict[int, Tensor]:
+    """{layer: mean of hook_z over the batch [P, H, d_head]}: the values of mean ablation."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+    return {l: cache[f"blocks.{l}.attn.hook_z"].mean(0) for l in range(model.cfg.n_layers)}
+
+
+def ablation_hooks(heads: Sequence[tuple[int, int]], means: dict[int, Tensor], make_hook=None) -> list:
+    """fwd_hooks mean-ablating `heads` (built with `make_hook(heads, layer, mean_z)`, default
+    `ablate_heads`)."""
+    make_hook = make_hook or ablate_heads
+    return [(f"blocks.{l}.attn.hook_z", make_hook(list(heads), l, means[l])) for l in sorted({l for l, _ in heads})]
+
+
+def all_heads(model) -> list[tuple[int, int]]:
+    return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]

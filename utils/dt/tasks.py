@@ -58,9 +58,7 @@ def graph_data(n: int, seed: int) -> dict[str, Tensor]:
 def graph_data_shortest_rate(traj: dict[str, Tensor], dist: Tensor) -> float:
     """Fraction of the random walks that are shortest paths to the goal."""
     length, start = traj["mask"].sum(1), traj["states"][:, 0]
-    reached = traj["rewards"].sum(1) > -GRAPH["max_steps"]
-    reached = reached | ((length < GRAPH["max_steps"]) & (length > 0))
-    return float(((length == dist[start]) & reached).float().mean())
+    return float(((length == dist[start]) & traj["success"]).float().mean())
 
 
 def graph_eval(model, reps: int = 4, extra: int = 0, dist: Tensor | None = None) -> dict[str, Tensor | float]:

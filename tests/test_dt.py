@@ -1,0 +1,137 @@
+"""Decision transformers (chapter 07): environments, returns-to-go, the model, training,
+rollouts, circuit helpers, and one-line errors for bad input."""
+import pytest
+import torch
+
+from utils.core import CourseError
+from utils.dt import tasks
+from utils.dt.data import make_tokens, returns_to_go, rollout, shuffle_rtg, swap_rtg
+from utils.dt.evaluate import dt_rollout
+from utils.dt.interp import ablate_heads, ablation_hooks, head_patching, key_masks, mean_z, patch_heads
+from utils.dt.train import DTTrainConfig, dt_loss, train_dt
+from utils.envs.graph_walk import GraphWalk, bfs_distances, random_graph, random_walk_policy
+from utils.envs.memory_corridor import FORWARD, LEFT, RIGHT, MemoryCorridor
+from utils.models.decision_transformer import DecisionTransformer, DTConfig, interleave
+
+
+def test_graph_env_returns_minus_length_and_bfs_is_shortest():
+    adj = random_graph(10, 0.12, seed=0)
+    assert torch.equal(adj, adj.T) and not adj.diagonal().any()
+    dist = bfs_distances(adj, 0)
+    assert (dist >= 0).all() and dist[0] == 0
+    env = GraphWalk(50, adj, goal=0, max_steps=10, seed=0)
+    traj = rollout(env, random_walk_policy(adj, torch.Generator().manual_seed(0)), seed=0)
+    length = traj["mask"].sum(1)
+    assert torch.equal(traj["rewards"].sum(1), -length.float())
+    assert (length[traj["success"]] >= dist[traj["states"][traj["success"], 0]]).all()
+
+
+def test_memory_corridor_rewards_the_cued_arm_only_at_the_junction():
+    env = MemoryCorridor(2, length=3, max_steps=6, seed=0)
+    obs = env.reset(cues=torch.tensor([0, 1]))
+    assert obs.tolist() == [0, 1]
+    obs, r, term, *_ = env.step(torch.tensor([LEFT, RIGHT]))  # no-ops in the corridor
+    assert r.tolist() == [0, 0] and not term.any()
+    for _ in range(2):
+        obs, *_ = env.step(torch.tensor([FORWARD, FORWARD]))
+    assert obs.tolist() == [env.junction_state] * 2
+    _, r, term, _, info = env.step(torch.tensor([LEFT, LEFT]))
+    assert r.tolist() == [1.0, -1.0] and term.all() and info["success"].tolist() == [True, False]
+
+
+def test_returns_to_go_and_tokens():
+    rewards = torch.tensor([[-1.0, -1.0, -1.0], [2.0, 5.0, 7.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    rtg = returns_to_go(rewards, mask)
+    assert rtg.tolist() == [[-3, -2, -1], [2, 0, 0]]
+    tok = make_tokens(rtg, torch.zeros(2, 3), torch.ones(2, 3), mask, none_action=9)
+    assert tok[1, 1:, 2].tolist() == [9, 9]
+    with pytest.raises(CourseError, match="share one shape"):
+        make_tokens(rtg, torch.zeros(2, 4), torch.ones(2, 3), mask, 9)  # mismatched lengths
+
+
+def test_swap_and_shuffle_keep_the_trajectory():
+    mask = torch.tensor([[True, True, False]] * 4)
+    tok = make_tokens(returns_to_go(-torch.ones(4, 3), mask), torch.zeros(4, 3), torch.zeros(4, 3), mask, 3)
+    sw = swap_rtg(tok, mask, 5)
+    assert sw[:, 0, 0].tolist() == [5] * 4 and (sw[:, 1, 0] - sw[:, 0, 0] == 1).all()
+    sh = shuffle_rtg(tok, mask, seed=0)
+    assert sorted(sh[..., 0][mask].tolist()) == sorted(tok[..., 0][mask].tolist())
+
+
+def test_model_hooks_and_interleave_match():
+    model = DecisionTransformer(DTConfig(n_states=5, n_actions=3, context_len=4, n_layers=2, d_model=16))
+    tok = torch.tensor([[[1, 0, 2], [1, 2, 2], [1, 3, 0]]])
+    _, cache = model.run_with_cache(tok)
+    assert torch.allclose(interleave(cache["hook_rtg_embed"], cache["hook_state_embed"],
+                                     cache["hook_action_embed"]), cache["hook_embed"])
+    assert model.action_logits(tok).shape == (1, 3, 3)
+    # the action at step t is predicted from the state position: changing a_t cannot change it
+    alt = tok.clone()
+    alt[0, -1, 2] = 1
+    assert torch.allclose(model.action_logits(tok), model.action_logits(alt))
+
+
+def test_rtg_embedding_is_a_line():
+    """Adding delta * rtg_direction at hook_rtg_embed is the same as asking for R + delta."""
+    model = DecisionTransformer(DTConfig(n_states=5, n_actions=3, context_len=4, rtg_scale=0.5))
+    tok = torch.tensor([[[1, 0, 2], [1, 2, 2]]])
+    more = tok.clone()
+    more[..., 0] += 3
+    hook = ("hook_rtg_embed", lambda x, hook: x + 3 * model.rtg_direction)
+    assert torch.allclose(model.run_with_hooks(tok, fwd_hooks=[hook]), model(more), atol=1e-5)
+
+
+def test_bc_model_ignores_the_request():
+    model = DecisionTransformer(DTConfig(n_states=5, n_actions=3, context_len=4, use_rtg=False))
+    tok = torch.tensor([[[1, 0, 2], [1, 2, 2]]])
+    assert torch.allclose(model(tok), model(swap_rtg(tok, torch.ones(1, 2, dtype=torch.bool), -7)))
+
+
+def test_bad_input_one_line_errors():
+    model = DecisionTransformer(DTConfig(n_states=5, n_actions=3, context_len=4))
+    with pytest.raises(CourseError, match="longer than the model's context_len"):
+        model(torch.zeros(1, 5, 3, dtype=torch.long))
+    with pytest.raises(CourseError, match=r"shape \[batch, steps, 3\]"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(CourseError, match="state values"):
+        model(torch.tensor([[[0, 9, 0]]]))
+    with pytest.raises(CourseError, match="unknown task"):
+        tasks.make_model("atari", 0)
+    with pytest.raises(CourseError, match="rewards and mask"):
+        returns_to_go(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(CourseError, match="divisible"):
+        DTConfig(d_model=10, n_heads=3).validate()
+    with pytest.raises(CourseError, match="do not fit"):
+        dt_rollout(model, MemoryCorridor(2, length=4, max_steps=8), 1.0)
+
+
+def test_training_learns_the_memory_task_quickly():
+    data = tasks.memory_data(600, seed=0)
+    model = tasks.make_model("memory", seed=0)
+    losses = train_dt(model, data["tokens"], data["mask"], DTTrainConfig(steps=60, batch_size=32), desc="test")
+    assert sum(losses[-10:]) < sum(losses[:10])
+    with torch.no_grad():
+        final = float(dt_loss(model.action_logits(data["tokens"]), data["tokens"][..., 2], data["mask"]))
+    assert final < losses[0]
+
+
+def test_patching_and_ablation_helpers():
+    model = tasks.make_model("memory", seed=0).eval()
+    jc = tasks.junction_contexts(8, seed=0, rtg=1)
+    assert jc["at_junction"].all()
+    bad = swap_rtg(jc["tokens"], torch.ones(8, jc["tokens"].shape[1], dtype=torch.bool), -1)
+
+    def metric(lg):
+        return (lg[:, -2, 0] - lg[:, -2, 1]).mean()
+    single = head_patching(model, jc["tokens"], bad, metric)
+    assert single.shape == (2, 2)
+    everything = patch_heads(model, jc["tokens"], bad, [(0, 0), (0, 1), (1, 0), (1, 1)], metric)
+    assert abs(everything - 1.0) < 1e-4  # every head patched: the request only enters through attention
+    means = mean_z(model, jc["tokens"])
+    z = torch.randn(2, 6, 2, 16)
+    out = ablate_heads([(0, 1)], 0, means[0])(z.clone())
+    assert torch.equal(out[:, :, 0], z[:, :, 0]) and torch.allclose(out[:, :, 1], means[0][:6, 1].expand(2, 6, 16))
+    assert [n for n, _ in ablation_hooks([(1, 0)], means)] == ["blocks.1.attn.hook_z"]
+    km = key_masks(torch.ones(2, 3, dtype=torch.bool))
+    assert km["rtg"][0, 1, 0] and km["cue"][0, 4, 1] and not km["rtg"][0, 0].any()
