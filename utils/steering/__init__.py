@@ -5,5 +5,9 @@
 - crl: Control RL: tasks, steered generation, PPO training, evaluation, the fine-tuning baseline.
 - autosteer: AutoSteer on tic-tac-toe: board predicates, automatic feature labels, a
   Gaussian-policy PPO over feature strengths, evaluation against minimax.
-- stats: the significance test for a difference of two rates (Fisher's exact test).
+- analysis: reading and testing a steering policy (features at the steering site, top contexts,
+  steered generation, attribution, norm-matched random control, the constant-strength control,
+  board dependence): the references of the chapter's method exercises.
+
+Intervals and tests come from `utils.stats`.
 """

@@ -175,26 +175,43 @@ def label_features(lm, sae, n_features: int = 20, n_games: int = 800, seed: int 
 
 # ---------------------------------------------------------------------- the RL agent
 class GaussianPolicy(nn.Module):
-    """mean(board) [B, k] in the box, a state-independent log-std, and a critic V(board)."""
+    """mean(board) [B, k] in the box, a state-independent log-std, and a critic V(board).
 
-    def __init__(self, n_features: int, hidden: int = 64, log_std: float = -0.7):
+    `state_independent=True` is the constant-strength control: the mean is one learned vector
+    that ignores the board (`dist_fn(mean, log_std, obs)`, by default
+    `utils.steering.analysis.constant_dist`); the critic still sees the board, so the control
+    gets the same PPO, the same budget and the same value baseline, and only loses the ability
+    to steer differently in different positions."""
+
+    def __init__(self, n_features: int, hidden: int = 64, log_std: float = -0.7,
+                 state_independent: bool = False, dist_fn=None):
         super().__init__()
-        self.n_features = n_features
-        self.actor = nn.Sequential(nn.Linear(9, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                   nn.Linear(hidden, n_features))
-        nn.init.zeros_(self.actor[-1].weight)
-        nn.init.zeros_(self.actor[-1].bias)
+        self.n_features, self.state_independent = n_features, state_independent
+        if state_independent:
+            from utils.steering.analysis import constant_dist
+
+            self.mean = nn.Parameter(torch.zeros(n_features))
+            self.dist_fn = dist_fn or constant_dist
+        else:
+            self.actor = nn.Sequential(nn.Linear(9, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                       nn.Linear(hidden, n_features))
+            nn.init.zeros_(self.actor[-1].weight)
+            nn.init.zeros_(self.actor[-1].bias)
         self.log_std = nn.Parameter(torch.full((n_features,), log_std))
         self.critic = nn.Sequential(nn.Linear(9, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                                     nn.Linear(hidden, 1))
 
     def dist(self, obs: Tensor) -> torch.distributions.Normal:
+        if self.state_independent:
+            return self.dist_fn(self.mean, self.log_std, obs)
         return torch.distributions.Normal(self.actor(obs), self.log_std.exp().expand(len(obs), -1))
 
     def value(self, obs: Tensor) -> Tensor:
         return self.critic(obs)[..., 0]
 
     def mean_action(self, obs: Tensor) -> Tensor:
+        if self.state_independent:
+            return self.mean.clamp(-1, 1).expand(len(obs), -1)
         return self.actor(obs).clamp(-1, 1)
 
 
@@ -214,11 +231,13 @@ class AutoSteerConfig:
     gae_lambda: float = 0.95
     max_grad_norm: float = 0.5
     hidden: int = 64
+    state_independent: bool = False   # True: the constant-strength control (same PPO, same budget)
     seed: int = 0
 
     def validate(self) -> "AutoSteerConfig":
         check_fields(self, positive_int=("n_envs", "n_steps", "iterations", "n_epochs", "n_minibatches", "hidden"),
-                     positive=("coef", "lr", "clip_coef"), unit=("gamma", "gae_lambda"), nonneg=("ent_coef", "vf_coef", "max_grad_norm"))
+                     positive=("coef", "lr", "clip_coef"), unit=("gamma", "gae_lambda"), nonneg=("ent_coef", "vf_coef", "max_grad_norm"),
+                     nonneg_int=("seed",))
         return self
 
 
@@ -249,18 +268,21 @@ class AutoSteerResult:
     seconds: float
 
 
-def train_autosteer(cfg: AutoSteerConfig, lm, sae, features: Sequence[int], progress: bool = True) -> AutoSteerResult:
+def train_autosteer(cfg: AutoSteerConfig, lm, sae, features: Sequence[int], progress: bool = True,
+                    dist_fn=None, desc: str | None = None) -> AutoSteerResult:
+    """PPO over feature strengths; `cfg.state_independent` trains the constant-strength control
+    (with `dist_fn` its distribution, e.g. the learner's `constant_dist`)."""
     cfg.validate()
     if len(features) == 0:
         raise CourseError("give at least one feature to steer")
     set_seed(cfg.seed)
     env = SteeredTicTacToe(lm, sae, features, cfg.coef, cfg.n_envs, seed=cfg.seed)
-    policy = GaussianPolicy(len(features), cfg.hidden)
+    policy = GaussianPolicy(len(features), cfg.hidden, state_independent=cfg.state_independent, dist_fn=dist_fn)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     log = {k_: [] for k_ in ("games", "draw_rate", "mean_step_reward", "std", "seconds")}
     start = time.perf_counter()
     obs = env.reset()
-    bar = tqdm(range(cfg.iterations), desc="AutoSteer PPO", disable=not progress, mininterval=1.0)
+    bar = tqdm(range(cfg.iterations), desc=desc or "AutoSteer PPO", disable=not progress, mininterval=1.0)
     for it in bar:
         n_fin = len(env.finished)
         ro, obs = _rollout(policy, env, obs, cfg.n_steps)
