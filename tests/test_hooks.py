@@ -86,3 +86,20 @@ def test_add_hook_steers(policy):
                                           ("layers.1.hook_post", lambda a, hook: cache.setdefault("a", a))])
     base = cache_activations(policy, obs, ["layers.1.hook_post"])["layers.1.hook_post"]
     assert torch.allclose(cache["a"] - base, 2.5 * direction.expand_as(base))
+
+
+def test_bad_patch_and_steering_inputs_fail_up_front_with_one_line():
+    torch.manual_seed(0)
+    policy = HookedMLPPolicy(6, 3, (8, 4))
+    obs = torch.randn(5, 6)
+    src = cache_activations(policy, obs, ["layers.0.hook_post"])["layers.0.hook_post"]
+    for bad in (lambda: run_patched(policy, obs, "layers.0.hook_post", src[:3]),          # 3 rows for 5 inputs
+                lambda: run_patched(policy, obs, "layers.0.hook_post", src[:, :5]),       # wrong width
+                lambda: run_patched(policy, obs, "layers.0.hook_post", src, [0, 8]),      # unit out of range
+                lambda: run_patched(policy, obs, "layers.9.hook_post", src),              # unknown hook
+                lambda: add_hook(torch.ones(5, 1)),                                       # not one vector
+                lambda: add_hook(torch.tensor([float("nan"), 1.0]))):
+        with pytest.raises(CourseError) as e:
+            bad()
+        assert "\n" not in str(e.value)
+    assert run_patched(policy, obs, "layers.0.hook_post", src[:1], [1]).shape == (5, 3)  # one row broadcasts

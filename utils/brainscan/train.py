@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import datasets
@@ -30,7 +30,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from utils.core import CourseError, set_seed, torch_threads
+from utils.core import CourseError, check_fields, set_seed, torch_threads
 from utils.lm import corpora as C
 from utils.lm.models import generate
 from utils.lm.rewards import sentiment_score, toxicity_score
@@ -99,15 +99,12 @@ class BrainScanConfig:
     seed: int = 0
 
     def check(self) -> "BrainScanConfig":
-        if min(self.steps, self.prompts_per_step, self.max_new_tokens, self.dpo_max_length) <= 0:
-            raise CourseError(f"BrainScanConfig sizes must be positive: {asdict(self)}")
+        check_fields(self, positive_int=("steps", "prompts_per_step", "max_new_tokens", "dpo_max_length"),
+                     positive=("lr", "dpo_beta", "temperature", "max_grad_norm"), nonneg=("online_beta",),
+                     nonneg_int=("seed", "num_generations", "pair_samples"))
         if self.num_generations < 2 or self.pair_samples < 2:
             raise CourseError(f"num_generations and pair_samples must be >= 2 (a group or a pair needs two samples), "
                               f"got {self.num_generations}, {self.pair_samples}")
-        if not self.lr > 0 or self.online_beta < 0 or self.dpo_beta <= 0 or self.temperature <= 0:
-            raise CourseError(f"lr, dpo_beta and temperature must be positive and online_beta >= 0: {asdict(self)}")
-        if self.seed < 0:
-            raise CourseError(f"seed must be >= 0, got {self.seed}")
         return self
 
 

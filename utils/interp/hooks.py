@@ -26,6 +26,7 @@ def cache_activations(model: HookedRootModule, inputs: Tensor, names: Iterable[s
     _, cache = model.run_with_cache(inputs, names_filter=names)
     return {k: v.detach() for k, v in cache.items()}
 
+
 def hidden_units(model: HookedRootModule, obs: Tensor, layer: int) -> Tensor:
     """The post-nonlinearity activations `layers.{layer}.hook_post` [batch, d_hidden] of an MLP
     policy (`HookedMLPPolicy`) for observations `obs` [batch, obs_dim]."""

@@ -40,11 +40,31 @@ def replace_hook(source: Tensor, index: Sequence[int] | Tensor | None = None) ->
     return hook
 
 
+def check_patch(model: HookedRootModule, inputs: Tensor, hook_name: str, source: Tensor,
+                index: Sequence[int] | Tensor | None = None) -> None:
+    """One-line CourseErrors, before any patched run, for a source or index that does not fit."""
+    check_names(model, [hook_name])
+    if not isinstance(source, Tensor) or source.ndim == 0:
+        raise CourseError(f"the patch source must be a tensor with the activation's shape, got {type(source).__name__}")
+    n = len(inputs)
+    if source.ndim >= 2 and source.shape[0] not in (1, n):
+        raise CourseError(f"the patch source has {source.shape[0]} rows but there are {n} inputs: give one row "
+                          "(broadcast to every input) or one per input")
+    act = cache_activations(model, inputs[:1], [hook_name])[hook_name]
+    if source.shape[-1] != act.shape[-1] or (source.ndim >= 2 and source.shape[1:-1] != act.shape[1:-1]):
+        raise CourseError(f"the patch source has shape {tuple(source.shape)} but {hook_name} has shape "
+                          f"{(n, *act.shape[1:])}")
+    if index is not None:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= act.shape[-1]):
+            raise CourseError(f"unit index out of range for {hook_name}, which has {act.shape[-1]} units: got {idx.tolist()}")
+
+
 @torch.no_grad()
 def run_patched(model: HookedRootModule, inputs: Tensor, hook_name: str, source: Tensor,
                 index: Sequence[int] | Tensor | None = None) -> Tensor:
     """The model's output on `inputs` with `hook_name` overwritten by `source` (optionally only on `index`)."""
-    check_names(model, [hook_name])
+    check_patch(model, inputs, hook_name, source, index)
     return model.run_with_hooks(inputs, fwd_hooks=[(hook_name, replace_hook(source, index))])
 
 
@@ -124,13 +144,6 @@ def heldout_unit_patching(model: HookedRootModule, pairs: dict[str, Tensor], lay
         res[label + "_ci"] = fraction_recovered_ci(patched, m_clean, m_corrupt, seed=seed)
     return res
 
-def patch_each_unit(model: HookedRootModule, clean: Tensor, corrupt: Tensor, hook_name: str,
-                    metric: Callable[[Tensor], Tensor], make_hook: HookFactory | None = None) -> Tensor:
-    """Fraction of the clean-vs-corrupt metric gap recovered by patching each unit of `hook_name`
-    alone from the clean run into the corrupt run: a tensor [n_units] (`patching_sweep` with
-    `per_unit=True` on one hook)."""
-    return patching_sweep(model, clean, corrupt, [hook_name], metric, per_unit=True, make_hook=make_hook)[hook_name]
-
 
 def top_k_share(scores: Tensor, k: int) -> Tensor:
     """How concentrated per-unit scores are: the share of the total |score| held by the k units
@@ -146,3 +159,11 @@ def top_k_share(scores: Tensor, k: int) -> Tensor:
     if (total == 0).any():
         raise CourseError("every score is zero in some row: there is nothing to share out")
     return mag.topk(k, dim=-1).values.sum(-1) / total
+
+
+def patch_each_unit(model: HookedRootModule, clean: Tensor, corrupt: Tensor, hook_name: str,
+                    metric: Callable[[Tensor], Tensor], make_hook: HookFactory | None = None) -> Tensor:
+    """Fraction of the clean-vs-corrupt metric gap recovered by patching each unit of `hook_name`
+    alone from the clean run into the corrupt run: a tensor [n_units] (`patching_sweep` with
+    `per_unit=True` on one hook)."""
+    return patching_sweep(model, clean, corrupt, [hook_name], metric, per_unit=True, make_hook=make_hook)[hook_name]

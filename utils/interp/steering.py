@@ -11,7 +11,13 @@ from utils.core import CourseError
 
 
 def add_hook(direction: Tensor, scale: float = 1.0) -> Callable[[Tensor, HookPoint], Tensor]:
-    """A hook function that adds `scale * direction` to the activation (steering)."""
+    """A hook function that adds `scale * direction` to the activation (steering). `direction` is
+    one vector [d] (or [1, d]) over the activation's last dimension, added at every position."""
+    if not isinstance(direction, Tensor) or not (direction.ndim == 1 or (direction.ndim == 2 and direction.shape[0] == 1)):
+        shape = tuple(direction.shape) if isinstance(direction, Tensor) else type(direction).__name__
+        raise CourseError(f"a steering direction must be one vector [d] (or [1, d]), got {shape}")
+    if not torch.isfinite(direction).all():
+        raise CourseError("the steering direction contains NaN or inf")
 
     def hook(act: Tensor, hook: HookPoint) -> Tensor:
         if direction.shape[-1] != act.shape[-1]:
@@ -34,13 +40,6 @@ def norm_matched_random(direction: Tensor, seed: int) -> Tensor:
     r = torch.randn(direction.shape, generator=torch.Generator().manual_seed(seed))
     return r / r.norm() * direction.norm()
 
-def direction_and_control(acts: Tensor, mask: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-    """(mean(acts[mask]) - mean(acts[~mask]), a random direction of the same norm): a
-    mean-difference steering vector and its norm-matched control (`norm_matched_random`)."""
-    mask = torch.as_tensor(mask, dtype=torch.bool)
-    direction = mean_difference(acts, mask, ~mask)
-    return direction, norm_matched_random(direction, seed)
-
 
 @torch.no_grad()
 def steering_effect(model, obs: Tensor, layer: str, direction: Tensor, scales, action: int,
@@ -59,3 +58,11 @@ def steering_effect(model, obs: Tensor, layer: str, direction: Tensor, scales, a
                  for s in scales]
         out[name] = torch.stack(rates)
     return out
+
+
+def direction_and_control(acts: Tensor, mask: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """(mean(acts[mask]) - mean(acts[~mask]), a random direction of the same norm): a
+    mean-difference steering vector and its norm-matched control (`norm_matched_random`)."""
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    direction = mean_difference(acts, mask, ~mask)
+    return direction, norm_matched_random(direction, seed)

@@ -21,7 +21,6 @@ cache), which is exact and cheap for short completions.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections import defaultdict
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError, check_fields, set_seed
 from utils.lm import corpora as C
 from utils.lm import rewards as R
 from utils.lm.artifacts import QA_WORLD
@@ -266,18 +265,9 @@ class CRLConfig:
         check_mask(self.mask)
         if self.task not in TASKS:
             raise CourseError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
-        for k in ("iterations", "batch_prompts", "n_epochs", "n_minibatches"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or v <= 0:
-                raise CourseError(f"CRLConfig.{k} must be a positive int, got {v!r}")
-        for k in ("lr", "clip_coef"):
-            v = getattr(self, k)
-            if not (v > 0 and math.isfinite(v)):
-                raise CourseError(f"CRLConfig.{k} must be positive, got {v!r}")
-        if not math.isfinite(self.coef):
-            raise CourseError(f"CRLConfig.coef must be finite, got {self.coef!r}")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise CourseError("gamma and gae_lambda must be in [0, 1]")
+        check_fields(self, positive_int=("iterations", "batch_prompts", "n_epochs", "n_minibatches"),
+                     positive=("lr", "clip_coef"), finite=("coef",), unit=("gamma", "gae_lambda"),
+                     nonneg=("ent_coef", "vf_coef", "max_grad_norm"), nonneg_int=("seed",), int_tuple=("hidden",))
         return self
 
 
