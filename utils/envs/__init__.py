@@ -9,6 +9,8 @@
 | `bandits`       | Bernoulli bandits                             | 02      |
 | `tictactoe`     | tic-tac-toe, exact minimax, a batched game    | 03, 04  |
 | `gym_vec`       | any flat-Box, Discrete Gymnasium id           | 01      |
+| `graph_walk`    | shortest paths on a graph (the DT paper's toy) | 07      |
+| `memory_corridor` | a cue to remember until a junction          | 07      |
 
 `make_env(name, n_envs, seed)` builds the ones PPO and DQN train on by name.
 """

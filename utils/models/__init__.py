@@ -6,10 +6,16 @@
 - `ad_transformer.ADTransformer`: a `HookedTransformer` reading (observation, previous
   action, previous reward) tokens through custom embeddings: the pattern for any
   transformer over RL trajectories (Algorithm Distillation, decision transformers).
+- `decision_transformer.DecisionTransformer`: a decision transformer over (return-to-go,
+  state, action) tokens; both transformers share `embedded.EmbeddedTokensTransformer`
+  (custom embeddings, then the blocks with `start_at_layer=0`).
 
 A new chapter adds its network as one module here.
 """
 from utils.models.ad_transformer import ADConfig, ADTransformer
+from utils.models.decision_transformer import DecisionTransformer, DTConfig
+from utils.models.embedded import EmbeddedTokensTransformer
 from utils.models.mlp_policy import HookedMLPPolicy
 
-__all__ = ["ADConfig", "ADTransformer", "HookedMLPPolicy"]
+__all__ = ["ADConfig", "ADTransformer", "DTConfig", "DecisionTransformer", "EmbeddedTokensTransformer",
+           "HookedMLPPolicy"]
