@@ -22,7 +22,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("01_policy_gradient_q_learning", "Interpreting small policy-gradient and Q-learning agents", "8.15-8.18", "B", "6-8", "ready"),
     Chapter("02_algorithm_distillation", "Algorithm Distillation: RL in context or imitation?", "8.9", "B-C", "7", "ready"),
     Chapter("03_rlhf_brain_scan", "The RLHF brain scan: DPO, GRPO and RLOO in weights and SAE features", "8.13, seed 000", "B", "5-6", "ready"),
-    Chapter("04_steering_with_rl", "Steering a language model with RL over SAE features: Control RL and AutoSteer", "seeds 002, 004", "C", "8-10", "ready"),
+    Chapter("04_steering_with_rl", "Steering a language model with RL over SAE features: Control RL and AutoSteer", "seeds 002, 004", "C", "6", "ready"),
     Chapter("05_alphazero_concepts", "Concepts in an AlphaZero-style agent", "8.1-8.4", "B-C", "6-8", "planned"),
     Chapter("06_goal_misgeneralisation", "Goal misgeneralisation in gridworlds", "8.5-8.7", "B", "6-8", "planned"),
     Chapter("07_decision_transformers", "Decision transformers", "8.8", "B", "4-6", "planned"),
