@@ -27,7 +27,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("06_goal_misgeneralisation", "Goal misgeneralisation in gridworlds", "8.5-8.7", "B", "6-8", "planned"),
     Chapter("07_decision_transformers", "Decision transformers", "8.8", "B", "5", "ready"),
     Chapter("08_model_free_planning", "Planning in a model-free recurrent agent", "8.14", "C-D", "8-12", "planned"),
-    Chapter("09_behavioural_cloning_and_dynamics", "Behavioural cloning and training dynamics", "8.19-8.20", "B-C", "6-8", "planned"),
+    Chapter("09_behavioural_cloning_and_dynamics", "Behavioural cloning and training dynamics", "8.19-8.20", "B-C", "6-7", "ready"),
     Chapter("10_choose_your_own_adventure", "Choose your own adventure", "8.21", "B-D", "open", "planned"),
 )
 
