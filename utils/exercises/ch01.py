@@ -198,6 +198,7 @@ def _same(got, want, what: str, atol: float = 1e-6) -> None:
 
 @check
 def check_counterfactual_cue_pairs(pairs_fn) -> None:
+    """counterfactual_cue_pairs(model, agent, tiles) -> dict of clean/corrupt observations and actions."""
     with torch_threads(1):   # tiny models: one thread is fastest, and immune to a loaded machine
         _check_counterfactual_cue_pairs(pairs_fn)
 
@@ -258,6 +259,7 @@ def check_patch_units_hook(make_hook) -> None:
 
 @check
 def check_heldout_unit_patching(heldout_fn) -> None:
+    """heldout_unit_patching(model, pairs, layer, k, seed) -> {single, top, top_ci, random_ci}."""
     with torch_threads(1):   # tiny models: one thread is fastest, and immune to a loaded machine
         _check_heldout_unit_patching(heldout_fn)
 
@@ -323,6 +325,7 @@ def _isolated(fn, *args):
 
 @check
 def check_probe_with_controls(probe_fn) -> None:
+    """probe_with_controls(acts, labels, random_acts, groups, seed) -> dict of accuracies with controls."""
     with torch_threads(1):   # tiny models: one thread is fastest, and immune to a loaded machine
         _check_probe_with_controls(probe_fn)
 
@@ -363,6 +366,7 @@ def _probe_rows_match(got: dict, want: dict, name: str) -> None:
 
 @check
 def check_steering_effect(steer_fn) -> None:
+    """steering_effect(model, obs, layer, direction, scales, action, seed) -> {direction, random} rates."""
     with torch_threads(1):   # tiny models: one thread is fastest, and immune to a loaded machine
         _check_steering_effect(steer_fn)
 
