@@ -9,6 +9,8 @@
 - `decision_transformer.DecisionTransformer`: a decision transformer over (return-to-go,
   state, action) tokens; both transformers share `embedded.EmbeddedTokensTransformer`
   (custom embeddings, then the blocks with `start_at_layer=0`).
+- `actor_critic.SeparateActorCritic`: an actor and a critic as two separate `HookedMLPPolicy`
+  networks (their own hook names), trained by `train_ppo` unchanged (chapter 09).
 
 A new chapter adds its network as one module here.
 """
