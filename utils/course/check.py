@@ -1,10 +1,10 @@
 """The fast rules (seconds): every problem found is one line; exit 1 if any.
 
-One rule is a warning for now: code lines longer than MAX_CODE_LINE characters (the site
-wraps them, book/_ext/static/course.css, but code reads best within the column). While
-LONG_LINES_FAIL is False, `problems()` prints one warning line per notebook to stderr and
-does not count them; flip it to True once the notebooks meet the limit.
-`python -m utils.course.check --long-lines` lists every offending line.
+Two content rules: code lines longer than MAX_CODE_LINE characters (the site wraps them,
+book/_ext/static/course.css, but code reads best within the column), and measured numbers in
+static prose. Both fail `check` (LONG_LINES_FAIL, NUMBERS_FAIL); set either to False to turn it
+into one warning line per notebook while a chapter is being converted.
+`python -m utils.course.check --long-lines` and `--numbers` list every offending line.
 """
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ from utils.course.notebooks import FOLD_TAG, ExerciseMarkupError, generate, is_f
 from utils.course.setup_cell import SETUP_TAG, setup_cell_source
 
 MAX_CODE_LINE = 100       # characters in a line of a code cell
-LONG_LINES_FAIL = False   # False: long lines are warnings; True: they are problems (exit 1)
+LONG_LINES_FAIL = True    # False: long lines are warnings; True: they are problems (exit 1)
 
 # Static prose must not report measured numbers: results text is printed by the run. A decimal
 # number or a percentage in a markdown cell of a solution, or in a chapter landing page, is a
 # problem unless the allowlist names it with a reason (a hyperparameter, a source paper's
 # number with its citation, a definition).
 NUMBERS_ALLOWLIST = "book/static_numbers"   # one <chapter id>.yml per chapter (or any *.yml) in this folder
-NUMBERS_FAIL = False      # False: static numbers are warnings (while chapters are being converted); True: problems
+NUMBERS_FAIL = True       # False: static numbers are warnings; True: they are problems (exit 1)
 _PROBLEM_ID = re.compile(r"8\.(?:[1-9]|1\d|2[01])")  # Nanda's problem numbers 8.1-8.21 are names, not results
 _NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+|\d+(?:\.\d+)?\s?%)")
 _SKIP = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\]\([^)]*\)|\{cite[^}]*\}`[^`]*`", re.S)
