@@ -19,7 +19,7 @@ class Chapter:
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter("00_orientation", "Orientation: the toolkit on a tiny agent", "-", "A", "2-3", "ready"),
-    Chapter("01_policy_gradient_q_learning", "Interpreting small policy-gradient and Q-learning agents", "8.15-8.18", "B", "6-8", "ready"),
+    Chapter("01_policy_gradient_q_learning", "Interpreting small policy-gradient and Q-learning agents", "8.15-8.18", "B", "4-5", "ready"),
     Chapter("02_algorithm_distillation", "Algorithm Distillation: RL in context or imitation?", "8.9", "B-C", "7", "ready"),
     Chapter("03_rlhf_brain_scan", "The RLHF brain scan: DPO, GRPO and RLOO in weights and SAE features", "8.13, seed 000", "B", "5-6", "ready"),
     Chapter("04_steering_with_rl", "Steering a language model with RL over SAE features: Control RL and AutoSteer", "seeds 002, 004", "C", "6", "ready"),
