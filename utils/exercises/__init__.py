@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import nbformat
+import torch
 
 from utils.course.notebooks import STUB, has_exercise
 
@@ -56,6 +57,31 @@ def check(fn: Callable) -> Callable:
         return learner_fn
 
     return wrapper
+
+
+def assert_unchanged(name: str, before, after) -> None:
+    """ExerciseFailed if the learner's function wrote into the caller's tensor `name`."""
+    if not torch.equal(before, after):
+        raise ExerciseFailed(f"your function wrote into the caller's `{name}` tensor: work on a copy "
+                             "(e.g. .clone() or out-of-place ops)")
+
+
+def compare_head_patching(head_patching_fn: Callable, reference: Callable, model, clean, corrupt, metric,
+                          what_to_patch: str) -> None:
+    """The shared part of the head-patching checks (chapters 02 and 07): inputs untouched, one value
+    per (layer, head), patched in the right direction, equal to the reference."""
+    want = reference(model, clean, corrupt, metric)
+    c2, k2 = clean.clone(), corrupt.clone()
+    got = torch.as_tensor(head_patching_fn(model, c2, k2, metric)).float()
+    assert_unchanged("clean", clean, c2)
+    assert_unchanged("corrupt", corrupt, k2)
+    if tuple(got.shape) != tuple(want.shape):
+        raise ExerciseFailed(f"expected one value per (layer, head), shape {tuple(want.shape)}, got {tuple(got.shape)}")
+    if torch.allclose(got, 1 - want, atol=1e-4):
+        raise ExerciseFailed("you patched the wrong way round: run the CORRUPT input with one head taken from the CLEAN run")
+    if not torch.allclose(got, want, atol=1e-4):
+        raise ExerciseFailed(f"patch {what_to_patch} from the clean run, and return "
+                             "(patched - corrupt) / (clean - corrupt) of the metric")
 
 
 def chapter_module(chapter: str):

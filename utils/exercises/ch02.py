@@ -9,9 +9,19 @@ import torch
 
 from utils.ad.data import make_tokens
 from utils.ad.evaluate import window_tokens
-from utils.ad.interp import ablate_head_hook, grouped_test_mask, head_patching, mean_diff_probe, same_state_mass
+from utils.ad.interp import (
+    ablate_head_hook,
+    head_patching,
+    mean_diff_probe,
+    same_state_mass,
+)
 from utils.ad.train import ad_loss
-from utils.exercises import ExerciseFailed, check
+from utils.exercises import (
+    ExerciseFailed,
+    assert_unchanged,
+    check,
+    compare_head_patching,
+)
 from utils.interp.attention import attention_to_reward
 from utils.interp.steering import add_hook, norm_matched_random
 
@@ -20,12 +30,6 @@ def _random_history(n: int, e: int, l: int, seed: int) -> tuple[torch.Tensor, to
     g = torch.Generator().manual_seed(seed)
     return (torch.randint(0, 81, (n, e, l), generator=g), torch.randint(0, 5, (n, e, l), generator=g),
             torch.randint(0, 2, (n, e, l), generator=g))
-
-
-def _unchanged(name: str, before: torch.Tensor, after: torch.Tensor) -> None:
-    if not torch.equal(before, after):
-        raise ExerciseFailed(f"your function wrote into the caller's `{name}` tensor: work on a copy "
-                             "(e.g. .clone() or out-of-place ops)")
 
 
 def _pattern(b: int, h: int, t: int, g: torch.Generator) -> torch.Tensor:
@@ -44,7 +48,7 @@ def check_make_tokens(make_tokens_fn) -> None:
         if not isinstance(got, torch.Tensor):
             raise ExerciseFailed(f"make_tokens should return a tensor, got {type(got).__name__}")
         for name, before, after in (("obs", obs, o2), ("actions", act, a2), ("rewards", rew, r2)):
-            _unchanged(name, before, after)
+            assert_unchanged(name, before, after)
         if tuple(got.shape) != tuple(want.shape):
             raise ExerciseFailed(f"[n, E, L] = {(n, e, l)}: expected shape {tuple(want.shape)} (one token of 3 ints per step), got {tuple(got.shape)}")
         if not torch.equal(got[..., 0], want[..., 0]):
@@ -68,7 +72,7 @@ def check_ad_loss(ad_loss_fn) -> None:
     want_grad, = torch.autograd.grad(want, logits)
     lg, tg = logits.detach().clone().requires_grad_(True), targets.clone()
     got = torch.as_tensor(ad_loss_fn(lg, tg))
-    _unchanged("targets", targets, tg)
+    assert_unchanged("targets", targets, tg)
     if got.ndim != 0:
         raise ExerciseFailed(f"the loss should be a scalar, got shape {tuple(got.shape)}")
     shifted = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), targets[:, 1:].reshape(-1))
@@ -97,7 +101,7 @@ def check_window_tokens(window_tokens_fn) -> None:
         o2, a2, r2 = obs.clone(), act.clone(), rew.clone()
         got = window_tokens_fn(o2, a2, r2, episode, step, k, 5)
         for name, before, after in (("obs", obs, o2), ("actions", act, a2), ("rewards", rew, r2)):
-            _unchanged(name, before, after)
+            assert_unchanged(name, before, after)
         where = f"episode {episode}, step {step}, context {k} episodes"
         if tuple(got.shape) != tuple(want.shape):
             raise ExerciseFailed(f"{where}: expected {want.shape[1]} tokens ({min(episode, k - 1)} whole earlier episodes and {step + 1} steps of this one), got shape {tuple(got.shape)}")
@@ -122,7 +126,7 @@ def check_attention_to_reward(attention_to_reward_fn) -> None:
     p2, r2, q2 = pattern.clone(), rewarded.clone(), query_mask.clone()
     got = torch.as_tensor(attention_to_reward_fn(p2, r2, q2))
     for name, before, after in (("pattern", pattern, p2), ("rewarded", rewarded, r2), ("query_mask", query_mask, q2)):
-        _unchanged(name, before, after)
+        assert_unchanged(name, before, after)
     if tuple(got.shape) != (h,):
         raise ExerciseFailed(f"expected one score per head, shape ({h},), got {tuple(got.shape)}")
     unmasked = attention_to_reward(pattern, rewarded, torch.ones_like(query_mask))
@@ -152,8 +156,8 @@ def check_same_state_mass(same_state_mass_fn) -> None:
         want, want_base = same_state_mass(pattern, tokens, l, induction=induction)
         p2, t2 = pattern.clone(), tokens.clone()
         out = same_state_mass_fn(p2, t2, l, induction=induction)
-        _unchanged("pattern", pattern, p2)
-        _unchanged("tokens", tokens, t2)
+        assert_unchanged("pattern", pattern, p2)
+        assert_unchanged("tokens", tokens, t2)
         if not isinstance(out, tuple) or len(out) != 2:
             raise ExerciseFailed("return a tuple (score per head [H], chance level as a float)")
         got, base = torch.as_tensor(out[0]), float(out[1])
@@ -187,18 +191,8 @@ def check_head_patching(head_patching_fn) -> None:
     corrupt = clean.clone()
     corrupt[:, :-1, 0] = (corrupt[:, :-1, 0] + 17) % 81  # every token but the query differs
     metric = lambda logits: (logits[:, -1, 4] - logits[:, -1, 3]).mean()  # noqa: E731
-    want = head_patching(model, clean, corrupt, metric)
-    c2, k2 = clean.clone(), corrupt.clone()
-    got = torch.as_tensor(head_patching_fn(model, c2, k2, metric)).float()
-    _unchanged("clean", clean, c2)
-    _unchanged("corrupt", corrupt, k2)
-    if tuple(got.shape) != tuple(want.shape):
-        raise ExerciseFailed(f"expected one value per (layer, head), shape {tuple(want.shape)}, got {tuple(got.shape)}")
-    if torch.allclose(got, 1 - want, atol=1e-4):
-        raise ExerciseFailed("you patched the wrong way round: run the CORRUPT input with one head taken from the CLEAN run")
-    if not torch.allclose(got, want, atol=1e-4):
-        raise ExerciseFailed("patch only the last position (the query) of one head's hook_z, and return "
-                             "(patched - corrupt) / (clean - corrupt) of the metric")
+    compare_head_patching(head_patching_fn, head_patching, model, clean, corrupt, metric,
+                          "only the last position (the query) of one head's hook_z")
 
 
 @check
@@ -210,7 +204,7 @@ def check_grouped_test_mask(grouped_test_mask_fn) -> None:
     masks = []
     for seed in (0, 1, 2):
         m = torch.as_tensor(grouped_test_mask_fn(g2, 0.25, seed))
-        _unchanged("groups", groups, g2)
+        assert_unchanged("groups", groups, g2)
         if m.dtype != torch.bool or m.shape != groups.shape:
             raise ExerciseFailed(f"return a boolean mask of shape {tuple(groups.shape)}, got {m.dtype} {tuple(m.shape)}")
         leaked = set(groups[m].tolist()) & set(groups[~m].tolist())
@@ -245,7 +239,7 @@ def check_mean_diff_probe(mean_diff_probe_fn) -> None:
     a2, l2, m2 = acts.clone(), labels.clone(), test_mask.clone()
     out = mean_diff_probe_fn(a2, l2, m2)
     for name, before, after in (("acts", acts, a2), ("labels", labels, l2), ("test_mask", test_mask, m2)):
-        _unchanged(name, before, after)
+        assert_unchanged(name, before, after)
     if not isinstance(out, tuple) or len(out) != 2:
         raise ExerciseFailed("return a tuple (direction [d], test accuracy as a float)")
     direction, acc = torch.as_tensor(out[0]).float(), float(out[1])
@@ -273,7 +267,7 @@ def check_random_direction_like(random_direction_like_fn) -> None:
         before = torch.get_rng_state()
         r = torch.as_tensor(random_direction_like_fn(d2, 3))
         moved = not torch.equal(before, torch.get_rng_state())
-    _unchanged("direction", direction, d2)
+    assert_unchanged("direction", direction, d2)
     if moved:
         raise ExerciseFailed("your function drew from (or reseeded) the global random generator: use "
                              "torch.Generator().manual_seed(seed) so the control does not shift later draws")
@@ -299,7 +293,7 @@ def check_steering_hook(steering_hook_fn) -> None:
     for scale in (1.0, -2.5, 0.0):
         a2 = act.clone()
         out = steering_hook_fn(direction.clone(), scale)(a2, None)
-        _unchanged("act", act, a2)
+        assert_unchanged("act", act, a2)
         want = act + scale * direction
         if out is None or tuple(out.shape) != tuple(act.shape):
             raise ExerciseFailed(f"the hook must RETURN the new activation of shape {tuple(act.shape)}")
@@ -319,7 +313,7 @@ def check_ablate_head_hook(ablate_head_hook_fn) -> None:
     for head, value in ((1, mean), (2, None), (0, mean)):
         z2 = z.clone()
         out = ablate_head_hook_fn(head, value)(z2, None)
-        _unchanged("z", z, z2)
+        assert_unchanged("z", z, z2)
         want = z.clone()
         want[:, :, head] = 0.0 if value is None else value
         if out is None or tuple(out.shape) != tuple(z.shape):

@@ -10,17 +10,22 @@ from __future__ import annotations
 import torch
 
 from utils.dt.data import returns_to_go, swap_rtg
-from utils.dt.interp import ablate_heads, attention_to_keys, head_dla, head_patching, steer_at
+from utils.dt.interp import (
+    ablate_heads,
+    attention_to_keys,
+    head_dla,
+    head_patching,
+    steer_at,
+)
 from utils.dt.train import dt_loss
 from utils.envs.graph_walk import bfs_distances, random_graph
-from utils.exercises import ExerciseFailed, check
+from utils.exercises import (
+    ExerciseFailed,
+    assert_unchanged,
+    check,
+    compare_head_patching,
+)
 from utils.models.decision_transformer import interleave
-
-
-def _unchanged(name: str, before: torch.Tensor, after: torch.Tensor) -> None:
-    if not torch.equal(before, after):
-        raise ExerciseFailed(f"your function wrote into the caller's `{name}` tensor: work on a copy "
-                             "(e.g. .clone() or out-of-place ops)")
 
 
 def _prefix_mask(lengths: list[int], t: int) -> torch.Tensor:
@@ -42,8 +47,8 @@ def check_returns_to_go(returns_to_go_fn) -> None:
     want = returns_to_go(rewards, mask)
     r2, m2 = rewards.clone(), mask.clone()
     got = _as_tensor(returns_to_go_fn(r2, m2), "returns_to_go").float()
-    _unchanged("rewards", rewards, r2)
-    _unchanged("mask", mask, m2)
+    assert_unchanged("rewards", rewards, r2)
+    assert_unchanged("mask", mask, m2)
     if tuple(got.shape) != (5, 7):
         raise ExerciseFailed(f"expected shape (5, 7), one RTG per step, got {tuple(got.shape)}")
     if torch.allclose(got[0], rewards[0].cumsum(0), atol=1e-5):
@@ -64,7 +69,7 @@ def check_interleave(interleave_fn) -> None:
     want = interleave(r, s, a)
     r2, s2, a2 = r.clone().requires_grad_(True), s.clone(), a.clone()
     got = _as_tensor(interleave_fn(r2, s2, a2), "interleave")
-    _unchanged("state_emb", s, s2)
+    assert_unchanged("state_emb", s, s2)
     if tuple(got.shape) != (3, 15, 8):
         raise ExerciseFailed(f"expected [B, 3T, d] = (3, 15, 8), got {tuple(got.shape)}")
     if torch.allclose(got[:, :5], r):
@@ -90,8 +95,8 @@ def check_dt_loss(dt_loss_fn) -> None:
     want_grad, = torch.autograd.grad(want, logits)
     lg, a2, m2 = logits.detach().clone().requires_grad_(True), actions.clone(), mask.clone()
     got = torch.as_tensor(dt_loss_fn(lg, a2, m2))
-    _unchanged("actions", actions, a2)
-    _unchanged("mask", mask, m2)
+    assert_unchanged("actions", actions, a2)
+    assert_unchanged("mask", mask, m2)
     if got.ndim != 0:
         raise ExerciseFailed(f"the loss should be a scalar, got shape {tuple(got.shape)}")
     got_v, want_v = float(got.detach()), float(want.detach())
@@ -126,7 +131,7 @@ def check_bfs_distances(bfs_distances_fn) -> None:
         want = bfs_distances(adj, goal)
         a2 = adj.clone()
         got = _as_tensor(bfs_distances_fn(a2, goal), "bfs_distances")
-        _unchanged("adj", adj, a2)
+        assert_unchanged("adj", adj, a2)
         if tuple(got.shape) != tuple(want.shape):
             raise ExerciseFailed(f"expected one distance per node, shape {tuple(want.shape)}, got {tuple(got.shape)}")
         if int(got[goal]) != 0:
@@ -152,8 +157,8 @@ def check_swap_rtg(swap_rtg_fn) -> None:
         want = swap_rtg(tokens, mask, new)
         t2, m2 = tokens.clone(), mask.clone()
         got = _as_tensor(swap_rtg_fn(t2, m2, new), "swap_rtg")
-        _unchanged("tokens", tokens, t2)
-        _unchanged("mask", mask, m2)
+        assert_unchanged("tokens", tokens, t2)
+        assert_unchanged("mask", mask, m2)
         if tuple(got.shape) != tuple(tokens.shape):
             raise ExerciseFailed(f"return tokens of the same shape {tuple(tokens.shape)}, got {tuple(got.shape)}")
         if not torch.equal(got[..., 1:], tokens[..., 1:]):
@@ -186,7 +191,7 @@ def check_attention_to_keys(attention_to_keys_fn) -> None:
     p2, k2, q2 = pattern.clone(), keys.clone(), queries.clone()
     got = _as_tensor(attention_to_keys_fn(p2, k2, q2), "attention_to_keys").float()
     for name, a, b in (("pattern", pattern, p2), ("keys", keys, k2), ("queries", queries, q2)):
-        _unchanged(name, a, b)
+        assert_unchanged(name, a, b)
     if tuple(got.shape) != (2,):
         raise ExerciseFailed(f"expected one score per head, shape (2,), got {tuple(got.shape)}")
     if not torch.allclose(got, want, atol=1e-5):
@@ -217,18 +222,8 @@ def check_head_patching(head_patching_fn) -> None:
     corrupt = clean.clone()
     corrupt[..., 0] = -3  # the requested return differs
     metric = lambda logits: (logits[:, -2, 0] - logits[:, -2, 1]).mean()  # noqa: E731
-    want = head_patching(model, clean, corrupt, metric)
-    c2, k2 = clean.clone(), corrupt.clone()
-    got = torch.as_tensor(head_patching_fn(model, c2, k2, metric)).float()
-    _unchanged("clean", clean, c2)
-    _unchanged("corrupt", corrupt, k2)
-    if tuple(got.shape) != tuple(want.shape):
-        raise ExerciseFailed(f"expected one value per (layer, head), shape {tuple(want.shape)}, got {tuple(got.shape)}")
-    if torch.allclose(got, 1 - want, atol=1e-4):
-        raise ExerciseFailed("you patched the wrong way round: run the CORRUPT input with one head taken from the CLEAN run")
-    if not torch.allclose(got, want, atol=1e-4):
-        raise ExerciseFailed("patch one head's hook_z (every position) from the clean run, and return "
-                             "(patched - corrupt) / (clean - corrupt) of the metric")
+    compare_head_patching(head_patching_fn, head_patching, model, clean, corrupt, metric,
+                          "one head's hook_z (every position)")
 
 
 @check
@@ -243,7 +238,7 @@ def check_head_dla(head_dla_fn) -> None:
     args = [x.clone() for x in (z, W_O, ln_scale, W_U, a, b)]
     got = _as_tensor(head_dla_fn(*args), "head_dla").float()
     for name, before, after in zip(("z", "W_O", "ln_scale", "W_U", "a", "b"), (z, W_O, ln_scale, W_U, a, b), args):
-        _unchanged(name, before, after)
+        assert_unchanged(name, before, after)
     if tuple(got.shape) != (5, 3):
         raise ExerciseFailed(f"expected one value per (row, head), shape (5, 3), got {tuple(got.shape)}")
     if torch.allclose(got, want * ln_scale, atol=1e-4):
@@ -266,7 +261,7 @@ def check_steer_at(steer_at_fn) -> None:
         want = steer_at(direction, -2.5, positions)(act.clone())
         a2, d2 = act.clone().requires_grad_(True), direction.clone()
         got = _as_tensor(steer_at_fn(d2, -2.5, positions)(a2, None), "the hook")
-        _unchanged("direction", direction, d2)
+        assert_unchanged("direction", direction, d2)
         if not torch.equal(a2.detach(), act):
             raise ExerciseFailed("the hook changed the activation in place: return a new tensor")
         if not torch.allclose(got.detach(), want, atol=1e-5):
@@ -289,8 +284,8 @@ def check_ablate_heads(ablate_heads_fn) -> None:
     want = ablate_heads(heads, 0, mean_z)(z.clone())
     z2, m2 = z.clone(), mean_z.clone()
     got = _as_tensor(ablate_heads_fn(heads, 0, m2)(z2, None), "the hook")
-    _unchanged("mean_z", mean_z, m2)
-    _unchanged("z (the activation: return a new tensor)", z, z2)
+    assert_unchanged("mean_z", mean_z, m2)
+    assert_unchanged("z (the activation: return a new tensor)", z, z2)
     if tuple(got.shape) != tuple(z.shape):
         raise ExerciseFailed(f"the hook must return z's shape {tuple(z.shape)}, got {tuple(got.shape)}")
     if not torch.allclose(got[:, :, [0, 2]], z[:, :, [0, 2]]):
