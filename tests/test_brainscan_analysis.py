@@ -7,7 +7,6 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from utils.brainscan import analysis as A
 from utils.core import CourseError
-from utils.stats import fmt_interval, ordering_verdict, seed_summary
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +62,6 @@ def test_rebuilt_models(pair):
 def test_site_sae_rejects_non_residual_hooks():
     with pytest.raises(CourseError):
         A.site_sae(None, "blocks.0.attn.hook_z", [])
-
-
-def test_ordering_verdict():
-    hi, lo, mid = (1.0, 0.9, 1.1), (0.5, 0.4, 0.6), (0.95, 0.5, 1.4)
-    assert ordering_verdict(hi, [lo, lo]) == "held"
-    assert ordering_verdict(hi, [lo], extra_ok=False) == "direction only"
-    assert ordering_verdict(lo, [hi]) == "reversed"
-    assert ordering_verdict(hi, [mid]) == "not separated"
-    assert ordering_verdict(lo, [hi], x_larger=False) == "held"
-    one = seed_summary([0.3])
-    assert ordering_verdict(one, [seed_summary([0.1])]).startswith("one seed")
-    assert "opposite" in ordering_verdict(one, [seed_summary([0.5])])
-    assert fmt_interval(one) == "0.300 (1 seed)" and fmt_interval((1.0, 0.5, 1.5), 1) == "1.0 [0.5, 1.5]"
 
 
 def test_recovery_curve_and_random_deltas(pair):
