@@ -15,6 +15,7 @@ rebuilds every one (about an hour of CPU).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -24,7 +25,7 @@ from utils.ad.data import history_tokens
 from utils.ad.evaluate import in_context_rollout
 from utils.ad.sources import History, QLearningConfig, annealed_expert_histories, q_learning_histories, shuffle_episodes
 from utils.ad.train import TrainConfig, train_ad
-from utils.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoints import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from utils.core import CourseError
 from utils.envs.dark_room import split_goals
 from utils.models.ad_transformer import ADConfig, ADTransformer
@@ -134,7 +135,6 @@ def regenerate_command(name: str, seed: int = 0) -> str:
 def shipped_seeds(name: str) -> list[int]:
     """The seeds in SEEDS whose checkpoint of variant `name` is listed in data/manifest.json
     (all of them once every artifact has been built)."""
-    from utils.checkpoints import read_manifest
     listed = read_manifest()["artifacts"]
     return [s for s in SEEDS if checkpoint_name(name, s) in listed]
 
@@ -173,7 +173,6 @@ def build_artifact(artifact: str, spec: DarkRoomSpec | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - the regeneration command
-    import sys
     args = sys.argv[1:] if argv is None else argv
     if not args:
         raise SystemExit(f"usage: {REGENERATE} ARTIFACT [ARTIFACT ...] | all   "

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from utils.core import CourseError
+from utils.dynamics.metrics import effective_rank
 from utils.rl.ppo import PPOConfig, PPOResult, train_ppo
 
 
@@ -102,6 +103,4 @@ def check_checkpoints(ckpts: Sequence) -> None:
 @torch.no_grad()
 def weight_stats(model: nn.Module) -> dict[str, tuple[float, float]]:
     """{parameter name: (Frobenius norm, effective rank)} for every 2-D weight of the model."""
-    from utils.dynamics.metrics import effective_rank
-
     return {k: (float(w.norm()), effective_rank(w)) for k, w in model.state_dict().items() if w.ndim == 2}
