@@ -22,7 +22,7 @@ endif
 STAMP := $(if $(VENV),$(VENV)/.installed,_build/.installed-$(subst /,_,$(PY)))
 RUN_FLAGS := --profile $(PROFILE)$(if $(JOBS), --jobs $(JOBS))$(if $(FORCE), --force)
 
-.PHONY: help install book test notebooks check run smoke site bench clean
+.PHONY: help install book test notebooks check run smoke site bench clean rehearse
 
 help:
 	@echo "make book       install what is missing, execute every chapter (cpu profile) in parallel, build the site"
@@ -33,6 +33,7 @@ help:
 	@echo "make run PROFILE=smoke CHAPTERS=00_orientation   execute chapters with papermill"
 	@echo "make site       build the site from the committed notebooks (no execution)"
 	@echo "make bench      course PPO vs Stable-Baselines3 PPO on the same gridworld and budget"
+	@echo "make rehearse   the gpu profile offline on CPU against hub-shaped random-weight fixtures (report in _build/rehearse/)"
 	@echo "Python: $(PY)$(if $(VENV), (made on first use; an active venv or PY=... is used instead))"
 
 ifdef VENV
@@ -75,6 +76,10 @@ site: $(if $(VENV),$(STAMP))
 
 bench: $(if $(VENV),$(STAMP))
 	$(PY) scripts/bench_ppo.py
+
+# the gpu profile on CPU, offline, against hub-shaped fixtures in _build/hub-fixtures (CHAPTERS=... for some)
+rehearse: $(if $(VENV),$(STAMP))
+	$(PY) -m utils.lm.rehearse$(if $(CHAPTERS), --only $(CHAPTERS))
 
 clean:
 	rm -rf _build

@@ -59,7 +59,10 @@ def check_gpu_profile(profile: str, hub_models: list[str] | tuple[str, ...] = ()
     off). Otherwise raise CourseError with one line saying how to get it or to use "cpu"."""
     if profile != "gpu":
         return
-    if gpu_gib > 0:
+    if gpu_gib > 0 and rehearsing(profile):
+        print(f"rehearsal: no GPU check (the gpu profile asks for about {gpu_gib:g} GiB); the hub files must be "
+              f"in the local cache (`python -m utils.lm fixtures`)")
+    elif gpu_gib > 0:
         gpu = gpu_memory_gib()
         if gpu is None:
             raise CourseError(f"the gpu profile needs a CUDA GPU with about {gpu_gib:g} GiB: in Colab choose "
@@ -78,3 +81,97 @@ def check_gpu_profile(profile: str, hub_models: list[str] | tuple[str, ...] = ()
             raise CourseError(f"the gpu profile needs {repo}, a gated model: accept its licence at "
                               f"https://huggingface.co/{repo}, then log in (a Colab secret named HF_TOKEN, or "
                               f"`from huggingface_hub import notebook_login; notebook_login()`), {_CPU}")
+
+
+# ------------------------------------------------------------------ rehearsal (utils/lm/rehearse.py)
+REHEARSE_ENV = "COURSE_REHEARSE"
+T4_GPU_GIB = 15.0    # a 16 GB T4 as Colab reports it, less the CUDA context
+T4_HOST_GIB = 12.0   # a Colab T4 runtime's system RAM (12.7 GB), less the notebook server
+
+
+def rehearsing(profile: str | None = None) -> bool:
+    """True when COURSE_REHEARSE=1 is set (by `make rehearse`) and, if given, `profile` is "gpu"."""
+    on = os.environ.get(REHEARSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return on and (profile is None or profile == "gpu")
+
+
+def rehearse_sizes(sizes: dict, profile: str, **cuts) -> dict:
+    """The gpu profile's sizes with `cuts` applied when rehearsing (`make rehearse`), else
+    `sizes` unchanged. A cut is a value, or a function of the gpu value (e.g. lambda s: s[:2]).
+    Only step counts, batch sizes and list lengths are cut: the same cells run, at the same model
+    shapes, through the same branches."""
+    if not rehearsing(profile):
+        return sizes
+    unknown = sorted(set(cuts) - set(sizes))
+    if unknown:
+        raise CourseError(f"rehearse_sizes: {unknown} are not sizes of this profile: cut only keys of SIZES")
+    out = dict(sizes)
+    for k, v in cuts.items():
+        out[k] = v(sizes[k]) if callable(v) else v
+    print(f"REHEARSAL (COURSE_REHEARSE=1): the gpu branch with cut sizes "
+          f"{ {k: out[k] for k in cuts} }; numbers are not results")
+    return out
+
+
+def claims_apply(model=None, profile: str | None = None) -> bool:
+    """False (with one printed line) when the claim asserts cannot hold: `model` is a
+    random-weight hub fixture (its config carries `utils.lm.fixtures.FIXTURE_MARKER`), or, for a
+    chapter that trains its own models, `profile` is being rehearsed (its cut step counts train
+    nothing). Such asserts are skipped, never silently passed. True otherwise."""
+    from utils.lm.fixtures import is_fixture
+
+    if model is not None and is_fixture(model):
+        print("claim asserts SKIPPED: the model is a random-weight rehearsal fixture "
+              "(utils.lm.fixtures), so its numbers are not results")
+        return False
+    if profile is not None and rehearsing(profile):
+        print("claim asserts SKIPPED: a rehearsal (COURSE_REHEARSE=1) trains for a few steps only, "
+              "so its numbers are not results")
+        return False
+    return True
+
+
+def t4_estimate(n_params: int, n_layers: int, d_model: int, d_vocab: int, batch: int, seq: int,
+                bytes_per_param: int = 4, trainable: bool = False, ref_model: bool = False,
+                extra_models: int = 0, kept_params: int = 0, host_params: int = 0, extra_gib: float = 0.0,
+                on_gpu: bool = True) -> dict:
+    """GiB a run needs on a T4 runtime, from its shapes. GPU: the model (+ `extra_models` copies,
+    e.g. the TransformerLens form or a tuned copy; + a frozen reference model), gradients and
+    Adam state in fp32 when `trainable`, activations (about 34 * d_model values per token per
+    layer kept for the backward pass, or 2 per forward only) and the logits (x3 for softmax and its
+    gradient) at `batch` x `seq`, `extra_gib` (e.g. SAEs), and the CUDA context (0.5). Host: the
+    process (1.5), one model copy for loading, and `host_params` float32 values kept in RAM
+    (e.g. weight deltas). `kept_params` are float32 values kept on the GPU. A chapter that
+    computes on the CPU even in the gpu profile (`on_gpu=False`) puts all of it in RAM."""
+    g = 2**30
+    model = n_params * bytes_per_param
+    gpu = {"model": model * (1 + extra_models), "ref_model": model if ref_model else 0,
+           "grads_adam": n_params * 4 * 3 if trainable else 0,
+           "activations": batch * seq * d_model * n_layers * (34 if trainable else 2) * bytes_per_param,
+           "logits": batch * seq * d_vocab * 4 * 3, "kept": kept_params * 4, "extra": extra_gib * g,
+           "cuda_context": 0.5 * g}
+    host = {"process": 1.5 * g, "loading_copy": model, "kept": host_params * 4}
+    if not on_gpu:
+        host.update({f"compute {k}": v for k, v in gpu.items() if k != "cuda_context"})
+        gpu = {}
+    gpu_gib, host_gib = sum(gpu.values()) / g, sum(host.values()) / g
+    return {"gpu_gib": round(gpu_gib, 2), "host_gib": round(host_gib, 2),
+            "total_gib": round(gpu_gib, 2), "fits": gpu_gib <= T4_GPU_GIB and host_gib <= T4_HOST_GIB,
+            "parts_gib": {k: round(v / g, 2) for k, v in {**{f"gpu {k}": v for k, v in gpu.items()},
+                                                          **{f"host {k}": v for k, v in host.items()}}.items()}}
+
+
+def report_t4(chapter: str, profile: str, estimate: dict) -> None:
+    """In the gpu profile: print the T4 estimate; when rehearsing, also write it where
+    `make rehearse` collects it (COURSE_REHEARSE_REPORT)."""
+    if profile != "gpu":
+        return
+    e = estimate
+    print(f"{chapter} gpu profile on a T4: about {e['gpu_gib']:.1f} GiB GPU (of {T4_GPU_GIB:g}) and "
+          f"{e['host_gib']:.1f} GiB RAM (of {T4_HOST_GIB:g}) -> {'fits' if e['fits'] else 'DOES NOT FIT'}; "
+          f"parts: {e['parts_gib']}")
+    path = os.environ.get("COURSE_REHEARSE_REPORT")
+    if path and rehearsing(profile):
+        import json
+        with open(path, "w") as f:
+            json.dump({"chapter": chapter, "t4": e}, f, indent=1)

@@ -181,13 +181,28 @@ def load_sae(name: str, layer: int | None = None, width: str = "16k", device: st
         info = HUB_MODELS[name]
         layer = info["default_layer"] if layer is None else layer
         sae_id = info["sae_id"].format(layer=layer, width=width)
-        if not _hub_mode():
+        if not _hub_mode() and not sae_cached(info["sae_release"], sae_id):
             # SAELens has no cache-only switch: refuse rather than let it try the network
+            # (with the files in the local cache, hf_hub_download reads them offline)
             why = "HF_HUB_OFFLINE is set" if hub_offline_env() else "huggingface.co is not reachable"
             raise _hub_unavailable(f"SAE {info['sae_release']}/{sae_id}", info["local"], why)
         return SAE.from_pretrained(info["sae_release"], sae_id, device=dev)
     raise CourseError(f"unknown model {name!r} for load_sae: embedded models are {', '.join(LOCAL_MODELS)}; "
                       f"hub models are {', '.join(HUB_MODELS)}")
+
+
+def sae_cached(release: str, sae_id: str) -> bool:
+    """True when the files SAELens reads for (release, sae_id) are in the local HF cache:
+    cfg.json + sae_weights.safetensors (SAELens format) or params.npz (Gemma Scope)."""
+    from huggingface_hub import try_to_load_from_cache
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    entry = get_pretrained_saes_directory().get(release)
+    if entry is None or sae_id not in entry.saes_map:
+        return False
+    folder = entry.saes_map[sae_id]
+    names = ["params.npz"] if entry.conversion_func == "gemma_2" else ["cfg.json", "sae_weights.safetensors"]
+    return all(isinstance(try_to_load_from_cache(entry.repo_id, f"{folder}/{n}"), str) for n in names)
 
 
 def available_models() -> dict[str, list[str]]:

@@ -83,8 +83,12 @@ def single_thread():
 def encode_docs(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> list[list[int]]:
     """BOS + tokens + EOS for each text (the tokenizer adds BOS), cut to `max_len`."""
     out = []
+    bos = tokenizer.bos_token_id
     for ids in tokenizer(list(texts))["input_ids"]:
-        ids = list(ids) + [tokenizer.eos_token_id]
+        # hub tokenizers such as GPT-2's add no BOS: prepend it, as TransformerLens and the
+        # SAEs trained on them do (callers treat position 0 as BOS)
+        ids = ([bos] if bos is not None and (not ids or ids[0] != bos) else []) + list(ids)
+        ids = ids + [tokenizer.eos_token_id]
         out.append(ids[:max_len])
     return out
 
@@ -174,7 +178,8 @@ def next_token_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i: i + batch_size]), return_tensors="pt", padding=True, padding_side="left")
+        enc = tokenizer(list(prompts[i: i + batch_size]), return_tensors="pt", padding=True,
+                        padding_side="left").to(model.device)   # the gpu profile: inputs on the model's device
         pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos).logits[:, -1]
         out.append(torch.log_softmax(logits.float(), -1))
@@ -190,7 +195,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     torch.manual_seed(seed)
     outs = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i: i + batch_size]), return_tensors="pt", padding=True, padding_side="left")
+        enc = tokenizer(list(prompts[i: i + batch_size]), return_tensors="pt", padding=True,
+                        padding_side="left").to(model.device)   # the gpu profile: inputs on the model's device
         gen = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
             temperature=temperature if not greedy else None, top_k=0 if not greedy else None, top_p=None,

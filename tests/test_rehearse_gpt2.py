@@ -1,0 +1,173 @@
+"""The gpu profile's GPT-2 hub path, rehearsed offline at full GPT-2 shape against the
+hub-shaped random-weight fixtures (utils/lm/fixtures.py, utils/lm/rehearse.py): the fixture
+writer, load_model("gpt2") + TransformerLens, load_sae("gpt2", layer=8), the steering hook,
+one training step of each TRL method (RLOO, GRPO, DPO), and the rehearsal helpers of the
+gpu profile (cut sizes, skipped claim asserts, the T4 estimate, deltas on disk)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.brainscan import analysis as A
+from utils.core import CourseError
+from utils.course import gpu_check as G
+from utils.lm import fixtures as F
+from utils.lm.models import encode_docs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("hub-fixtures")
+    F.write_fixtures(home, gpt2_layers=(8,), gemma="none")
+    return home
+
+
+def test_fixture_cache_layout(hf_home):
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = hf_home / "hub"
+    for repo, files in ((F.GPT2_REPO, ["config.json", "model.safetensors", "tokenizer.json", "vocab.json",
+                                       "merges.txt", "tokenizer_config.json"]),
+                        (F.GPT2_SAE_REPO, [f"blocks.8.hook_resid_pre/{n}" for n in
+                                           ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")])):
+        for name in files:
+            got = try_to_load_from_cache(repo, name, cache_dir=hub)
+            assert isinstance(got, str) and Path(got).is_file(), (repo, name, got)
+        ref = hub / ("models--" + repo.replace("/", "--")) / "refs" / "main"
+        assert ref.read_text() == F.commit_of(repo)
+    cfg = json.loads(Path(try_to_load_from_cache("gpt2", "config.json", cache_dir=hub)).read_text())
+    assert (cfg["n_layer"], cfg["n_embd"], cfg["vocab_size"], cfg["n_ctx"]) == (12, 768, 50257, 1024)
+    assert cfg[F.FIXTURE_MARKER]
+    tok = json.loads(Path(try_to_load_from_cache("gpt2", "tokenizer.json", cache_dir=hub)).read_text())
+    assert len(tok["model"]["vocab"]) == 50257
+    assert tok["model"]["vocab"]["<|endoftext|>"] == 50256
+    sae = json.loads(Path(try_to_load_from_cache(F.GPT2_SAE_REPO, "blocks.8.hook_resid_pre/cfg.json",
+                                                 cache_dir=hub)).read_text())
+    assert (sae["d_in"], sae["d_sae"], sae["hook_point"]) == (768, 24576, "blocks.8.hook_resid_pre")
+
+
+def test_fixture_writer_rejects_bad_input(tmp_path):
+    with pytest.raises(CourseError, match="layers 0-11"):
+        F.write_fixtures(tmp_path, gpt2_layers=(12,), gemma="none")
+    with pytest.raises(CourseError, match="reduced"):
+        F.write_fixtures(tmp_path, gemma="tiny")
+
+
+def test_gpt2_hub_path_at_full_shape(hf_home, tmp_path):
+    """load_model / TL / load_sae / hook / one step of RLOO, GRPO and DPO, offline, in a fresh
+    process whose HF_HOME is the fixture cache (huggingface_hub reads it at import)."""
+    out = tmp_path / "gpt2.json"
+    env = dict(os.environ, **F.env_for(hf_home), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "utils.lm.rehearse", "--json", str(out)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    m = res["model"]
+    assert (m["class"], m["params"], m["n_layers"], m["d_model"], m["d_vocab"]) == (
+        "GPT2LMHeadModel", 124_439_808, 12, 768, 50257)
+    assert m["tokenizer_len"] == 50257 and m["dtype"] == "torch.float32"
+    s = res["sae"]
+    assert (s["hook"], s["d_in"], s["d_sae"]) == ("blocks.8.hook_resid_pre", 768, 24576)
+    assert s["feature_shape"][-1] == 24576 and 0 < s["firing"] < 1 and s["steer_changes_logits"]
+    for method in ("rloo", "grpo", "dpo"):
+        step = res["steps"][method]
+        assert step["history"] >= 1, (method, step)
+        assert step["params_changed"] > 0.5 * step["params"], (method, step)
+    assert res["t4"]["fits"] and 1 < res["t4"]["gpu_gib"] < 15
+
+
+def test_load_sae_offline_without_cache_names_the_alternative(tmp_path):
+    env = dict(os.environ, **F.env_for(tmp_path), PYTHONPATH=str(ROOT))
+    code = ("from utils.lm import load_sae\n"
+            "try:\n    load_sae('gpt2', layer=8)\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert "CourseError" in proc.stdout and "tiny-reviews" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_encode_docs_prepends_bos_for_hub_tokenizers(hf_home):
+    from transformers import AutoTokenizer
+
+    snap = hf_home / "hub" / "models--gpt2" / "snapshots" / F.commit_of("gpt2")
+    tok = AutoTokenizer.from_pretrained(str(snap))
+    plain = tok(["the movie was"])["input_ids"][0]
+    assert plain[0] != tok.bos_token_id          # GPT-2 adds no BOS itself
+    doc = encode_docs(tok, ["the movie was"], 64)[0]
+    assert doc == [tok.bos_token_id, *plain, tok.eos_token_id]
+
+
+def test_encode_docs_keeps_the_course_tokenizer_unchanged():
+    from utils.lm.api import local_dir
+    from utils.lm.tokenizer import load_tokenizer
+
+    d, _ = local_dir("lm/tiny-reviews")
+    tok = load_tokenizer(d)
+    ids = tok(["the movie was"])["input_ids"][0]
+    assert ids[0] == tok.bos_token_id
+    assert encode_docs(tok, ["the movie was"], 64)[0] == [*ids, tok.eos_token_id]
+
+
+def test_rehearse_sizes(monkeypatch):
+    sizes = {"steps": 200, "seeds": [1, 2, 3], "lr": 1e-5}
+    monkeypatch.delenv(G.REHEARSE_ENV, raising=False)
+    assert G.rehearse_sizes(sizes, "gpu", steps=1) == sizes
+    monkeypatch.setenv(G.REHEARSE_ENV, "1")
+    assert G.rehearse_sizes(sizes, "cpu", steps=1) == sizes          # only the gpu profile is cut
+    cut = G.rehearse_sizes(sizes, "gpu", steps=1, seeds=lambda s: s[:2])
+    assert cut == {"steps": 1, "seeds": [1, 2], "lr": 1e-5} and sizes["steps"] == 200
+    with pytest.raises(CourseError, match="not sizes"):
+        G.rehearse_sizes(sizes, "gpu", batch=2)
+
+
+def test_claims_apply_reads_the_fixture_marker(capsys):
+    from transformers import GPT2Config
+
+    real, fake = GPT2Config(n_layer=1), GPT2Config(n_layer=1)
+    setattr(fake, F.FIXTURE_MARKER, F.MARKER_TEXT)
+    assert G.claims_apply(real) is True and capsys.readouterr().out == ""
+    assert G.claims_apply(fake) is False
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "SKIPPED" in out[0]
+
+
+def test_t4_estimate():
+    gib = 2**30
+    gpt2 = G.t4_estimate(124_439_808, 12, 768, 50257, batch=16, seq=80, trainable=True, ref_model=True,
+                         extra_models=2)
+    # model x3 (base, TL form, tuned) + reference + grads and Adam (x3) in fp32, and the rest
+    assert gpt2["parts_gib"]["gpu model"] == round(3 * 124_439_808 * 4 / gib, 2)
+    assert gpt2["parts_gib"]["gpu grads_adam"] == round(3 * 124_439_808 * 4 / gib, 2)
+    assert gpt2["fits"]
+    # chapter 03 before the fix: 36 runs' deltas (real + null) kept in RAM
+    kept = G.t4_estimate(124_439_808, 12, 768, 50257, batch=16, seq=80, host_params=36 * 124_439_808)
+    assert not kept["fits"] and kept["host_gib"] > 16
+    # a 2.6B model trained in fp32 with Adam does not fit a T4
+    assert not G.t4_estimate(2_614_341_888, 26, 2304, 256000, batch=8, seq=128, bytes_per_param=2,
+                             trainable=True)["fits"]
+
+
+def test_delta_store_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    deltas = {"a.weight": torch.randn(6, 4, generator=g), "a.bias": torch.randn(4, generator=g)}
+    store = A.DeltaStore(deltas, tmp_path, "run")
+    assert store.path.exists() and len(store) == 2 and set(store) == set(deltas)
+    assert A.truncatable_names(store) == ["a.weight"]
+    for n, d in deltas.items():
+        assert torch.equal(store[n], d)
+    assert A.global_norm(store) == pytest.approx(A.global_norm(deltas))
+    with pytest.raises(KeyError):
+        store["missing"]
+    base = torch.nn.Linear(6, 4)
+    base.weight.data.zero_()
+    rebuilt = A.rebuilt_model(torch.nn.ModuleDict({"a": base}), {"a.weight": store["a.weight"].T.contiguous(),
+                                                                  "a.bias": store["a.bias"]})
+    assert torch.allclose(rebuilt["a"].weight, deltas["a.weight"].T)

@@ -1,0 +1,176 @@
+"""Rehearse the gpu profile offline against the hub-shaped fixtures (utils/lm/fixtures.py).
+
+    python -m utils.lm.rehearse                       # `make rehearse`: fixtures, GPT-2 path, chapters
+    python -m utils.lm.rehearse --only gpt2           # the GPT-2 path alone (what CI runs)
+
+Each part runs in a fresh subprocess whose environment points every Hugging Face library at
+the fixtures (`HF_HOME=<fixtures> HF_HUB_OFFLINE=1`: the libraries read these at import), with
+`COURSE_PROFILE=gpu COURSE_REHEARSE=1`: the chapters' gpu branch, with the step counts and batch
+sizes that `utils.course.gpu_check.rehearse_sizes` cuts. The report gives, per part: seconds,
+peak CPU memory (the subprocess tree's max RSS), the memory the FULL gpu profile would need on a
+16 GB T4 (`utils.course.gpu_check.t4_estimate`, from the shapes the rehearsal ran with), and
+the status. It is written to _build/rehearse/report.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from utils.checkpoints import REPO_ROOT
+
+BUILD = REPO_ROOT / "_build" / "rehearse"
+CHAPTERS = ("02_algorithm_distillation", "03_rlhf_brain_scan", "04_steering_with_rl")
+
+
+def rehearse_gpt2(methods=("rloo", "grpo", "dpo"), sae_layer: int = 8) -> dict:
+    """The GPT-2 hub path at full shape, in this process (run it with the fixture environment):
+    load_model("gpt2") with its TransformerLens form, load_sae("gpt2", layer), an SAE feature
+    read-out and the steering hook on the residual stream, and ONE training step of each TRL
+    method with the chapter-03 trainer. Returns shapes, timings and the T4 estimate."""
+    import torch
+
+    from utils.brainscan.analysis import weight_deltas
+    from utils.brainscan.train import BrainScanConfig, get_task, train_method
+    from utils.course.gpu_check import t4_estimate
+    from utils.lm import load_model, load_sae
+    from utils.lm.fixtures import is_fixture
+    from utils.steering.hook import steer_resid
+
+    out: dict = {"steps": {}}
+    t0 = time.time()
+    lm = load_model("gpt2")
+    if lm.source != "hub" or not is_fixture(lm):
+        raise RuntimeError(f"expected the hub fixture for gpt2, got source={lm.source}, fixture={is_fixture(lm)}")
+    n_params = sum(p.numel() for p in lm.hf.parameters())
+    tl = lm.tl
+    out["model"] = {"class": type(lm.hf).__name__, "params": n_params, "n_layers": tl.cfg.n_layers,
+                    "d_model": tl.cfg.d_model, "d_vocab": tl.cfg.d_vocab, "dtype": str(lm.hf.dtype),
+                    "tokenizer_len": len(lm.tokenizer), "seconds": round(time.time() - t0, 1)}
+    t1 = time.time()
+    sae = load_sae("gpt2", layer=sae_layer)
+    hook = sae.cfg.metadata.hook_name
+    ids = tl.to_tokens(["the movie was great and", "the plot was dull but"])
+    with torch.no_grad():
+        _, cache = tl.run_with_cache(ids, names_filter=hook)
+        feats = sae.encode(cache[hook])
+        feat = torch.full(ids.shape, -1, device=ids.device)
+        feat[:, -1] = int(feats[0, -1].argmax())
+        clean = tl(ids)[:, -1]
+        steered = tl.run_with_hooks(ids, fwd_hooks=[(hook, lambda r, hook: steer_resid(r, sae, feat, 40.0))])[:, -1]
+    out["sae"] = {"class": type(sae).__name__, "hook": hook, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+                  "feature_shape": list(feats.shape), "firing": float((feats > 0).float().mean()),
+                  "steer_changes_logits": bool((steered - clean).abs().max() > 0),
+                  "seconds": round(time.time() - t1, 1)}
+    del cache
+    cfg = BrainScanConfig(steps=1, lr=1e-5, prompts_per_step=2, num_generations=2, pair_samples=2,
+                          max_new_tokens=8, seed=0)
+    task = get_task("sentiment")
+    for m in methods:
+        t2 = time.time()
+        tuned, log = train_method(lm, m, task, cfg)
+        d = weight_deltas(lm.hf, tuned)
+        moved = sum(int(v.abs().max() > 0) for v in d.values())
+        out["steps"][m] = {"seconds": round(time.time() - t2, 1), "history": len(log["history"]),
+                           "params_changed": moved, "params": len(d)}
+        del tuned, d
+    out["t4"] = t4_estimate(n_params, n_layers=tl.cfg.n_layers, d_model=tl.cfg.d_model, d_vocab=tl.cfg.d_vocab,
+                            batch=8, seq=128, trainable=True, ref_model=True, extra_models=1)
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------ the runner
+def _env(hf_home: Path) -> dict:
+    from utils.lm.fixtures import env_for
+
+    env = dict(os.environ)
+    env.update(env_for(hf_home))
+    env.update(COURSE_PROFILE="gpu", COURSE_REHEARSE="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+               MKL_NUM_THREADS=env.get("MKL_NUM_THREADS", "1"), PYTHONPATH=str(REPO_ROOT))
+    return env
+
+
+def _run(cmd: list[str], env: dict, log: Path, timeout: int) -> tuple[int, float, float]:
+    """(return code, seconds, peak resident GiB of the child process tree, polled) of one part."""
+    from utils.course.run import _PeakMemory
+
+    t0 = time.time()
+    with open(log, "w") as f, _PeakMemory() as mem:
+        try:
+            rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                                cwd=REPO_ROOT).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    return rc, time.time() - t0, mem.peak / 1024
+
+
+def _run_chapter(chapter: str, timeout: int) -> int:
+    """(in the child) execute the chapter's solution notebook at the gpu profile into _build/rehearse/."""
+    from utils.course.run import run_notebook
+
+    res = run_notebook(REPO_ROOT / "solutions" / f"{chapter}.ipynb", BUILD / f"{chapter}.ipynb", "gpu", chapter,
+                       timeout=timeout)
+    print(f"{chapter}: {res.status} in {res.seconds} s {res.error}")
+    return 0 if res.status == "ok" else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.lm.rehearse")
+    p.add_argument("--fixtures", default=str(REPO_ROOT / "_build" / "hub-fixtures"), help="HF_HOME of the fixtures")
+    p.add_argument("--only", nargs="*", default=None, help="parts: gpt2 and/or chapter ids (default: all)")
+    p.add_argument("--gemma", choices=("reduced", "full", "none"), default="reduced")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per part")
+    p.add_argument("--json", help="(internal) run the GPT-2 path here and write its result to this file")
+    p.add_argument("--chapter", help="(internal) execute this chapter here")
+    args = p.parse_args(argv)
+    if args.chapter:
+        return _run_chapter(args.chapter, args.timeout)
+    if args.json:
+        res = rehearse_gpt2()
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return 0
+    BUILD.mkdir(parents=True, exist_ok=True)
+    hf_home = Path(args.fixtures)
+    parts = args.only or ["gpt2", *CHAPTERS]
+    if not (hf_home / "FIXTURES.json").exists():
+        from utils.lm.fixtures import write_fixtures
+        print(f"writing the fixtures to {hf_home} ...", flush=True)
+        write_fixtures(hf_home, gemma=args.gemma)
+    env = _env(hf_home)
+    rows = []
+    for part in parts:
+        log = BUILD / f"{part}.log"
+        est = BUILD / f"{part}.t4.json"
+        est.unlink(missing_ok=True)
+        env["COURSE_REHEARSE_REPORT"] = str(est)
+        print(f"--- rehearsing {part} (log: {log})", flush=True)
+        if part == "gpt2":
+            cmd = [sys.executable, "-m", "utils.lm.rehearse", "--json", str(est)]
+        else:
+            cmd = [sys.executable, "-m", "utils.lm.rehearse", "--chapter", part, "--timeout", str(args.timeout)]
+        rc, secs, peak = _run(cmd, env, log, args.timeout)
+        t4 = json.loads(est.read_text()).get("t4") if est.exists() else None
+        status = "ok" if rc == 0 else ("timeout" if rc == 124 else f"failed (rc {rc}): see {log.name}")
+        rows.append({"part": part, "seconds": round(secs), "peak_cpu_gib": round(peak, 2),
+                     "t4_gib": t4["total_gib"] if t4 else None, "t4_fits": t4["fits"] if t4 else None,
+                     "status": status})
+        print(json.dumps(rows[-1]), flush=True)
+    load = os.getloadavg()
+    md = ["| chapter | seconds | peak CPU memory (GiB) | estimated T4 memory (GiB) | status |", "|---|---|---|---|---|"]
+    for r in rows:
+        t4 = "-" if r["t4_gib"] is None else f"{r['t4_gib']:.1f} ({'fits' if r['t4_fits'] else 'DOES NOT FIT'} 15 GiB)"
+        md.append(f"| {r['part']} | {r['seconds']} | {r['peak_cpu_gib']:.2f} | {t4} | {r['status']} |")
+    md.append(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; fixtures: {hf_home}")
+    (BUILD / "report.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
