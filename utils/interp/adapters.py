@@ -66,6 +66,58 @@ def detect_kind(module: nn.Module) -> str:
     return "module"
 
 
+def route_through(sub: nn.Module, point: HookPoint):
+    """Register a forward hook on `sub` that passes its output through `point` and returns what the
+    HookPoint returns (so hooks added to `point` read or replace the output); returns the handle
+    (`handle.remove()` undoes it). The module's class and weights are not touched."""
+    return sub.register_forward_hook(lambda module, inputs, output: point(output))
+
+
+def sb3_actor_critic_forward(policy: nn.Module, obs: Tensor) -> tuple[Tensor, Tensor]:
+    """(action logits [batch, n_actions], value [batch]) of a Stable-Baselines3 ActorCriticPolicy:
+    the path of `policy.forward` (features, mlp_extractor, action_net / value_net), no sampling."""
+    features = policy.extract_features(obs)
+    if policy.share_features_extractor:
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+    else:
+        latent_pi = policy.mlp_extractor.forward_actor(features[0])
+        latent_vf = policy.mlp_extractor.forward_critic(features[1])
+    return policy.action_net(latent_pi), policy.value_net(latent_vf).squeeze(-1)
+
+
+def submodule_outputs(module: nn.Module, call: Callable[[], object]) -> dict[str, object]:
+    """{path: output} of every submodule of `module` (not the root) that runs during `call()`, in
+    the order they first finish; a submodule called twice keeps its first output."""
+    outputs: dict[str, object] = {}
+    handles = [sub.register_forward_hook(lambda m, i, o, path=path: outputs.setdefault(path, o))
+               for path, sub in module.named_modules() if path]
+    try:
+        call()
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+def tensor_output_paths(module: nn.Module, call: Callable[[], object]) -> list[str]:
+    """The paths of the submodules of `module` whose output during `call()` is one tensor: the ones
+    a HookPoint can stand after (tuple outputs, such as SB3's mlp_extractor, are left out)."""
+    return [p for p, o in submodule_outputs(module, call).items() if isinstance(o, Tensor)]
+
+
+def reinitialise_module(module: nn.Module, seed: int) -> nn.Module:
+    """A deep copy of `module` in which every submodule with `reset_parameters` is re-drawn, from
+    the global generator seeded with `seed` inside `torch.random.fork_rng` (so the caller's random
+    state is untouched): the random-init control. The original is not modified."""
+    clone = copy.deepcopy(module)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for sub in clone.modules():
+            if callable(getattr(sub, "reset_parameters", None)):
+                sub.reset_parameters()
+    return clone
+
+
 def hook_name(path: str) -> str:
     """The TransformerLens-style hook name of a submodule's output."""
     return f"{path}.hook_out"
@@ -133,14 +185,15 @@ class AdaptedPolicy(HookedRootModule):
 
     def _dry_run(self, obs: Tensor) -> dict[str, object]:
         """Call the wrapped forward once, recording every submodule's output (its type and shape)."""
-        outputs: dict[str, object] = {}
-        handles = []
-        for path, sub in self.module.named_modules():
-            if path:
-                handles.append(sub.register_forward_hook(lambda m, i, o, path=path: outputs.setdefault(path, o)))
-        try:
+        result = {}
+
+        def call():
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                logits, value = self._raw_forward(obs)
+                result["out"] = self._raw_forward(obs)
+
+        try:
+            outputs = submodule_outputs(self.module, call)
+            logits, value = result["out"]
         except CourseError:
             raise
         except Exception as e:
@@ -148,9 +201,6 @@ class AdaptedPolicy(HookedRootModule):
             raise CourseError(f"cannot call {_signature(self.module)} (adapter kind {self.kind!r}) on observations of "
                               f"shape {tuple(obs.shape)}: {type(e).__name__}: {msg}; pass forward_fn=lambda module, obs: "
                               "<action logits> or example_obs of the right shape") from None
-        finally:
-            for h in handles:
-                h.remove()
         if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(obs):
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise CourseError(f"{_signature(self.module)} gave {shape}, not action logits [batch, n_actions]: pass "
@@ -189,7 +239,7 @@ class AdaptedPolicy(HookedRootModule):
         subs = dict(self.module.named_modules())
         for i, path in enumerate(self._paths.values()):
             point = self.points[f"p{i}"]
-            self._handles.append(subs[path].register_forward_hook(lambda m, inp, out, point=point: point(out)))
+            self._handles.append(route_through(subs[path], point))
 
     def setup(self) -> None:
         """TransformerLens's setup, over the adapter's own HookPoints only: the wrapped network's
@@ -214,13 +264,7 @@ class AdaptedPolicy(HookedRootModule):
     def _raw_forward(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
         m = self.module
         if self.kind == "sb3_actor_critic":
-            features = m.extract_features(obs)
-            if m.share_features_extractor:
-                latent_pi, latent_vf = m.mlp_extractor(features)
-            else:
-                latent_pi = m.mlp_extractor.forward_actor(features[0])
-                latent_vf = m.mlp_extractor.forward_critic(features[1])
-            return m.action_net(latent_pi), m.value_net(latent_vf).squeeze(-1)
+            return sb3_actor_critic_forward(m, obs)
         if self.kind == "sb3_q":
             q = m.q_net(obs)
             return q, q.max(-1).values
@@ -273,12 +317,11 @@ class AdaptedPolicy(HookedRootModule):
     def reinitialised(self, seed: int) -> "AdaptedPolicy":
         """A copy whose every layer with `reset_parameters` is re-drawn from a seeded generator: the
         random-init control (same architecture and hooks, no training)."""
-        clone = self._bare_copy()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for sub in clone.modules():
-                if sub is not clone and callable(getattr(sub, "reset_parameters", None)):
-                    sub.reset_parameters()
+        self.remove()
+        try:
+            clone = reinitialise_module(self.module, seed)
+        finally:
+            self._attach()
         hooks = dict(self._paths)
         return AdaptedPolicy(clone, self.example_obs, hooks=hooks, forward_fn=self.forward_fn, kind=self.kind)
 

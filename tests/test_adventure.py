@@ -1,0 +1,145 @@
+"""utils.adventure: the generic harness (collect, label, probe, pairs, patch, steer), the DoorKey
+agents it is demonstrated on, and the project kit."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utils.adventure import harness as H
+from utils.adventure import project
+from utils.core import CourseError
+from utils.interp.adapters import adapt
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cartpole_agent(seed=0):
+    """A fixed rule in a network: push the cart the way the pole leans (obs[2] > 0 -> action 1)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.zero_()
+        net[0].weight[0, 2], net[0].weight[1, 2] = 10.0, -10.0
+        net[2].weight.zero_()
+        net[2].bias.zero_()
+        net[2].weight[1, 0], net[2].weight[0, 1] = 1.0, 1.0
+    return adapt(net, example_obs=torch.zeros(1, 4))
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(1)
+    agent = _cartpole_agent()
+    return agent, H.collect(agent, "CartPole-v1", n_episodes=8, seed=0, greedy=True, progress=False,
+                            state_fn=lambda env: {"angle": float(env.unwrapped.state[2])})
+
+
+def test_collect_records_every_step(data):
+    agent, d = data
+    n = len(d)
+    assert d.obs.shape == (n, 4) and d.logits.shape == (n, 2) and d.value is None
+    assert d.action.shape == d.episode.shape == d.step.shape == d.reward.shape == (n,)
+    assert torch.equal(d.action, d.greedy)                       # greedy=True
+    assert torch.equal(d.logits, agent(d.obs))                    # the logits of the observation recorded
+    assert set(d.acts) == set(agent.hook_dict) - {"hook_value"} and torch.equal(d.acts["1.hook_out"], agent.module[1](agent.module[0](d.obs)))
+    assert d.episode.unique().tolist() == list(range(8)) and len(d.returns) == 8
+    assert all(np.isclose(i["angle"], float(o[2]), atol=1e-6) for i, o in zip(d.info, d.obs))   # state_fn before the step
+    again = H.collect(agent, "CartPole-v1", n_episodes=8, seed=0, greedy=True, progress=False)
+    assert torch.equal(again.obs, d.obs)                          # seeded
+
+
+def test_label_probe_pairs_patch_steer(data):
+    agent, d = data
+    y = H.label(d, lambda info, obs: info["angle"] > 0)
+    assert torch.equal(y, (d.obs[:, 2] > 0).long())
+    f = H.probe_variable(agent, d, y, "1.hook_out")
+    assert f.value[0] > 0.9 and f.beats_control and "random-init agent" in f.other_controls
+    assert "held-out episodes" in f.unit and "probe accuracy" in str(f)
+    pairs = H.counterfactual_pairs(d, y, n_pairs=40)
+    lab = y[pairs["clean_idx"]], y[pairs["corrupt_idx"]]
+    assert (lab[0] == 1).all() and (lab[1] == 0).all() and (pairs["a_clean"] != pairs["a_corrupt"]).all()
+    assert torch.all(pairs["distance"][1:] >= pairs["distance"][:-1])
+    # the nearest: no other eligible observation is closer to the first clean observation
+    x = d.obs.reshape(len(d), -1)
+    i = pairs["clean_idx"][0]
+    ok = (y == 0) & (d.greedy != d.greedy[i])
+    assert torch.isclose((x[ok] - x[i]).abs().sum(1).min(), pairs["distance"][0].double().float(), atol=1e-5)
+    p = H.patch_pairs(agent, pairs, "1.hook_out", k=2)
+    assert p.value[0] > p.control[0] and "held-out pairs" in p.unit
+    s = H.steer_variable(agent, d, y, pairs, "1.hook_out", scales=(1.0, 3.0))
+    assert set(s.detail["per_scale"]) == {1.0, 3.0} and s.beats_control
+
+
+def test_nearest_counterfactual_small_case():
+    x = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
+    labels = torch.tensor([1, 0, 0, 1])
+    actions = torch.tensor([0, 0, 1, 0])
+    idx, dist = H.nearest_counterfactual(x, labels, actions)
+    assert idx.tolist() == [2, 2] and dist.tolist() == [3.0, 7.0]    # row 1 has the same action: skipped
+    idx, dist = H.nearest_counterfactual(x, labels, torch.zeros(4, dtype=torch.long))
+    assert idx.tolist() == [-1, -1] and torch.isinf(dist).all()
+
+
+def test_steering_hits_adds_the_direction():
+    agent = _cartpole_agent()
+    obs = torch.tensor([[0.0, 0.0, -0.5, 0.0], [0.0, 0.0, 0.5, 0.0]])
+    hits = H.steering_hits(agent, "1.hook_out", obs, torch.tensor([1, 1]), torch.tensor([100.0] + [0.0] * 15), 1.0)
+    assert hits.tolist() == [1.0, 1.0]
+    assert H.steering_hits(agent, "1.hook_out", obs, torch.tensor([1, 1]), torch.zeros(16), 1.0).tolist() == [0.0, 1.0]
+
+
+def test_bad_input_is_one_line(data):
+    agent, d = data
+    cases = [(lambda: H.gym_env("CartPole-v9"), r"not a registered Gymnasium id.*CartPole-v1"),
+             (lambda: H.collect(agent, "NoSuchEnv-v0", 1), "not a registered"),
+             (lambda: H.collect(agent, "CartPole-v1", 0), "n_episodes"),
+             (lambda: H.collect(agent, "CartPole-v1", 1, hooks=["layer9"]), r"unknown hook name.*1.hook_out"),
+             (lambda: H.label(d, lambda info, obs: info["has_key"]), r"variable function failed on step 0 of episode 0 "
+                                                                     r"with KeyError.*info keys are \['angle'\]"),
+             (lambda: H.label(d, lambda info, obs: 0.5), "bool or a class index"),
+             (lambda: H.counterfactual_pairs(d, torch.zeros(len(d), dtype=torch.long)), "only one value"),
+             (lambda: H.probe_variable(agent, d, torch.zeros(3), "1.hook_out"), "one entry per step"),
+             (lambda: H.patch_pairs(agent, {"clean": d.obs}, "1.hook_out"), "counterfactual_pairs")]
+    for fn, match in cases:
+        with pytest.raises(CourseError, match=match) as e:
+            fn()
+        assert "\n" not in str(e.value)
+
+
+def test_doorkey_state_and_shipped_agents():
+    from utils.adventure import doorkey as D
+
+    env = D.make_doorkey()
+    obs, _ = env.reset(seed=3)
+    st = D.doorkey_state(env)
+    assert obs.shape == (147,) and not st["has_key"] and not st["door_open"] and st["key_pos"] is not None
+    assert D.target_side(st) in (0, 1, 2, 3)
+    model, entry = D.load_shipped(0)
+    assert entry["metrics"]["greedy_success_100"] > 0.8 and "python -m utils.adventure.doorkey" in entry["command"]
+    assert D.greedy_success(adapt(model), 5, seed=10_000).mean() > 0.5
+
+
+def test_project_template_passes_the_notebook_checks(tmp_path):
+    from utils.course.check import notebook_problems
+    from utils.course.setup_cell import setup_cell_source
+
+    path = project.write_project_notebook(tmp_path / "notebooks" / "my_project.ipynb")
+    assert notebook_problems(path, setup_cell_source()) == []
+    nb = json.loads(path.read_text())
+    text = "".join("".join(c["source"]) for c in nb["cells"])
+    for section in project.SECTIONS:
+        assert section in text
+    assert "from utils.adventure.harness import" in text and "adapt(" in text
+    w = project.write_writeup(tmp_path / "writeup.md")
+    assert all(h in w.read_text() for h in project.WRITEUP_HEADINGS)
+    with pytest.raises(CourseError, match="exists"):
+        project.write_project_notebook(path)

@@ -1,0 +1,182 @@
+"""The project kit of chapter 12: a blank project notebook and a write-up template, generated here.
+
+This module is the single source of both. The notebook is built from the course's own pieces
+(the standard setup cell of `utils.course.setup_cell`, the parameters-cell convention, the
+folding of `utils.course.notebooks.normalise`), so it passes `utils.course.check`'s notebook
+rules (tests/test_adventure.py proves it). It is not committed: it is written where you want it,
+
+    python -m utils.adventure.project notebooks/my_project.ipynb   # + my_project_writeup.md
+
+(put it in a folder two levels deep or more, e.g. inside your clone), so it never goes stale.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import nbformat
+
+from utils.core import CourseError
+
+SECTIONS = ("## 0. The question", "## 1. The agent", "## 2. Adapt it", "## 3. Collect and define the variable",
+            "## 4. Probe", "## 5. Counterfactual pairs and patching", "## 6. Steering",
+            "## 7. Over training seeds", "## 8. Verdict and what would change my mind")
+WRITEUP_HEADINGS = ("## Question", "## Hypotheses", "## The experiment that separates them",
+                    "## Numbers (with intervals and their unit)", "## Controls", "## What would change my mind",
+                    "## Caveats and next experiment")
+
+_INTRO = """# Project: <your title>
+
+Write one sentence per line below before running anything (the write-up template,
+`python -m utils.adventure.project` writes it beside this notebook, has the long form).
+
+- **Agent and environment**: which agent (paper, checkpoint, library) in which Gymnasium env.
+- **Variable of interest**: a function of the env's info or of the observation.
+- **Claim to test**: "the agent represents X at layer L and uses it to choose Y".
+- **What would change my mind**: the result that would make you drop the claim.
+
+Chapter 12 (`solutions/12_choose_your_own_adventure.ipynb`) runs every step below on a worked
+example; the reading list on the chapter's page maps published work to the closest chapter."""
+
+_PARAMS = """# Parameters: papermill overrides PROFILE (smoke | cpu | gpu); each profile selects its sizes.
+from utils import default_profile
+
+PROFILE = default_profile()
+SIZES = {
+    "smoke": dict(seeds=[0], n_episodes=20),
+    "cpu": dict(seeds=[0, 1, 2], n_episodes=100),
+    "gpu": dict(seeds=[0, 1, 2, 3, 4], n_episodes=300),
+}"""
+
+_IMPORTS = """import torch
+
+from utils import select_profile, set_seed
+from utils.adventure.harness import (collect, counterfactual_pairs, gym_env, label, patch_pairs,
+                                     probe_variable, steer_variable)
+from utils.interp.adapters import adapt
+from utils.stats import fmt_interval, ordering_verdict, seed_summary
+
+S = select_profile(SIZES, PROFILE)
+SEEDS = S["seeds"]
+set_seed(0)"""
+
+_CELLS = [
+    ("## 0. The question", "State the question, your hypotheses (at least two), and the experiment that separates them.", None),
+    ("## 1. The agent", "Load or train the agent, once per training seed, and report how well it plays "
+     "(with an interval) beside a random policy.",
+     "ENV_ID = \"CartPole-v1\"      # your Gymnasium id (register your own env with gymnasium.register)\n"
+     "env_fn = gym_env(ENV_ID)     # wrappers=[...] for image or dict observations\n"
+     "models = {}                  # {seed: your trained network, e.g. an SB3 model's .policy}"),
+    ("## 2. Adapt it", "`adapt` wraps the network; print the hook names and shapes, and check one activation "
+     "against a manual forward pass before trusting anything else.",
+     "agents = {seed: adapt(m) for seed, m in models.items()}   # example_obs=... for a plain nn.Module\n"
+     "for agent in agents.values():\n    agent.print_hooks()\n    break"),
+    ("## 3. Collect and define the variable", "Collect episodes with `state_fn` reading the env's state, then define "
+     "the variable of interest with `label`.",
+     "data = {seed: collect(agent, env_fn, S[\"n_episodes\"], seed=seed) for seed, agent in agents.items()}\n"
+     "VARIABLE = lambda info, obs: bool(obs[2] > 0)   # replace with your variable\n"
+     "labels = {seed: label(d, VARIABLE) for seed, d in data.items()}"),
+    ("## 4. Probe", "Probe the variable at each layer: held-out episodes, chance baselines, and the random-init agent.",
+     "HOOK = \"<a name from print_hooks>\"\n"
+     "# probes = {seed: probe_variable(agents[seed], data[seed], labels[seed], HOOK) for seed in SEEDS}"),
+    ("## 5. Counterfactual pairs and patching", "Pairs of nearby observations that differ in the variable and in "
+     "the action; patch the top units vs random units on held-out pairs.",
+     "# pairs = {seed: counterfactual_pairs(data[seed], labels[seed]) for seed in SEEDS}\n"
+     "# patches = {seed: patch_pairs(agents[seed], pairs[seed], HOOK) for seed in SEEDS}"),
+    ("## 6. Steering", "Add the variable's direction; compare with a norm-matched random direction.",
+     "# steers = {seed: steer_variable(agents[seed], data[seed], labels[seed], pairs[seed], HOOK)\n"
+     "#           for seed in SEEDS}"),
+    ("## 7. Over training seeds", "Every claim as an interval over training seeds (`seed_summary`), beside its "
+     "control, and a verdict from `ordering_verdict`.", "# rows = ..."),
+    ("## 8. Verdict and what would change my mind", "Print the verdict table from the run (no numbers typed by hand), "
+     "then write what you would test next.", None),
+]
+
+_WRITEUP = """# <Project title>
+
+*Agent, environment, training seeds, and where the code and notebook live.*
+
+## Question
+
+One question about the agent's internals, answerable with an experiment.
+
+## Hypotheses
+
+At least two hypotheses that predict different results (H1: the agent represents X at layer L and
+acts on it; H0: X is decodable from the input alone and the agent ignores it; ...).
+
+## The experiment that separates them
+
+Which measurement comes out differently under each hypothesis (probe vs random-init agent,
+patching top units vs random units, steering vs a norm-matched random direction, ...).
+
+## Numbers (with intervals and their unit)
+
+Paste the tables the notebook printed: each number with its 95% interval and the unit it resamples
+(training seeds, held-out episodes, held-out pairs). No number typed by hand.
+
+## Controls
+
+For each claim, its control and how the claim compares with it.
+
+## What would change my mind
+
+The result that would make you drop or reverse the claim, and whether you ran it.
+
+## Caveats and next experiment
+
+Scale, seeds, the environment's quirks; the one experiment you would run next.
+"""
+
+
+def project_notebook() -> nbformat.NotebookNode:
+    """The blank project notebook (setup cell, parameters, the harness imported, sections to fill)."""
+    from utils.course.notebooks import normalise
+    from utils.course.setup_cell import SETUP_TAG, setup_cell_source
+
+    setup = setup_cell_source()
+    cells = [nbformat.v4.new_markdown_cell(_INTRO),
+             nbformat.v4.new_code_cell(setup, metadata={"tags": [SETUP_TAG]}),
+             nbformat.v4.new_code_cell(_PARAMS, metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell(_IMPORTS)]
+    for heading, text, code in _CELLS:
+        cells.append(nbformat.v4.new_markdown_cell(f"{heading}\n\n{text}"))
+        if code:
+            cells.append(nbformat.v4.new_code_cell(code))
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"}})
+    return normalise(nb, setup)
+
+
+def write_project_notebook(path: str | Path, overwrite: bool = False) -> Path:
+    """Write the blank project notebook to `path` (refuses to overwrite an existing file)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CourseError(f"{path} exists: pick another name or pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(project_notebook(), str(path))
+    return path
+
+
+def write_writeup(path: str | Path, overwrite: bool = False) -> Path:
+    """Write the write-up template (markdown) to `path`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CourseError(f"{path} exists: pick another name or pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_WRITEUP)
+    return path
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="write a blank chapter-12 project notebook and its write-up template")
+    p.add_argument("notebook", help="where to write the notebook, e.g. notebooks/my_project.ipynb")
+    a = p.parse_args(argv)
+    nb = write_project_notebook(a.notebook)
+    md = write_writeup(nb.with_name(nb.stem + "_writeup.md"))
+    print(f"wrote {nb} and {md}")
+
+
+if __name__ == "__main__":
+    main()
