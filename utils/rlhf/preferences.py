@@ -147,8 +147,33 @@ def make_preferences(lm, cfg: PreferenceConfig) -> dict[str, list[dict]]:
 
 
 def shuffle_preferences(rows: Sequence[dict], seed: int = 0) -> list[dict]:
-    """The shuffled-preference control: each pair's order is a fair coin (the text is unchanged)."""
-    return add_label_noise(list(rows), 0.5, random.Random(10_007 + seed))
+    """The shuffled-preference control: the order of exactly half of the pairs is swapped (the
+    text is unchanged), chosen at random within each stratum of (label agrees with the truth,
+    chosen is longer), so the shuffled labels carry no information about the true preference or
+    the spurious feature in this sample (a fair coin per pair would leave a chance imbalance that
+    a reward model can fit)."""
+    rng = random.Random(10_007 + seed)
+    strata: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        key = (bool(r.get("flipped", False)), r.get("len_chosen", 0) > r.get("len_rejected", 0))
+        strata.setdefault(key, []).append(i)
+    swap = set()
+    carry = 0
+    for key in sorted(strata):
+        idx = strata[key]
+        rng.shuffle(idx)
+        k = len(idx) // 2 + (len(idx) % 2) * carry
+        carry = (1 - carry) if len(idx) % 2 else carry   # odd strata alternate rounding up and down
+        swap.update(idx[:k])
+    out = []
+    for i, r in enumerate(rows):
+        r = dict(r)
+        if i in swap:
+            r.update(chosen=r["rejected"], rejected=r["chosen"], true_chosen=r.get("true_rejected"),
+                     true_rejected=r.get("true_chosen"), len_chosen=r.get("len_rejected"),
+                     len_rejected=r.get("len_chosen"), flipped=not r.get("flipped", False))
+        out.append(r)
+    return out
 
 
 def validate_pairs(rows: Sequence[dict], where: str = "preference data") -> None:

@@ -242,3 +242,44 @@ def train_policy(lm, rm: RewardModel, cfg: PolicyConfig, snapshot_steps: Sequenc
             hist.append({"step": int(h.get("step", len(hist) + 1)), "proxy": h["rewards/learned_rm/mean"],
                          "true": h["rewards/true_pref/mean"], "kl": h.get("kl", float("nan"))})
     return trainer.model.eval(), {"seconds": time.time() - t0, "history": hist, "snapshots": snaps.states}
+
+
+# ------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def token_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """(logp [n, T], mask [n, T]): the model's log-prob of each completion token given the prompt and
+    the tokens before it (right-padded; mask is 1 on completion tokens)."""
+    enc = tokenizer([p + c for p, c in zip(prompts, completions)], return_tensors="pt", padding=True,
+                    padding_side="right")
+    ids, att = enc["input_ids"], enc["attention_mask"]
+    start = torch.tensor([len(tokenizer(p)["input_ids"]) for p in prompts])
+    with torch_threads(1):
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    pos = torch.arange(1, ids.shape[1])[None, :]
+    mask = ((pos >= start[:, None]) & (att[:, 1:] == 1)).float()
+    return lp * mask, mask
+
+
+def load_snapshot(lm, state: dict):
+    """A copy of the base model with the weights of a training snapshot."""
+    model = copy.deepcopy(lm.hf)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def evaluate_policy(model, lm, rm: RewardModel, prompts: Sequence[str], seed: int = 0, max_new_tokens: int = 24,
+                    toxicity_weight: float = 2.0) -> dict[str, np.ndarray]:
+    """Per completion (one sampled completion per prompt, the same sampling seed for every
+    model): proxy (the RM's score), true (the hidden preference), kl (sampled KL to the base
+    model, summed over tokens) and words (length)."""
+    from utils.lm.models import generate
+    from utils.rlhf.preferences import length, true_reward
+    with torch_threads(1):
+        comps = generate(model, lm.tokenizer, list(prompts), max_new_tokens=max_new_tokens, seed=seed)
+    proxy = rm.score([p + c for p, c in zip(prompts, comps)]).numpy()
+    lp, mask = token_logprobs(model, lm.tokenizer, prompts, comps)
+    lr, _ = token_logprobs(lm.hf, lm.tokenizer, prompts, comps)
+    return {"proxy": proxy, "true": np.array([true_reward(c, toxicity_weight) for c in comps]),
+            "kl": ((lp - lr) * mask).sum(-1).numpy(), "words": np.array([length(c) for c in comps]),
+            "completions": comps, "logp": lp, "logp_ref": lr, "mask": mask}

@@ -1,0 +1,532 @@
+"""Checks for chapter 10 (the RLHF pipeline and its reward model). References live in
+utils.rlhf (preferences, objectives, train, analysis).
+
+Every check draws its inputs from a local `torch.Generator` (models are built inside
+`torch.random.fork_rng`), checks that the caller's tensors are not written into, and compares
+with the reference on more than one case.
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+from torch import Tensor
+
+from utils.core import torch_threads
+from utils.exercises import ExerciseFailed, assert_unchanged, check
+from utils.rlhf import analysis as A
+from utils.rlhf import objectives as O
+from utils.rlhf import preferences as P
+from utils.rlhf import train as T
+
+
+def _quiet(fn):
+    """One thread, the global random state restored afterwards, gradients on."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch_threads(1), torch.random.fork_rng(devices=[]), torch.enable_grad():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _close(got, want, what: str, atol: float = 1e-5) -> None:
+    got = torch.as_tensor(got) if not isinstance(got, Tensor) else got
+    if tuple(got.shape) != tuple(want.shape):
+        raise ExerciseFailed(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}")
+    if not torch.allclose(got.detach().double(), want.detach().double(), atol=atol, rtol=1e-4):
+        raise ExerciseFailed(f"{what}: values differ from the reference (max error "
+                             f"{(got.detach().double() - want.detach().double()).abs().max():.4g})")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------ 1. noisy labels
+@check
+@_quiet
+def check_noisy_preference_labels(fn) -> None:
+    """noisy_preference_labels(r_a, r_b, u, noise) -> bool [n]."""
+    g = _gen(1)
+    for n, noise in ((40, 0.0), (64, 0.1), (50, 0.45)):
+        r_a = torch.randint(-2, 3, (n,), generator=g).float() / 2   # many ties
+        r_b = torch.randint(-2, 3, (n,), generator=g).float() / 2
+        u = torch.rand(n, generator=g)
+        args = [r_a.clone(), r_b.clone(), u.clone()]
+        got = fn(*args, noise)
+        for name, before, after in zip(("r_a", "r_b", "u"), (r_a, r_b, u), args):
+            assert_unchanged(name, before, after)
+        want = P.noisy_preference_labels(r_a, r_b, u, noise)
+        got = torch.as_tensor(got)
+        if got.dtype != torch.bool:
+            raise ExerciseFailed(f"return a bool tensor (True: a is chosen), got dtype {got.dtype}")
+        if tuple(got.shape) != (n,):
+            raise ExerciseFailed(f"expected shape ({n},), got {tuple(got.shape)}")
+        if not torch.equal(got, want):
+            tie = (r_a == r_b) & (got != want)
+            if tie.any():
+                raise ExerciseFailed("labels differ on tied rewards: a tie is not a preference for a (use >)")
+            raise ExerciseFailed(f"noise={noise}: labels differ from the reference on {(got != want).sum()} of {n} "
+                                 "pairs (flip where u < noise)")
+
+
+# ------------------------------------------------------------------------ 2. BT loss
+@check
+@_quiet
+def check_bradley_terry_loss(fn) -> None:
+    """bradley_terry_loss(r_chosen, r_rejected) -> scalar."""
+    g = _gen(2)
+    rc, rr = torch.randn(32, generator=g) * 2, torch.randn(32, generator=g) * 2
+    for a, b in ((rc, rr), (torch.tensor([3.0, -120.0, 0.0, 40.0]), torch.tensor([1.0, 0.0, 0.0, -2.0]))):
+        a2, b2 = a.clone(), b.clone()
+        got = torch.as_tensor(fn(a2, b2))
+        assert_unchanged("r_chosen", a, a2)
+        assert_unchanged("r_rejected", b, b2)
+        if got.numel() != 1:
+            raise ExerciseFailed(f"return one number (the mean over pairs), got shape {tuple(got.shape)}")
+        if not torch.isfinite(got):
+            raise ExerciseFailed("the loss is not finite for a margin of -120: use logsigmoid, not log(sigmoid(.))")
+        _close(got.reshape(()), O.bradley_terry_loss(a, b), "loss")
+
+
+# ------------------------------------------------------------------------ 3. accuracy
+@check
+@_quiet
+def check_preference_accuracy(fn) -> None:
+    """preference_accuracy(r_chosen, r_rejected) -> float, ties count 1/2."""
+    g = _gen(3)
+    for n in (7, 40):
+        rc = torch.randint(0, 3, (n,), generator=g).float()
+        rr = torch.randint(0, 3, (n,), generator=g).float()
+        got = fn(rc.clone(), rr.clone())
+        if not isinstance(got, float):
+            raise ExerciseFailed(f"return a Python float (a fraction), got {type(got).__name__}")
+        want = T.preference_accuracy(rc, rr)
+        if abs(got - want) > 1e-6:
+            raise ExerciseFailed(f"accuracy {got:.4f}, expected {want:.4f} (a tie counts one half)")
+
+
+# ------------------------------------------------------------------------ 4. RLOO
+@check
+@_quiet
+def check_rloo_advantages(fn) -> None:
+    """rloo_advantages(rewards [P, K]) -> [P, K]."""
+    g = _gen(4)
+    for p, k in ((3, 4), (5, 2), (2, 6)):
+        r = torch.randn(p, k, generator=g) * 3 + torch.arange(p)[:, None].float()
+        r2 = r.clone()
+        got = fn(r2)
+        assert_unchanged("rewards", r, r2)
+        _close(torch.as_tensor(got), O.rloo_advantages(r), f"rewards of shape ({p}, {k})")
+
+
+# ------------------------------------------------------------------------ 5. KL penalty
+@check
+@_quiet
+def check_kl_penalised_reward(fn) -> None:
+    """kl_penalised_reward(reward, logp_policy, logp_ref, mask, beta) -> [n]."""
+    g = _gen(5)
+    n, t = 6, 9
+    reward = torch.randn(n, generator=g)
+    lp = -torch.rand(n, t, generator=g) * 3
+    lr = -torch.rand(n, t, generator=g) * 3
+    lengths = torch.tensor([9, 3, 1, 5, 7, 2])
+    mask = (torch.arange(t)[None] < lengths[:, None]).float()
+    lp = lp - 5 * (1 - mask)       # padding holds large values that must not count
+    for beta in (0.05, 0.5):
+        args = [x.clone() for x in (reward, lp, lr, mask)]
+        got = fn(*args, beta)
+        for name, before, after in zip(("reward", "logp_policy", "logp_ref", "mask"), (reward, lp, lr, mask), args):
+            assert_unchanged(name, before, after)
+        _close(torch.as_tensor(got), O.kl_penalised_reward(reward, lp, lr, mask, beta), f"beta={beta}")
+
+
+# ------------------------------------------------------------------ 6. component attribution
+@check
+@_quiet
+def check_component_attribution(fn) -> None:
+    """component_attribution(stack [c, n, d], scale [n, 1], w [d]) -> [c, n]."""
+    g = _gen(6)
+    c, n, d = 5, 4, 8
+    stack = torch.randn(c, n, d, generator=g) + torch.randn(c, n, 1, generator=g) * 3   # non-zero means
+    scale = torch.rand(n, 1, generator=g) * 2 + 0.5
+    w = torch.randn(d, generator=g)
+    args = [stack.clone(), scale.clone(), w.clone()]
+    got = fn(*args)
+    for name, before, after in zip(("stack", "scale", "w"), (stack, scale, w), args):
+        assert_unchanged(name, before, after)
+    want = A.component_attribution(stack, scale, w)
+    _close(torch.as_tensor(got), want, "attribution")
+    # the sum over components is the LayerNorm'd residual . w
+    resid = stack.sum(0)
+    ln = (resid - resid.mean(-1, keepdim=True)) / scale
+    _close(torch.as_tensor(got).sum(0), ln @ w, "sum over components")
+
+
+# ------------------------------------------------------------------------ 7. occlusion
+def _toy_score(table: Tensor, pair: Tensor):
+    def score(batch: Tensor) -> Tensor:
+        T_ = batch.shape[1]
+        pos = torch.linspace(0.5, 1.5, T_)
+        lin = (table[batch] * pos).sum(-1)
+        inter = pair[batch[:, :-1], batch[:, 1:]].sum(-1)
+        return torch.tanh(lin / 3) * 2 + inter
+    return score
+
+
+@check
+@_quiet
+def check_token_occlusion(fn) -> None:
+    """token_occlusion(score_fn, ids [T], replace_id, positions) -> [T]."""
+    g = _gen(7)
+    V = 12
+    table, pair = torch.randn(V, generator=g), torch.randn(V, V, generator=g) * 0.3
+    score = _toy_score(table, pair)
+    ids = torch.randint(1, V, (9,), generator=g)
+    for positions in (None, [2, 3, 7], []):
+        ids2 = ids.clone()
+        got = fn(score, ids2, 0, positions) if positions is not None else fn(score, ids2, 0)
+        assert_unchanged("ids", ids, ids2)
+        want = A.token_occlusion(score, ids, 0, positions)
+        _close(torch.as_tensor(got).float(), want, f"positions={positions}")
+
+
+# ------------------------------------------------------------------------ 8. SAE attribution
+@check
+@_quiet
+def check_sae_feature_attribution(fn) -> None:
+    """sae_feature_attribution(feature_acts [n, T, f], W_dec [f, d], grad [n, T, d]) -> [n, f]."""
+    g = _gen(8)
+    n, t, f, d = 3, 5, 7, 6
+    acts = torch.relu(torch.randn(n, t, f, generator=g))
+    W = torch.randn(f, d, generator=g)
+    grad = torch.randn(n, t, d, generator=g)
+    args = [acts.clone(), W.clone(), grad.clone()]
+    got = fn(*args)
+    for name, before, after in zip(("feature_acts", "W_dec", "grad"), (acts, W, grad), args):
+        assert_unchanged(name, before, after)
+    _close(torch.as_tensor(got), A.sae_feature_attribution(acts, W, grad), "attribution")
+
+
+# ------------------------------------------------------------------------ 9. counterfactuals
+_CF_WEIGHTS = {"good": 1.0, "bad": -1.0, "fun": 0.7, "funny": 0.2, "dull": -0.6, "plot": 0.05, "music": 0.3}
+
+
+def _word_score(texts) -> Tensor:
+    return torch.tensor([sum(_CF_WEIGHTS.get(w, 0.0) for w in re.findall(r"[a-z]+", t)) + 0.01 * len(t)
+                         for t in texts])
+
+
+@check
+@_quiet
+def check_counterfactual_effect(fn) -> None:
+    """counterfactual_effect(score_fn, texts, mapping) -> [n]."""
+    texts = ["the plot was good. the music was bad.", "a funny and fun show.", "good, good; bad!",
+             "nothing to swap here."]
+    for mapping in ({"good": "bad", "bad": "good", "fun": "dull"}, {"plot": "music", "music": "plot"}):
+        got = fn(_word_score, list(texts), dict(mapping))
+        _close(torch.as_tensor(got).float(), A.counterfactual_effect(_word_score, texts, mapping),
+               f"mapping {mapping}")
+
+
+# ------------------------------------------------------------------------ 10. greedy search
+@check
+@_quiet
+def check_greedy_substitution(fn) -> None:
+    """greedy_substitution(objective, ids, candidates, positions, n_rounds) -> ids."""
+    g = _gen(10)
+    V, T_ = 10, 7
+    table, pair = torch.randn(V, generator=g), torch.randn(V, V, generator=g) * 0.8
+    obj = _toy_score(table, pair)
+    for trial in range(3):
+        ids = torch.randint(0, V, (T_,), generator=g)
+        cands = torch.randperm(V, generator=g)[:5].tolist()
+        pos = [1, 3, 4, 6][: 2 + trial]
+        for rounds in (1, 3):
+            ids2 = ids.clone()
+            got = fn(obj, ids2, cands, pos, rounds)
+            assert_unchanged("ids", ids, ids2)
+            want = A.greedy_substitution(obj, ids, cands, pos, rounds)
+            if not torch.equal(torch.as_tensor(got), want):
+                raise ExerciseFailed(f"n_rounds={rounds}: got {torch.as_tensor(got).tolist()}, expected "
+                                     f"{want.tolist()} (start {ids.tolist()})")
+    flat = lambda b: torch.zeros(b.shape[0])  # noqa: E731 - nothing improves: the ids must not change
+    ids = torch.arange(T_)
+    got = fn(flat, ids.clone(), [8, 9], [0, 2], 3)
+    if not torch.equal(torch.as_tensor(got), ids):
+        raise ExerciseFailed("on a flat objective no substitution is strictly better: return the ids unchanged")
+
+
+# ------------------------------------------------------------------------ 11. patching
+def _tiny_tl(seed: int):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=12, d_vocab=20,
+                                  act_fn="gelu", normalization_type="LN", device="cpu", seed=None)
+    with torch.random.fork_rng(devices=[]):
+        model = HookedTransformer(cfg, move_to_device=False)
+    g = _gen(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith(".w"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+    return model.eval()
+
+
+@check
+@_quiet
+def check_patch_components(fn) -> None:
+    """patch_components(tuned, base, tokens, metric, hook_names) -> [len(hook_names)]."""
+    tuned, base = _tiny_tl(11), _tiny_tl(12)
+    tokens = torch.randint(0, 20, (3, 8), generator=_gen(13))
+    metric = lambda logits: logits[:, -1, 3].mean() - logits[:, -1, 5].mean()  # noqa: E731
+    hooks = ["hook_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre",
+             "blocks.1.hook_mlp_out"]
+    t2 = tokens.clone()
+    got = fn(tuned, base, t2, metric, hooks)
+    assert_unchanged("tokens", tokens, t2)
+    want = A.patch_components(tuned, base, tokens, metric, hooks)
+    got = torch.as_tensor(got).float()
+    if tuple(got.shape) == tuple(want.shape):
+        with torch.no_grad():
+            clean = float(metric(tuned(tokens)))
+        if torch.allclose(got, torch.full_like(got, clean), atol=1e-5):
+            raise ExerciseFailed("every patched run equals the unpatched tuned model: patch the BASE model's "
+                                 "activations into the tuned model")
+    _close(got, want, "patched metrics", atol=1e-4)
+
+
+# ------------------------------------------------------------------------ 12. gather
+@check
+@_quiet
+def check_gather_at(fn) -> None:
+    """gather_at(acts [n, T, d], start [n], offset) -> [n, d]."""
+    g = _gen(14)
+    acts = torch.randn(5, 10, 3, generator=g)
+    start = torch.tensor([2, 4, 1, 6, 3])
+    for offset in (0, 2, 3):
+        a2, s2 = acts.clone(), start.clone()
+        got = fn(a2, s2, offset)
+        assert_unchanged("acts", acts, a2)
+        assert_unchanged("start", start, s2)
+        _close(torch.as_tensor(got), A.gather_at(acts, start, offset), f"offset {offset}")
+    for bad in (4, -2):
+        try:
+            fn(acts, start, bad)
+        except (ValueError, IndexError, RuntimeError, AssertionError) as e:
+            if isinstance(e, ExerciseFailed):
+                raise
+            continue
+        except Exception as e:  # noqa: BLE001 - a CourseError is fine too
+            if type(e).__name__ == "CourseError":
+                continue
+            raise
+        raise ExerciseFailed(f"offset {bad} reaches outside some rows: raise an error instead of returning values")
+
+
+CHECKS = {
+    "noisy_preference_labels": check_noisy_preference_labels,
+    "bradley_terry_loss": check_bradley_terry_loss,
+    "preference_accuracy": check_preference_accuracy,
+    "rloo_advantages": check_rloo_advantages,
+    "kl_penalised_reward": check_kl_penalised_reward,
+    "component_attribution": check_component_attribution,
+    "token_occlusion": check_token_occlusion,
+    "sae_feature_attribution": check_sae_feature_attribution,
+    "counterfactual_effect": check_counterfactual_effect,
+    "greedy_substitution": check_greedy_substitution,
+    "patch_components": check_patch_components,
+    "gather_at": check_gather_at,
+}
+
+
+# --- plausible mistakes (the tests prove each check rejects them) ------------------------
+def _labels_no_noise(r_a, r_b, u, noise):
+    return r_a > r_b
+
+
+def _labels_flip_above(r_a, r_b, u, noise):
+    return (r_a > r_b) ^ (u > noise)
+
+
+def _labels_ties_to_a(r_a, r_b, u, noise):
+    return (r_a >= r_b) ^ (u < noise)
+
+
+def _bt_unstable(rc, rr):
+    return -torch.log(torch.sigmoid(rc - rr)).mean()
+
+
+def _bt_reversed(rc, rr):
+    return -torch.nn.functional.logsigmoid(rr - rc).mean()
+
+
+def _bt_sum(rc, rr):
+    return -torch.nn.functional.logsigmoid(rc - rr).sum()
+
+
+def _acc_ties_win(rc, rr):
+    return float((rc >= rr).float().mean())
+
+
+def _acc_ties_lose(rc, rr):
+    return float((rc > rr).float().mean())
+
+
+def _acc_count(rc, rr):
+    return int((rc > rr).sum())
+
+
+def _rloo_mean_all(r):
+    return r - r.mean(-1, keepdim=True)
+
+
+def _rloo_std(r):
+    return (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)
+
+
+def _rloo_wrong_dim(r):
+    K = r.shape[0]
+    return r - (r.sum(0, keepdim=True) - r) / max(K - 1, 1)
+
+
+def _kl_no_mask(reward, lp, lr, mask, beta):
+    return reward - beta * (lp - lr).sum(-1)
+
+
+def _kl_mean(reward, lp, lr, mask, beta):
+    return reward - beta * ((lp - lr) * mask).sum(-1) / mask.sum(-1)
+
+
+def _kl_reversed(reward, lp, lr, mask, beta):
+    return reward - beta * ((lr - lp) * mask).sum(-1)
+
+
+def _dla_no_centre(stack, scale, w):
+    return (stack / scale) @ w
+
+
+def _dla_times_scale(stack, scale, w):
+    return ((stack - stack.mean(-1, keepdim=True)) * scale) @ w
+
+
+def _dla_centre_components(stack, scale, w):
+    return ((stack - stack.mean(0, keepdim=True)) / scale) @ w
+
+
+def _occ_sign(score_fn, ids, replace_id, positions=None):
+    return -A.token_occlusion(score_fn, ids, replace_id, positions)
+
+
+def _occ_cumulative(score_fn, ids, replace_id, positions=None):
+    pos = list(range(ids.shape[0])) if positions is None else list(positions)
+    out = torch.zeros(ids.shape[0])
+    cur = ids.clone()
+    for t in pos:
+        prev = float(score_fn(cur[None])[0])
+        cur[t] = replace_id
+        out[t] = prev - float(score_fn(cur[None])[0])
+    return out
+
+
+def _occ_all_positions(score_fn, ids, replace_id, positions=None):
+    return A.token_occlusion(score_fn, ids, replace_id, None)
+
+
+def _sae_last_only(acts, W, grad):
+    return torch.einsum("nf,fd,nd->nf", acts[:, -1], W, grad[:, -1])
+
+
+def _sae_mean_positions(acts, W, grad):
+    return torch.einsum("ntf,fd,ntd->nf", acts, W, grad) / acts.shape[1]
+
+
+def _sae_abs_grad(acts, W, grad):
+    return torch.einsum("ntf,fd,ntd->nf", acts, W, grad.abs())
+
+
+def _cf_str_replace(score_fn, texts, mapping):
+    edited = []
+    for t in texts:
+        for k, v in mapping.items():
+            t = t.replace(k, v)
+        edited.append(t)
+    return torch.as_tensor(score_fn(edited)) - torch.as_tensor(score_fn(list(texts)))
+
+
+def _cf_reversed(score_fn, texts, mapping):
+    return -A.counterfactual_effect(score_fn, texts, mapping)
+
+
+def _cf_substring_regex(score_fn, texts, mapping):
+    pat = re.compile("|".join(map(re.escape, mapping)))
+    edited = [pat.sub(lambda m: mapping[m.group(0)], t) for t in texts]
+    return torch.as_tensor(score_fn(edited)) - torch.as_tensor(score_fn(list(texts)))
+
+
+def _greedy_always_accept(objective, ids, candidates, positions, n_rounds):
+    cur = ids.clone()
+    for _ in range(n_rounds):
+        batch = cur.repeat(len(positions) * len(candidates), 1)
+        for i, p in enumerate(positions):
+            batch[i * len(candidates):(i + 1) * len(candidates), p] = torch.as_tensor(list(candidates))
+        cur = batch[int(objective(batch).argmax())].clone()
+    return cur
+
+
+def _greedy_one_round(objective, ids, candidates, positions, n_rounds):
+    return A.greedy_substitution(objective, ids, candidates, positions, 1)
+
+
+def _greedy_from_original(objective, ids, candidates, positions, n_rounds):
+    """Every round restarts from the original ids (so only the last round's substitution survives)."""
+    out = ids.clone()
+    for r in range(n_rounds):
+        new = A.greedy_substitution(objective, ids, candidates, positions, 1)
+        if torch.equal(new, ids):
+            break
+        out = torch.where(new != ids, new, out)
+    return out
+
+
+def _patch_reversed(tuned, base, tokens, metric, hook_names):
+    return A.patch_components(base, tuned, tokens, metric, hook_names)
+
+
+def _patch_difference(tuned, base, tokens, metric, hook_names):
+    clean = float(metric(tuned(tokens)))
+    return A.patch_components(tuned, base, tokens, metric, hook_names) - clean
+
+
+def _patch_self(tuned, base, tokens, metric, hook_names):
+    return A.patch_components(tuned, tuned, tokens, metric, hook_names)
+
+
+def _gather_off_by_one(acts, start, offset):
+    return A.gather_at(acts, start, offset - 1) if offset >= 1 else acts[torch.arange(len(acts)), start]
+
+
+def _gather_first_start(acts, start, offset):
+    return acts[:, int(start[0]) + offset]
+
+
+def _gather_no_check(acts, start, offset):
+    return acts[torch.arange(acts.shape[0]), (start + offset) % acts.shape[1]]
+
+
+WRONG_ANSWERS = {
+    "noisy_preference_labels": [_labels_no_noise, _labels_flip_above, _labels_ties_to_a],
+    "bradley_terry_loss": [_bt_unstable, _bt_reversed, _bt_sum],
+    "preference_accuracy": [_acc_ties_win, _acc_ties_lose, _acc_count],
+    "rloo_advantages": [_rloo_mean_all, _rloo_std, _rloo_wrong_dim],
+    "kl_penalised_reward": [_kl_no_mask, _kl_mean, _kl_reversed],
+    "component_attribution": [_dla_no_centre, _dla_times_scale, _dla_centre_components],
+    "token_occlusion": [_occ_sign, _occ_cumulative, _occ_all_positions],
+    "sae_feature_attribution": [_sae_last_only, _sae_mean_positions, _sae_abs_grad],
+    "counterfactual_effect": [_cf_str_replace, _cf_reversed, _cf_substring_regex],
+    "greedy_substitution": [_greedy_always_accept, _greedy_one_round, _greedy_from_original],
+    "patch_components": [_patch_reversed, _patch_difference, _patch_self],
+    "gather_at": [_gather_off_by_one, _gather_first_start, _gather_no_check],
+}
