@@ -138,8 +138,8 @@ def t4_estimate(n_params: int, n_layers: int, d_model: int, d_vocab: int, batch:
     """GiB a run needs on a T4 runtime, from its shapes. GPU: the model (+ `extra_models` copies,
     e.g. the TransformerLens form or a tuned copy; + a frozen reference model), gradients and
     Adam state in fp32 when `trainable`, activations (about 34 * d_model values per token per
-    layer kept for the backward pass, or 2 per forward only) and the logits (x3 for softmax and its
-    gradient) at `batch` x `seq`, `extra_gib` (e.g. SAEs), and the CUDA context (0.5). Host: the
+    layer kept for the backward pass, or 2 per forward only) and the float32 logits (x3 when
+    training: softmax and its gradient) at `batch` x `seq`, `extra_gib` (e.g. SAEs), and the CUDA context (0.5). Host: the
     process (1.5), one model copy for loading, and `host_params` float32 values kept in RAM
     (e.g. weight deltas). `kept_params` are float32 values kept on the GPU. A chapter that
     computes on the CPU even in the gpu profile (`on_gpu=False`) puts all of it in RAM."""
@@ -148,7 +148,7 @@ def t4_estimate(n_params: int, n_layers: int, d_model: int, d_vocab: int, batch:
     gpu = {"model": model * (1 + extra_models), "ref_model": model if ref_model else 0,
            "grads_adam": n_params * 4 * 3 if trainable else 0,
            "activations": batch * seq * d_model * n_layers * (34 if trainable else 2) * bytes_per_param,
-           "logits": batch * seq * d_vocab * 4 * 3, "kept": kept_params * 4, "extra": extra_gib * g,
+           "logits": batch * seq * d_vocab * 4 * (3 if trainable else 1), "kept": kept_params * 4, "extra": extra_gib * g,
            "cuda_context": 0.5 * g}
     host = {"process": 1.5 * g, "loading_copy": model, "kept": host_params * 4}
     if not on_gpu:
