@@ -1,0 +1,576 @@
+"""Checks for chapter 05 (concepts in an AlphaZero-style agent). References live in
+utils.alphazero (mcts, training, games, concepts).
+
+Every check draws its inputs from a local generator (networks are built inside
+`torch.random.fork_rng`), uses several cases including edge cases, checks that the caller's
+arrays are not written into, and compares with the reference.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from utils.alphazero import concepts as R
+from utils.alphazero import mcts as M
+from utils.alphazero import training as T
+from utils.alphazero.games import get_game, random_positions
+from utils.alphazero.network import AZNet
+from utils.core import torch_threads
+from utils.exercises import ExerciseFailed, check
+
+
+def _quiet(fn):
+    """One thread, the global random state restored, gradients on."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch_threads(1), torch.random.fork_rng(devices=[]), torch.enable_grad():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _net(game: str, seed: int) -> AZNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = AZNet(game=game, channels=8, n_blocks=2)
+    return net.eval()
+
+
+def _arr_close(got, want, what: str, atol: float = 1e-6) -> np.ndarray:
+    try:
+        g = np.asarray(got.detach() if isinstance(got, Tensor) else got, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ExerciseFailed(f"{what}: return an array, got {type(got).__name__}") from None
+    w = np.asarray(want, dtype=np.float64)
+    if g.shape != w.shape:
+        raise ExerciseFailed(f"{what}: expected shape {w.shape}, got {g.shape}")
+    fin = np.isfinite(w)
+    if not np.array_equal(np.isfinite(g), fin) or not np.allclose(g[fin], w[fin], atol=atol, rtol=1e-5):
+        err = np.abs(np.where(fin, g, 0.0) - np.where(fin, w, 0.0)).max() if g.size else 0
+        raise ExerciseFailed(f"{what}: values differ from the reference (max error {err:.4g}, or -inf/finite mismatch)")
+    return g
+
+
+def _unchanged(before, after, what: str) -> None:
+    eq = torch.equal(before, after) if isinstance(before, Tensor) else np.array_equal(before, after)
+    if not eq:
+        raise ExerciseFailed(f"you wrote into the caller's {what} in place: work on a copy")
+
+
+# ------------------------------------------------------------------ 1. PUCT
+@check
+@_quiet
+def check_puct_scores(fn) -> None:
+    """puct_scores(N, W, P, legal, c_puct) -> [..., A] with -inf on illegal moves."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for shape in ((5,), (4, 7), (3, 9)):
+        N = rng.integers(0, 6, size=shape).astype(float)
+        W = (rng.random(shape) * 2 - 1) * N
+        P = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1]) if len(shape) > 1 else rng.dirichlet(np.ones(shape[-1]))
+        legal = rng.random(shape) > 0.25
+        legal[..., 0] = True
+        cases.append((N, W, P, legal, 1.5))
+    z = np.zeros((2, 4))
+    cases.append((z, z.copy(), np.full((2, 4), 0.25), np.ones((2, 4), bool), 2.0))     # a fresh node
+    for N, W, P, legal, c in cases:
+        args = [N.copy(), W.copy(), P.copy(), legal.copy()]
+        got = fn(*args, c)
+        for a, b, what in zip((N, W, P, legal), args, ("N", "W", "P", "legal")):
+            _unchanged(a, b, what)
+        want = M.puct_scores(N, W, P, legal, c)
+        g = np.asarray(got, dtype=np.float64)
+        if g.shape == want.shape and np.isfinite(g[~legal]).any():
+            raise ExerciseFailed("illegal moves must score -inf so argmax never picks them")
+        if g.shape == want.shape and (N == 0).all() and np.allclose(g[legal], 0):
+            raise ExerciseFailed("at a fresh node (all N = 0) the prior must still count: use sqrt(1 + sum_b N(s, b))")
+        _arr_close(got, want, f"N shape {N.shape}, c_puct={c}")
+
+
+# ------------------------------------------------------------------ 2. backup
+@check
+@_quiet
+def check_backup(fn) -> None:
+    """backup(N, W, path, leaf_value) updates N and W in place along the path, alternating signs."""
+    for path, v in (([(0, 2)], 1.0), ([(0, 1), (3, 0), (5, 2)], -1.0), ([(0, 0), (1, 1), (2, 2), (4, 1)], 0.5),
+                    ([(0, 3), (2, 1)], 0.0)):
+        N, W = np.zeros((6, 4)), np.zeros((6, 4))
+        N[1, 1], W[1, 1] = 3, -1.0
+        N2, W2 = N.copy(), W.copy()
+        out = fn(N, W, list(path), v)
+        M.backup(N2, W2, list(path), v)
+        if out is not None and not (isinstance(out, tuple) and len(out) == 2):
+            raise ExerciseFailed("update N and W in place (return nothing)")
+        if not np.array_equal(N, N2):
+            raise ExerciseFailed(f"path {path}: every edge on the path gets exactly one more visit")
+        if not np.allclose(W, W2):
+            base = np.zeros_like(W)
+            base[1, 1] = -1.0
+            flipped = np.allclose(W - base, -(W2 - base))
+            hint = " (the edge INTO the leaf belongs to the other player: it gets -leaf_value)" if flipped else ""
+            raise ExerciseFailed(f"path {path}, leaf value {v}: W differs from the reference; negate the value at every "
+                                 f"step up the path{hint}")
+
+
+# ------------------------------------------------------------------ 3. Dirichlet noise
+@check
+@_quiet
+def check_add_dirichlet_noise(fn) -> None:
+    """add_dirichlet_noise(priors, legal, alpha, frac, rng) -> mixed priors, zero on illegal moves."""
+    rng0 = np.random.default_rng(1)
+    legal = rng0.random((400, 6)) > 0.3
+    legal[:, 0] = True
+    priors = np.where(legal, rng0.random((400, 6)), 0)
+    priors /= priors.sum(1, keepdims=True)
+    for alpha, frac in ((0.3, 0.25), (1.0, 0.5), (0.5, 0.0)):
+        p, m = priors.copy(), legal.copy()
+        got = np.asarray(fn(p, m, alpha, frac, np.random.default_rng(7)), dtype=np.float64)
+        _unchanged(priors, p, "priors")
+        if got.shape != priors.shape:
+            raise ExerciseFailed(f"expected shape {priors.shape}, got {got.shape}")
+        if np.abs(got[~legal]).max() > 1e-12:
+            raise ExerciseFailed("noise must go on legal moves only (illegal moves keep probability 0)")
+        if not np.allclose(got.sum(1), 1, atol=1e-6):
+            raise ExerciseFailed("each row must still sum to 1: mix (1 - frac) * priors + frac * noise")
+        if frac == 0:
+            if not np.allclose(got, priors):
+                raise ExerciseFailed("with frac = 0 the priors must come back unchanged")
+            continue
+        noise = (got - (1 - frac) * priors) / frac
+        if (noise < -1e-9).any():
+            raise ExerciseFailed("the noise part must be non-negative: mix (1 - frac) * priors + frac * noise")
+        # Dirichlet(alpha) over k legal moves: each share has mean 1/k and variance (k - 1) / (k^2 (k alpha + 1))
+        k = legal.sum(1)
+        sel = k == 5
+        share = noise[sel][legal[sel]].reshape(-1)
+        var_want = (5 - 1) / (25 * (5 * alpha + 1))
+        if abs(share.var() - var_want) > 0.35 * var_want:
+            raise ExerciseFailed(f"alpha={alpha}: the noise's spread does not match Dirichlet(alpha) over the legal "
+                                 f"moves (variance {share.var():.4f}, expected about {var_want:.4f})")
+
+
+# ------------------------------------------------------------------ 4. the AlphaZero loss
+@check
+@_quiet
+def check_az_loss(fn) -> None:
+    """az_loss(logits, value, pi, z) -> scalar mean (z - v)^2 - sum pi log softmax(logits)."""
+    g = torch.Generator().manual_seed(3)
+    for n, A in ((6, 9), (32, 5), (1, 3)):
+        logits = torch.randn(n, A, generator=g, requires_grad=True)
+        value = torch.tanh(torch.randn(n, generator=g)).requires_grad_(True)
+        pi = torch.softmax(torch.randn(n, A, generator=g) * 2, -1)
+        z = torch.randint(-1, 2, (n,), generator=g).float()
+        args = (logits.detach().clone().requires_grad_(True), value.detach().clone().requires_grad_(True),
+                pi.clone(), z.clone())
+        got = fn(*args)
+        want = T.az_loss(logits, value, pi, z)
+        if not isinstance(got, Tensor) or got.ndim != 0:
+            raise ExerciseFailed("return a scalar tensor (the mean over the batch)")
+        if not got.requires_grad:
+            raise ExerciseFailed("the loss must keep gradients to logits and value (no .item() or numpy)")
+        if abs(float(got.detach()) - float(want.detach())) > 1e-5:
+            raise ExerciseFailed(f"batch {n}x{A}: expected {float(want):.5f}, got {float(got):.5f}: (z - v)^2 plus the "
+                                 "cross-entropy of pi against log_softmax(logits), both averaged over the batch")
+        got.backward()
+        want.backward()
+        if not torch.allclose(args[0].grad, logits.grad, atol=1e-5) or not torch.allclose(args[1].grad, value.grad, atol=1e-5):
+            raise ExerciseFailed("gradients differ from the reference")
+
+
+# ------------------------------------------------------------------ 5. visit policy
+@check
+@_quiet
+def check_visit_policy(fn) -> None:
+    """visit_policy(visits, temperature) -> rows of a distribution."""
+    v = np.array([[10, 5, 0, 5], [0, 3, 3, 1], [7, 7, 1, 0]], dtype=float)
+    for t in (1.0, 0.5, 2.0, 0.0):
+        arg = v.copy()
+        got = fn(arg, t)
+        _unchanged(v, arg, "visits")
+        _arr_close(got, M.visit_policy(v, t), f"temperature {t}")
+    try:
+        fn(np.zeros((1, 3)), 1.0)
+    except NotImplementedError:
+        raise
+    except Exception:
+        return
+    raise ExerciseFailed("a row of zero visits has no policy: raise an error")
+
+
+# ------------------------------------------------------------------ 6. winning moves
+@check
+@_quiet
+def check_winning_moves(fn) -> None:
+    """winning_moves(game, boards, player) -> [B, A] bool."""
+    for name, n in (("tictactoe", 150), ("connect_four", 150)):
+        game = get_game(name)
+        boards = random_positions(game, n, seed=5, min_moves=3)
+        for player in (1, -1):
+            arg = boards.copy()
+            got = fn(game, arg, player)
+            _unchanged(boards, arg, "boards")
+            want = R.winning_moves(game, boards, player)
+            g = np.asarray(got)
+            if g.shape != want.shape:
+                raise ExerciseFailed(f"{name}: expected shape {want.shape}, got {g.shape}")
+            if not np.array_equal(g.astype(bool), want):
+                hint = " (for player -1, look at the opponent's moves: multiply the board by -1 first)" if player == -1 else ""
+                raise ExerciseFailed(f"{name}, player {player}: {int((g.astype(bool) != want).sum())} entries differ{hint}")
+
+
+# ------------------------------------------------------------------ 7. symmetry orbits
+@check
+@_quiet
+def check_orbit_ids(fn) -> None:
+    """orbit_ids(game, boards) -> [B] ids equal exactly for boards related by a symmetry."""
+    for name in ("tictactoe", "connect_four"):
+        game = get_game(name)
+        boards = random_positions(game, 100, seed=9, min_moves=2)
+        syms = game.symmetries()
+        flat = boards.reshape(len(boards), -1)
+        cell, _ = syms[-1]
+        mirrored = flat[:, cell].reshape(boards.shape)
+        both = np.concatenate([boards, mirrored])
+        arg = both.copy()
+        got = np.asarray(fn(game, arg))
+        _unchanged(both, arg, "boards")
+        if got.shape != (len(both),):
+            raise ExerciseFailed(f"{name}: one id per board, shape ({len(both)},), got {got.shape}")
+        if not np.array_equal(got[: len(boards)], got[len(boards):]):
+            raise ExerciseFailed(f"{name}: a board and its mirror image must get the same id (use every symmetry)")
+        want = game.orbit_ids(both)
+        same_want = want[:, None] == want[None]
+        same_got = got[:, None] == got[None]
+        if not np.array_equal(same_want, same_got):
+            raise ExerciseFailed(f"{name}: boards in different orbits share an id (or the reverse): encode the whole "
+                                 "board and take the minimum code over the symmetries")
+
+
+# ------------------------------------------------------------------ 8. NMF
+@check
+@_quiet
+def check_nmf(fn) -> None:
+    """nmf(X, k, iters, seed) -> (W [n, k] >= 0, H [k, d] >= 0) with a small reconstruction error."""
+    g = torch.Generator().manual_seed(11)
+    for n, d, k in ((300, 16, 4), (120, 10, 3)):
+        Wt = torch.rand(n, k, generator=g) ** 2
+        Ht = torch.rand(k, d, generator=g) * (torch.rand(k, d, generator=g) > 0.5)
+        X = Wt @ Ht + 0.01 * torch.rand(n, d, generator=g)
+        arg = X.clone()
+        out = fn(arg, k, 300, 0)
+        _unchanged(X, arg, "X")
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise ExerciseFailed("return (W, H)")
+        W, H = (torch.as_tensor(o).double() for o in out)
+        if tuple(W.shape) != (n, k) or tuple(H.shape) != (k, d):
+            raise ExerciseFailed(f"expected W [{n}, {k}] and H [{k}, {d}], got {tuple(W.shape)} and {tuple(H.shape)}")
+        if (W < 0).any() or (H < 0).any():
+            raise ExerciseFailed("W and H must stay non-negative: multiplicative updates never change a sign")
+        err = float((X.double() - W @ H).norm() / X.double().norm())
+        Wr, Hr = R.nmf(X, k, 300, 0)
+        ref = float((X - Wr @ Hr).norm() / X.norm())
+        if err > max(1.2 * ref, ref + 0.02):
+            raise ExerciseFailed(f"relative reconstruction error {err:.3f}, the reference reaches {ref:.3f}: check the "
+                                 "update rules H *= W^T X / (W^T W H), W *= X H^T / (W H H^T)")
+    try:
+        fn(-torch.ones(10, 4), 2, 10, 0)
+    except NotImplementedError:
+        raise
+    except Exception:
+        return
+    raise ExerciseFailed("a matrix with negative entries cannot be factorised non-negatively: raise an error")
+
+
+# ------------------------------------------------------------------ 9. component ablation
+@check
+@_quiet
+def check_ablate_component(fn) -> None:
+    """ablate_component(net, boards, layer, maps, H, comp) -> {"dvalue": [B], "kl": [B]}."""
+    game = get_game("connect_four")
+    net = _net("connect_four", 2)
+    boards = random_positions(game, 40, seed=3, min_moves=4)
+    layer = "blocks.1.hook_resid"
+    d = R.nmf_layer(net, boards, layer, 3, seed=0, iters=60)
+    for comp in (0, 2):
+        arg = boards.copy()
+        got = fn(net, arg, layer, d["maps"].clone(), d["H"].clone(), comp)
+        _unchanged(boards, arg, "boards")
+        want = R.ablate_component(net, boards, layer, d["maps"], d["H"], comp)
+        if not isinstance(got, dict) or set(got) < {"dvalue", "kl"}:
+            raise ExerciseFailed("return a dict with 'dvalue' and 'kl', one value per board")
+        g = np.asarray(got["kl"], dtype=np.float64)
+        if g.shape == want["kl"].shape and (g < -1e-6).any():
+            raise ExerciseFailed("a KL divergence is never negative")
+        _arr_close(got["dvalue"], want["dvalue"], f"component {comp}: |change in value|", atol=1e-6)
+        _arr_close(got["kl"], want["kl"], f"component {comp}: KL(policy || ablated policy) over legal moves", atol=1e-8)
+    if any(len(h._forward_hooks) for h in net.hook_dict.values()):
+        raise ExerciseFailed("a hook is still attached to the network: use run_with_hooks")
+
+
+# ------------------------------------------------------------------ 10. input attribution
+@check
+@_quiet
+def check_input_attribution(fn) -> None:
+    """input_attribution(net, boards, layer, H, comp) -> [B, rows, cols] gradient x input."""
+    game = get_game("tictactoe")
+    net = _net("tictactoe", 4)
+    boards = random_positions(game, 30, seed=2, min_moves=2)
+    for layer, comp in (("blocks.0.hook_resid", 1), ("hook_stem", 0)):
+        d = R.nmf_layer(net, boards, layer, 3, seed=1, iters=60)
+        arg = boards.copy()
+        got = fn(net, arg, layer, d["H"].clone(), comp)
+        _unchanged(boards, arg, "boards")
+        want = R.input_attribution(net, boards, layer, d["H"], comp)
+        g = torch.as_tensor(np.asarray(got.detach() if isinstance(got, Tensor) else got)).float()
+        if g.shape == want.shape:
+            empty = torch.from_numpy(boards == 0)
+            if g[empty].abs().max() > 1e-6:
+                raise ExerciseFailed("empty squares have input 0, so gradient x input is 0 there: multiply by the input")
+        _arr_close(g, want, f"{layer}, component {comp}", atol=1e-4)
+
+
+CHECKS = {
+    "puct_scores": check_puct_scores,
+    "backup": check_backup,
+    "add_dirichlet_noise": check_add_dirichlet_noise,
+    "az_loss": check_az_loss,
+    "visit_policy": check_visit_policy,
+    "winning_moves": check_winning_moves,
+    "orbit_ids": check_orbit_ids,
+    "nmf": check_nmf,
+    "ablate_component": check_ablate_component,
+    "input_attribution": check_input_attribution,
+}
+
+
+# --- plausible mistakes (the tests prove each check rejects them) ------------------------
+def _puct_no_mask(N, W, P, legal, c_puct):
+    Q = np.divide(W, N, out=np.zeros_like(W, dtype=np.float64), where=N > 0)
+    return Q + c_puct * P * np.sqrt(1.0 + N.sum(-1, keepdims=True)) / (1.0 + N)
+
+
+def _puct_sqrt_no_one(N, W, P, legal, c_puct):
+    Q = np.divide(W, N, out=np.zeros_like(W, dtype=np.float64), where=N > 0)
+    return np.where(legal, Q + c_puct * P * np.sqrt(N.sum(-1, keepdims=True)) / (1.0 + N), -np.inf)
+
+
+def _puct_w_not_q(N, W, P, legal, c_puct):
+    return np.where(legal, W + c_puct * P * np.sqrt(1.0 + N.sum(-1, keepdims=True)) / (1.0 + N), -np.inf)
+
+
+def _backup_no_negation(N, W, path, leaf_value):
+    for node, a in path:
+        N[node, a] += 1
+        W[node, a] += leaf_value
+
+
+def _backup_leaf_sign(N, W, path, leaf_value):
+    v = float(leaf_value)
+    for node, a in reversed(path):
+        N[node, a] += 1
+        W[node, a] += v
+        v = -v
+
+
+def _backup_root_first_sign(N, W, path, leaf_value):
+    v = -float(leaf_value)
+    for node, a in path:           # alternates from the root: wrong sign on odd-length paths
+        N[node, a] += 1
+        W[node, a] += v
+        v = -v
+
+
+def _noise_all_moves(priors, legal, alpha, frac, rng):
+    return (1 - frac) * priors + frac * rng.dirichlet(np.full(priors.shape[1], alpha), size=len(priors))
+
+
+def _noise_uniform(priors, legal, alpha, frac, rng):
+    u = legal / legal.sum(1, keepdims=True)
+    return (1 - frac) * priors + frac * u
+
+
+def _noise_inplace(priors, legal, alpha, frac, rng):
+    out = M.add_dirichlet_noise(priors, legal, alpha, frac, rng)
+    priors[...] = out
+    return priors
+
+
+def _loss_sum(logits, value, pi, z):
+    return ((z - value) ** 2).sum() - (pi * torch.log_softmax(logits, -1)).sum()
+
+
+def _loss_no_log_softmax(logits, value, pi, z):
+    return ((z - value) ** 2).mean() - (pi * torch.log(torch.softmax(logits, -1) + 0.1)).sum(-1).mean()
+
+
+def _loss_value_only(logits, value, pi, z):
+    return ((z - value) ** 2).mean()
+
+
+def _loss_item(logits, value, pi, z):
+    return torch.tensor(T.az_loss(logits, value, pi, z).item())
+
+
+def _visit_no_temperature(visits, temperature=1.0):
+    return M.visit_policy(visits, 1.0)
+
+
+def _visit_temperature_multiplies(visits, temperature=1.0):
+    if temperature == 0:
+        return M.visit_policy(visits, 0)
+    return M.visit_policy(np.asarray(visits) ** temperature, 1.0)
+
+
+def _visit_argmax_first(visits, temperature=1.0):
+    if temperature == 0:
+        v = np.asarray(visits)
+        out = np.zeros_like(v, dtype=float)
+        out[np.arange(len(v)), v.argmax(-1)] = 1
+        return out
+    return M.visit_policy(visits, temperature)
+
+
+def _win_ignore_player(game, boards, player=1):
+    return R.winning_moves(game, boards, 1)
+
+
+def _win_any_line_of_three(game, boards, player=1):
+    out = np.zeros((len(boards), game.n_actions), dtype=bool)
+    b = boards * player
+    mask = game.legal_mask(b)
+    flat = b.reshape(len(b), -1)[:, game.lines]
+    near = ((flat == 1).sum(-1) == game.connect - 1).any(-1)
+    return mask & near[:, None]
+
+
+def _win_after_move_any_player(game, boards, player=1):
+    return R.winning_moves(game, boards, 1) | R.winning_moves(game, boards, -1)
+
+
+def _orbit_identity_only(game, boards):
+    flat = boards.reshape(len(boards), -1).astype(np.int64) + 1
+    return (flat * 3 ** np.arange(flat.shape[1])).sum(1)
+
+
+def _orbit_stone_counts(game, boards):
+    return (boards == 1).reshape(len(boards), -1).sum(1) * 100 + (boards == -1).reshape(len(boards), -1).sum(1)
+
+
+def _orbit_first_symmetry_pair(game, boards):
+    flat = boards.reshape(len(boards), -1).astype(np.int64) + 1
+    pows = 3 ** np.arange(flat.shape[1])
+    syms = game.symmetries()[:2]
+    return np.stack([(flat[:, c] * pows).sum(1) for c, _ in syms], 1).min(1)
+
+
+def _nmf_gradient_step(X, k, iters=200, seed=0):
+    X = torch.as_tensor(X).double()
+    g = torch.Generator().manual_seed(seed)
+    W = torch.rand(X.shape[0], k, generator=g, dtype=torch.double)
+    H = torch.rand(k, X.shape[1], generator=g, dtype=torch.double)
+    for _ in range(iters):
+        R_ = W @ H - X
+        W, H = W - 0.01 * R_ @ H.T, H - 0.01 * W.T @ R_
+    return W, H
+
+
+def _nmf_swapped_updates(X, k, iters=200, seed=0):
+    X = torch.as_tensor(X).double()
+    if (X < 0).any():
+        raise ValueError("negative")
+    g = torch.Generator().manual_seed(seed)
+    W = torch.rand(X.shape[0], k, generator=g, dtype=torch.double)
+    H = torch.rand(k, X.shape[1], generator=g, dtype=torch.double)
+    for _ in range(iters):      # the ratio upside down: moves away from the fit
+        H = H * (W.T @ W @ H + 1e-9) / (W.T @ X + 1e-9)
+        W = W * (X @ H.T) / (W @ H @ H.T + 1e-9)
+    return W, H
+
+
+def _nmf_no_check(X, k, iters=200, seed=0):
+    X = torch.as_tensor(X).double().clamp_min(0)
+    return R.nmf(X, k, iters, seed)
+
+
+def _ablate_zero_channel(net, boards, layer, maps, H, comp):
+    x = net.game.encode(boards)
+    ch = int(H[comp].argmax())
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, ch] = 0
+        return act
+    return _effects(net, boards, x, layer, hook)
+
+
+def _ablate_no_clamp(net, boards, layer, maps, H, comp):
+    x = net.game.encode(boards)
+    part = maps[:, comp][:, None] * H[comp][None, :, None, None]
+    return _effects(net, boards, x, layer, lambda act, hook: act - part)
+
+
+def _ablate_reverse_kl(net, boards, layer, maps, H, comp):
+    out = R.ablate_component(net, boards, layer, maps, H, comp)
+    x = net.game.encode(boards)
+    part = maps[:, comp][:, None] * H[comp][None, :, None, None]
+    with torch.no_grad():
+        logits, _ = net(x)
+        a_logits, _ = net.run_with_hooks(x, fwd_hooks=[(layer, lambda act, hook: (act - part).clamp_min(0))])
+    mask = torch.from_numpy(net.game.legal_mask(boards))
+    lp = torch.log_softmax(logits.masked_fill(~mask, -1e9), -1)
+    lq = torch.log_softmax(a_logits.masked_fill(~mask, -1e9), -1)
+    out["kl"] = (lq.exp() * (lq - lp)).masked_fill(~mask, 0).sum(-1).numpy()
+    return out
+
+
+def _effects(net, boards, x, layer, hook):
+    with torch.no_grad():
+        logits, value = net(x)
+        a_logits, a_value = net.run_with_hooks(x, fwd_hooks=[(layer, hook)])
+    mask = torch.from_numpy(net.game.legal_mask(boards))
+    lp = torch.log_softmax(logits.masked_fill(~mask, -1e9), -1)
+    lq = torch.log_softmax(a_logits.masked_fill(~mask, -1e9), -1)
+    return {"dvalue": (a_value - value).abs().numpy(), "kl": (lp.exp() * (lp - lq)).masked_fill(~mask, 0).sum(-1).numpy()}
+
+
+def _attr_gradient_only(net, boards, layer, H, comp):
+    x = net.game.encode(boards).requires_grad_(True)
+    f = R._feature_with_grad(net, x, layer, H, comp)
+    (g,) = torch.autograd.grad(f.sum(), x)
+    return g.sum(1)
+
+
+def _attr_own_plane_only(net, boards, layer, H, comp):
+    x = net.game.encode(boards).requires_grad_(True)
+    f = R._feature_with_grad(net, x, layer, H, comp)
+    (g,) = torch.autograd.grad(f.sum(), x)
+    return (g * x)[:, 0]
+
+
+def _attr_unnormalised_direction(net, boards, layer, H, comp):
+    x = net.game.encode(boards).requires_grad_(True)
+    store = {}
+
+    def keep(act, hook):
+        store["a"] = act
+        return act
+    net.run_with_hooks(x, fwd_hooks=[(layer, keep)])
+    f = torch.einsum("bcrk,c->b", store["a"], H[comp])
+    (g,) = torch.autograd.grad(f.sum(), x)
+    return (g * x).sum(1)
+
+
+WRONG_ANSWERS = {
+    "puct_scores": [_puct_no_mask, _puct_sqrt_no_one, _puct_w_not_q],
+    "backup": [_backup_no_negation, _backup_leaf_sign, _backup_root_first_sign],
+    "add_dirichlet_noise": [_noise_all_moves, _noise_uniform, _noise_inplace],
+    "az_loss": [_loss_sum, _loss_no_log_softmax, _loss_value_only, _loss_item],
+    "visit_policy": [_visit_no_temperature, _visit_temperature_multiplies, _visit_argmax_first],
+    "winning_moves": [_win_ignore_player, _win_any_line_of_three, _win_after_move_any_player],
+    "orbit_ids": [_orbit_identity_only, _orbit_stone_counts, _orbit_first_symmetry_pair],
+    "nmf": [_nmf_gradient_step, _nmf_swapped_updates, _nmf_no_check],
+    "ablate_component": [_ablate_zero_channel, _ablate_no_clamp, _ablate_reverse_kl],
+    "input_attribution": [_attr_gradient_only, _attr_own_plane_only, _attr_unnormalised_direction],
+}
