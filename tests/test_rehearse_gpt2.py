@@ -171,3 +171,26 @@ def test_delta_store_round_trip(tmp_path):
     rebuilt = A.rebuilt_model(torch.nn.ModuleDict({"a": base}), {"a.weight": store["a.weight"].T.contiguous(),
                                                                   "a.bias": store["a.bias"]})
     assert torch.allclose(rebuilt["a"].weight, deltas["a.weight"].T)
+
+
+def test_gemma_style_tokenizer_and_scope_layout(tmp_path):
+    """The Gemma fixture's pieces at a small size: a tokenizer of the kind transformers'
+    GemmaTokenizer rebuilds (specials 0-4, byte-fallback tokens, BOS prepended, spaces as
+    U+2581) and Gemma Scope's params.npz in the folder SAELens resolves the canonical id to."""
+    import numpy as np
+    from huggingface_hub import try_to_load_from_cache
+
+    tok = F.sentencepiece_bpe(5000)
+    assert tok.get_vocab_size() == 5000
+    assert [tok.id_to_token(i) for i in range(5)] == F.GEMMA_SPECIALS
+    assert tok.token_to_id("<0x41>") == 5 + 0x41
+    ids = tok.encode("the movie was great").ids
+    assert ids[0] == 2 and 3 not in ids                   # <bos> first, no <unk>
+    assert tok.decode(ids, skip_special_tokens=True) == "the movie was great"
+    assert F.gemma_scope_folder(12) == "layer_12/width_16k/average_l0_82"
+    F.write_gemma_scope(tmp_path, d_model=8, layers=(12,))
+    path = try_to_load_from_cache(F.GEMMA_SCOPE_REPO, "layer_12/width_16k/average_l0_82/params.npz",
+                                  cache_dir=tmp_path)
+    with np.load(path) as p:
+        assert p["w_enc"].shape == (8, F.GEMMA_SCOPE_D) and p["w_dec"].shape == (F.GEMMA_SCOPE_D, 8)
+        assert p["threshold"].shape == (F.GEMMA_SCOPE_D,)

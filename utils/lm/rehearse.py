@@ -119,6 +119,13 @@ def _run_chapter(chapter: str, timeout: int) -> int:
     return 0 if res.status == "ok" else 1
 
 
+def _last_error(log: Path, part: str) -> str:
+    """The one-line error a failed part left at the end of its log."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    mine = [ln for ln in lines if ln.startswith(f"{part}: failed")]
+    return (mine[-1].split(" s ", 1)[-1] if mine else (lines[-1] if lines else "no output"))[:200]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m utils.lm.rehearse")
     p.add_argument("--fixtures", default=str(REPO_ROOT / "_build" / "hub-fixtures"), help="HF_HOME of the fixtures")
@@ -156,7 +163,7 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--chapter", part, "--timeout", str(args.timeout)]
         rc, secs, peak = _run(cmd, env, log, args.timeout)
         t4 = json.loads(est.read_text()).get("t4") if est.exists() else None
-        status = "ok" if rc == 0 else ("timeout" if rc == 124 else f"failed (rc {rc}): see {log.name}")
+        status = "ok" if rc == 0 else ("timeout" if rc == 124 else f"failed: {_last_error(log, part)}")
         rows.append({"part": part, "seconds": round(secs), "peak_cpu_gib": round(peak, 2),
                      "t4_gib": t4["total_gib"] if t4 else None, "t4_fits": t4["fits"] if t4 else None,
                      "status": status})
