@@ -135,3 +135,84 @@ def test_patching_and_ablation_helpers():
     assert [n for n, _ in ablation_hooks([(1, 0)], means)] == ["blocks.1.attn.hook_z"]
     km = key_masks(torch.ones(2, 3, dtype=torch.bool))
     assert km["rtg"][0, 1, 0] and km["cue"][0, 4, 1] and not km["rtg"][0, 0].any()
+
+
+# --- task 2 in MiniGrid ------------------------------------------------------------------
+def test_minigrid_views_flip_is_an_involution_and_marks_the_object():
+    from utils.envs.minigrid_memory import VIEWS, MiniGridMemory
+    assert torch.equal(VIEWS.flip_cue[VIEWS.flip_cue], torch.arange(VIEWS.n))
+    assert torch.equal(VIEWS.shows_cue, VIEWS.flip_cue != torch.arange(VIEWS.n))
+    env = MiniGridMemory(6, seed=0)
+    obs = env.reset(seed=0)
+    assert VIEWS.shows_cue[obs].all()  # every start faces the object
+    flipped = env.reset(seed=0, cues=1 - env.cue)
+    assert torch.equal(flipped, VIEWS.flip_cue[obs])  # same layout, other object: the flipped views
+
+
+def test_minigrid_split_contexts_reward_only_the_matching_arm():
+    from utils.dt import minigrid as mg
+    from utils.envs.minigrid_memory import FORWARD, MiniGridMemory
+    sc = mg.split_contexts(6, seed=3, rtg=4)
+    assert sc["tokens"].shape == (6, 9, 3) and (sc["tokens"][:, -1, 2] == 3).all()
+    assert sc["shows_cue"][:, 0].all() and not sc["shows_cue"][:, -1].any()
+    assert torch.equal(mg.flip_cue(mg.flip_cue(sc["tokens"])), sc["tokens"])
+    for right_arm in (True, False):  # replay the scripted walks, then turn and step forward
+        env = MiniGridMemory(6, seed=3)
+        env.reset(seed=3)
+        for e in env.envs:
+            e.agent_pos[0], e.agent_dir = 1, 2
+        for k in range(8):
+            env.step(sc["tokens"][:, k, 2])
+        turn = sc["turn"] if right_arm else 1 - sc["turn"]
+        env.step(turn)
+        _, r, term, _, info = env.step(torch.full((6,), FORWARD))
+        assert term.all() and info["success"].all() == right_arm and ((r > 0) == right_arm).all()
+
+
+def test_minigrid_bad_input_one_line_errors():
+    from utils.dt import minigrid as mg
+    from utils.envs.minigrid_memory import MiniGridMemory
+    env = MiniGridMemory(2, seed=0)
+    with pytest.raises(CourseError, match="cues must be"):
+        env.reset(cues=torch.tensor([0, 2]))
+    env.reset(seed=0)
+    with pytest.raises(CourseError, match="actions must be"):
+        env.step(torch.tensor([0, 5]))
+    with pytest.raises(CourseError, match="max_steps"):
+        MiniGridMemory(2, max_steps=3)
+    with pytest.raises(CourseError, match="mix must"):
+        mg.minigrid_data(4, 0, expert=None, mix={"expert": 0.5, "random": 0.5})
+    assert tasks.make_model("minigrid", 0).dt_cfg.n_states == mg.VIEWS.n
+
+
+def test_minigrid_ppo_env_and_expert_data():
+    """The privileged Gymnasium id goes through make_env; the shipped expert's episodes succeed
+    far more often than the random policy's, so the data's returns vary."""
+    from utils.dt import minigrid as mg
+    from utils.envs import make_env
+    from utils.envs.minigrid_memory import GYM_ID, VIEWS
+    env = make_env(GYM_ID, 2, seed=0)
+    assert env.obs_dim == VIEWS.n + 2 and env.n_actions == 3
+    env.close()
+    data = mg.minigrid_data(90, seed=0, expert=mg.load_expert())
+    ret = data["tokens"][:, 0, 0]
+    expert_ok = (ret[data["kind"] == 0] > 0).float().mean()
+    random_ok = (ret[data["kind"] == 2] > 0).float().mean()
+    assert expert_ok > 0.9 and random_ok < 0.5 and len(ret.unique()) >= 3
+    assert torch.equal(ret, data["rewards"].sum(1).long())
+
+
+def test_hf_adapter_matches_sizes_and_learns():
+    from utils.dt import hf as dt_hf
+    ref = tasks.make_model("memory", seed=0)
+    hf = dt_hf.hf_model(ref, seed=0)
+    tok = torch.tensor([[[1, 0, 2], [1, 2, 3]]])
+    inp = dt_hf.hf_inputs(hf, tok)
+    assert inp["actions"][0, 1].abs().sum() == 0 and inp["states"].shape == (1, 2, ref.dt_cfg.n_states)
+    assert dt_hf.hf_logits(hf, tok).shape == (1, 2, 3)
+    n_hf, n_ours = sum(p.numel() for p in hf.parameters()), ref.n_params()
+    assert 0.5 < n_hf / n_ours < 2.0  # the same size up to the embeddings' details
+    data = tasks.memory_data(300, seed=0)
+    losses = dt_hf.train_hf(hf, data["tokens"], data["mask"], DTTrainConfig(steps=40, batch_size=32), desc="test")
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert dt_hf.hf_act(hf)(data["tokens"][:4, :3]).shape == (4,)

@@ -2,8 +2,9 @@
 
 - Graph (the DT paper's toy): one random graph, goal node 0, random-walk trajectories;
   `graph_data`, `graph_eval` (shortest-path rate when asking for the best return).
-- Memory corridor: a cue at the first step decides which arm pays; trajectories from a mix
-  of a noisy expert and a random policy, so returns are -1, 0 and +1; `memory_data`,
+- MiniGrid memory (task 2 at MiniGrid scale): `utils.dt.minigrid`.
+- Memory corridor (the fast warm-up of task 2): a cue at the first step decides which arm
+  pays; trajectories from a mix of a noisy expert and a random policy, so returns are -1, 0 and +1; `memory_data`,
   `memory_curve` (achieved return per requested return) and `junction_contexts` (the
   counterfactual contexts of the circuit analysis: every row stands at the junction).
 """
@@ -19,7 +20,7 @@ from utils.envs.graph_walk import GraphWalk, bfs_distances, random_graph, random
 from utils.envs.memory_corridor import FORWARD, LEFT, RIGHT, MemoryCorridor, noisy_expert_policy
 from utils.models.decision_transformer import DecisionTransformer, DTConfig
 
-TASKS = ("graph", "memory")
+TASKS = ("graph", "memory", "minigrid")
 GRAPH = dict(n_nodes=10, p_edge=0.12, graph_seed=0, goal=0, max_steps=10)
 MEMORY = dict(length=4, max_steps=8)
 
@@ -30,8 +31,12 @@ def check_task(task: str) -> None:
 
 
 def make_model(task: str, seed: int, use_rtg: bool = True, **kwargs) -> DecisionTransformer:
-    """The chapter's DT for a task: 1 layer on the graph, 2 layers on the memory corridor."""
+    """The chapter's DT for a task: 1 layer on the graph, 2 layers on the memory corridor and on
+    MiniGrid memory (`utils.dt.minigrid.make_model`)."""
     check_task(task)
+    if task == "minigrid":
+        from utils.dt.minigrid import make_model as minigrid_model
+        return minigrid_model(seed, use_rtg=use_rtg, **kwargs)
     if task == "graph":
         n = GRAPH["n_nodes"]
         cfg = DTConfig(n_states=n, n_actions=n, context_len=GRAPH["max_steps"], n_layers=1, seed=seed,

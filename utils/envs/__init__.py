@@ -11,6 +11,7 @@
 | `gym_vec`       | any flat-Box, Discrete Gymnasium id           | 01      |
 | `graph_walk`    | shortest paths on a graph (the DT paper's toy) | 07      |
 | `memory_corridor` | a cue to remember until a junction          | 07      |
+| `minigrid_memory` | MiniGrid MemoryS7's map, views as tokens    | 07      |
 
 `make_env(name, n_envs, seed)` builds the ones PPO and DQN train on by name.
 """
