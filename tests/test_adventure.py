@@ -77,6 +77,10 @@ def test_label_probe_pairs_patch_steer(data):
     assert p.value[0] > p.control[0] and "held-out pairs" in p.unit
     s = H.steer_variable(agent, d, y, pairs, "1.hook_out", scales=(1.0, 3.0))
     assert set(s.detail["per_scale"]) == {1.0, 3.0} and s.beats_control
+    assert set(s.detail["per_scale"][1.0]) == {"gap_direction", "gap_random", "hits_direction", "hits_random"}
+    assert int(s.detail["test_pairs"].sum()) == int(s.unit.split()[0])
+    capped = H.counterfactual_pairs(d, y, n_pairs=10, seed=1)
+    assert len(capped["clean"]) == 10 and torch.equal(capped["distance"], pairs["distance"][:10])
 
 
 def test_nearest_counterfactual_small_case():

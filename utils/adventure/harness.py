@@ -16,8 +16,8 @@ Every result carries its interval, the unit that interval resamples, and its con
 - patch: the fraction of the clean-vs-corrupt logit difference recovered on held-out pairs by
   the top-k units (chosen on discovery pairs) vs k random units (bootstrap over test pairs);
 - steer: adding the variable's mean-difference direction (from discovery episodes) to the
-  corrupt observation of held-out pairs: how often the greedy action becomes the clean one,
-  vs a random direction of the same norm (paired bootstrap over test pairs).
+  corrupt observation of held-out pairs: the fraction of the clean-vs-corrupt logit gap it
+  closes, vs random directions of the same norm (paired bootstrap over test pairs).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from utils.core import CourseError
+from utils.interp.attribution import logit_diff
 from utils.interp.hooks import cache_activations, check_names
 from utils.interp.patching import heldout_unit_patching
 from utils.interp.probes import ProbeReport, probe_with_baselines
@@ -297,11 +298,12 @@ def nearest_counterfactual(x: Tensor, labels: Tensor, actions: Tensor, positive:
 
 @torch.no_grad()
 def counterfactual_pairs(data: Episodes, labels: Tensor, n_pairs: int | None = None, positive: int = 1,
-                         chunk: int = 1024) -> dict[str, Tensor]:
+                         seed: int = 0, chunk: int = 1024) -> dict[str, Tensor]:
     """Pairs of observations that differ in the variable and change the agent's greedy action:
     for each observation with labels == `positive` (clean), the nearest observation (L1 distance
     of the flattened observations) with another label whose greedy action differs (corrupt).
-    Each clean observation is used once; the `n_pairs` closest pairs are kept (all if None).
+    Each clean observation is used once; the `n_pairs` closest pairs are kept (all if None), ties
+    broken at random (seeded), so a cap does not favour the first episodes collected.
 
     Returns {"clean", "corrupt": [n, ...], "a_clean", "a_corrupt", "distance", "clean_idx",
     "corrupt_idx", "corrupt_episode": [n]}."""
@@ -317,7 +319,8 @@ def counterfactual_pairs(data: Episodes, labels: Tensor, n_pairs: int | None = N
                           "matter to this agent, or collect more episodes")
     greedy = data.greedy
     clean, corrupt, dist = pos[ok], corrupt[ok], dist[ok]
-    order = torch.argsort(dist, stable=True)[:n_pairs]
+    shuffle = torch.randperm(len(dist), generator=torch.Generator().manual_seed(seed))
+    order = shuffle[torch.argsort(dist[shuffle], stable=True)][:n_pairs]
     clean, corrupt, dist = clean[order], corrupt[order], dist[order]
     return {"clean": data.obs[clean], "corrupt": data.obs[corrupt], "a_clean": greedy[clean],
             "a_corrupt": greedy[corrupt], "distance": dist, "clean_idx": clean, "corrupt_idx": corrupt,
@@ -372,46 +375,97 @@ def steering_hits(agent, hook: str, obs: Tensor, target: Tensor, direction: Tens
     return (logits.argmax(-1) == target).double()
 
 
+def _gap_closed(ld_steered, ld_clean, ld_corrupt):
+    """(mean steered - mean corrupt) / (mean clean - mean corrupt) over the last axis."""
+    return (ld_steered.mean(-1) - ld_corrupt.mean(-1)) / (ld_clean.mean(-1) - ld_corrupt.mean(-1))
+
+
 @torch.no_grad()
 def steer_variable(agent, data: Episodes, labels: Tensor, pairs: dict[str, Tensor], hook: str,
-                   scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0), positive: int = 1, seed: int = 0) -> Finding:
-    """Add scale * (mean activation with labels == positive - mean with other labels), computed on
-    discovery episodes, at `hook` on the corrupt observation of counterfactual pairs: how often the
-    greedy action becomes the pair's clean action, vs a norm-matched random direction
-    (`norm_matched_random`, the control). The scale is chosen on the pairs whose corrupt
-    observation is in a discovery episode (largest difference); the finding is measured on the
-    other pairs (test episodes), with intervals over those pairs (Wilson for each rate, a paired
-    bootstrap for the difference). `detail["per_scale"]` has every scale on the test pairs."""
+                   scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0), positive: int = 1, n_random: int = 8,
+                   source: str = "labels", seed: int = 0) -> Finding:
+    """Steering along the variable: add scale * direction at `hook` on the corrupt observation of
+    counterfactual pairs, and measure the fraction of the logit gap logit[a_clean] - logit[a_corrupt]
+    between the corrupt and the clean observation that it closes (1 = the steered corrupt run
+    prefers the clean action as much as the clean run does, 0 = no change).
+
+    The direction is learnt on discovery episodes (a random half): with source="labels" (default)
+    the mean activation with labels == positive minus the mean with other labels over their steps;
+    with source="pairs" the mean activation difference clean - corrupt over the pairs whose corrupt
+    observation lies in them (matched pairs, but only as varied as those pairs are).
+
+    Control: `n_random` random directions of the same norm (`norm_matched_random`), averaged per
+    pair. The scale is chosen on the pairs whose corrupt observation lies in a discovery episode;
+    the finding is measured on the others (test episodes), with bootstrap intervals over those pairs
+    (the difference is paired). `detail["per_scale"]` has every scale on the test pairs, with the
+    rate at which the greedy action becomes the clean one (`steering_hits`) beside the gap closed."""
     labels = _check_labels(data, labels)
     scales = [float(s) for s in scales]
     if not scales:
         raise CourseError("give at least one steering scale")
+    if n_random < 1:
+        raise CourseError(f"n_random must be at least 1, got {n_random}")
+    if source not in ("pairs", "labels"):
+        raise CourseError(f"source must be 'pairs' or 'labels', got {source!r}")
     acts = _acts(agent, data, hook)
     shape = tuple(data.acts[hook].shape[1:])
     disc, _ = split_episodes(data, seed)
-    direction = mean_difference(acts, disc & (labels == positive), disc & (labels != positive))
-    random_dir = norm_matched_random(direction, seed + 7)
     in_disc = torch.isin(pairs["corrupt_episode"], torch.unique(data.episode[disc]))
     if int((~in_disc).sum()) < 4:
         raise CourseError(f"only {int((~in_disc).sum())} counterfactual pairs have their corrupt observation in a test "
                           "episode (4 needed): collect more episodes")
+    if source == "pairs":
+        if int(in_disc.sum()) < 1:
+            raise CourseError("no counterfactual pair lies in a discovery episode: collect more episodes")
+        direction = (acts[pairs["clean_idx"][in_disc]] - acts[pairs["corrupt_idx"][in_disc]]).mean(0)
+    else:
+        direction = mean_difference(acts, disc & (labels == positive), disc & (labels != positive))
+    randoms = [norm_matched_random(direction, seed + 7 + r) for r in range(n_random)]
 
-    def hits(mask: Tensor, d: Tensor, s: float) -> np.ndarray:
-        return steering_hits(agent, hook, pairs["corrupt"][mask], pairs["a_clean"][mask], d.reshape(shape), s).numpy()
+    def ld(logits: Tensor, mask: Tensor) -> np.ndarray:
+        return logit_diff(logits, pairs["a_clean"][mask], pairs["a_corrupt"][mask]).double().numpy()
+
+    def steered(mask: Tensor, d: Tensor, s: float) -> Tensor:
+        return agent.run_with_hooks(pairs["corrupt"][mask], fwd_hooks=[(hook, _add(d.reshape(shape), s))])
+
+    def measure(mask: Tensor, s: float) -> dict:
+        clean, corrupt = ld(agent(pairs["clean"][mask]), mask), ld(agent(pairs["corrupt"][mask]), mask)
+        d_logits = steered(mask, direction, s)
+        r_logits = [steered(mask, r, s) for r in randoms]
+        target = pairs["a_clean"][mask]
+        return {"ld": (ld(d_logits, mask), np.mean([ld(r, mask) for r in r_logits], 0), clean, corrupt),
+                "hits": ((d_logits.argmax(-1) == target).double().numpy(),
+                         np.mean([(r.argmax(-1) == target).double().numpy() for r in r_logits], 0))}
 
     if int(in_disc.sum()) >= 4:
-        best = max(scales, key=lambda s: hits(in_disc, direction, s).mean() - hits(in_disc, random_dir, s).mean())
+        def disc_gap(s: float) -> float:
+            ds, rs, c, x = measure(in_disc, s)["ld"]
+            return float(_gap_closed(ds, c, x) - _gap_closed(rs, c, x))
+        best = max(scales, key=disc_gap)
     else:
         best = max(scales)
     test = ~in_disc
     n = int(test.sum())
-    per_scale = {}
+    per_scale, cols = {}, None
     for s in scales:
-        a, b = hits(test, direction, s), hits(test, random_dir, s)
-        per_scale[s] = {"direction": wilson_ci(int(a.sum()), n), "random": wilson_ci(int(b.sum()), n),
-                        "difference": bootstrap_statistic(lambda x, y: x.mean(-1) - y.mean(-1), a, b, n_boot=1000,
-                                                          seed=seed)}
-    r = per_scale[best]
-    return Finding(f"steering at {hook} (scale {best:g}, chosen on discovery pairs): rate the greedy action becomes "
-                   "the clean one", r["direction"], "norm-matched random direction", r["random"], f"{n} held-out pairs",
-                   difference=r["difference"], detail={"per_scale": per_scale, "direction": direction, "scale": best})
+        m = measure(test, s)
+        ds, rs, c, x = m["ld"]
+        per_scale[s] = {"gap_direction": float(_gap_closed(ds, c, x)), "gap_random": float(_gap_closed(rs, c, x)),
+                        "hits_direction": float(m["hits"][0].mean()), "hits_random": float(m["hits"][1].mean())}
+        if s == best:
+            cols = (ds, rs, c, x)
+    ds, rs, c, x = cols
+    if abs(float(c.mean() - x.mean())) < 1e-8:
+        raise CourseError("clean and corrupt observations give the same logit gap: the pairs do not change the action")
+    kw = dict(n_boot=1000, seed=seed)
+    value = bootstrap_statistic(lambda a, b, cc, xx: _gap_closed(a, cc, xx), ds, rs, c, x, **kw)
+    control = bootstrap_statistic(lambda a, b, cc, xx: _gap_closed(b, cc, xx), ds, rs, c, x, **kw)
+    diff = bootstrap_statistic(lambda a, b, cc, xx: _gap_closed(a, cc, xx) - _gap_closed(b, cc, xx), ds, rs, c, x, **kw)
+    return Finding(f"steering at {hook} (scale {best:g}, chosen on discovery pairs): fraction of the clean-vs-corrupt "
+                   "logit gap closed", value, f"{n_random} norm-matched random directions", control,
+                   f"{n} held-out pairs", difference=diff,
+                   detail={"per_scale": per_scale, "direction": direction, "scale": best, "test_pairs": test})
+
+
+def _add(direction: Tensor, scale: float):
+    return lambda act, hook: act + scale * direction.to(act.device, act.dtype)

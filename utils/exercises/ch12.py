@@ -1,0 +1,379 @@
+"""Checks for chapter 12 (choose your own adventure: bring any agent into the toolkit). The
+references live in utils.interp.adapters and utils.adventure.harness.
+
+Every check builds its networks inside `torch.random.fork_rng` (via `_quiet`), so the global
+random state is untouched, and compares with the reference on more than one case.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from utils.adventure import harness as H
+from utils.core import torch_threads
+from utils.exercises import ExerciseFailed, assert_unchanged, check
+from utils.interp import adapters as A
+
+
+def _quiet(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch_threads(1), torch.random.fork_rng(devices=[]), torch.enable_grad():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _net(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Sequential(nn.Linear(7, 6), nn.ReLU()), nn.Linear(6, 3))
+
+
+# ------------------------------------------------------------------ 1. route an output through a HookPoint
+@check
+@_quiet
+def check_route_through(fn) -> None:
+    """route_through(sub, point) -> handle; hooks on point read and replace sub's output."""
+    net = _net(0)
+    x = torch.randn(4, 5)
+    want = net(x)
+    point = HookPoint()
+    point.name = "2.hook_out"
+    handle = fn(net[2], point)
+    if not hasattr(handle, "remove"):
+        raise ExerciseFailed("return the handle that register_forward_hook gives (it has .remove())")
+    if not torch.equal(net(x), want):
+        raise ExerciseFailed("with no hook on the HookPoint, the network's output must not change")
+    seen = []
+    point.add_hook(lambda act, hook: seen.append(act.detach().clone()))
+    net(x)
+    if not seen or seen[-1].shape != (4, 6) or not torch.equal(seen[-1], net[2](net[1](net[0](x)))):
+        raise ExerciseFailed("a hook on the HookPoint must see the submodule's OUTPUT (shape [4, 6]), not its input")
+    point.remove_hooks()
+    point.add_hook(lambda act, hook: torch.zeros_like(act))
+    if not torch.allclose(net(x), net[3](torch.zeros(4, 6)).expand(4, 3)):
+        raise ExerciseFailed("a hook on the HookPoint that returns a new tensor must replace the submodule's output: "
+                             "return what point(output) returns from your forward hook")
+    point.remove_hooks()
+    handle.remove()
+    if not torch.equal(net(x), want) or net[2]._forward_hooks:
+        raise ExerciseFailed("after handle.remove() the submodule must have no forward hook left")
+
+
+# ------------------------------------------------------------------ 2. the SB3 actor-critic forward
+def _sb3_policy(seed: int, shared: bool, act=nn.Tanh):
+    import gymnasium as gym
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    torch.manual_seed(seed)
+    obs_space = gym.spaces.Box(-1.0, 1.0, (6,))
+    return ActorCriticPolicy(obs_space, gym.spaces.Discrete(4), lambda _: 1e-3, net_arch=dict(pi=[8, 8], vf=[5]),
+                             activation_fn=act, share_features_extractor=shared)
+
+
+@check
+@_quiet
+def check_sb3_actor_critic_forward(fn) -> None:
+    """sb3_actor_critic_forward(policy, obs) -> (logits, value), SB3's own path without sampling."""
+    for seed, shared, act in ((0, True, nn.Tanh), (1, False, nn.ReLU)):
+        policy = _sb3_policy(seed, shared, act)
+        obs = torch.rand(9, 6) * 2 - 1
+        arg = obs.clone()
+        with torch.no_grad():
+            out = fn(policy, arg)
+            want_logits, want_value = A.sb3_actor_critic_forward(policy, obs)
+        assert_unchanged("obs", obs, arg)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise ExerciseFailed("return a tuple (logits, value)")
+        logits, value = out
+        what = "shared" if shared else "separate (share_features_extractor=False)"
+        if not isinstance(logits, Tensor) or logits.shape != (9, 4):
+            raise ExerciseFailed(f"logits must be [batch, n_actions] = (9, 4), got {getattr(logits, 'shape', logits)}")
+        if not torch.equal(logits, want_logits):
+            if torch.allclose(torch.log_softmax(logits, -1), torch.log_softmax(want_logits, -1), atol=1e-5):
+                raise ExerciseFailed("these are normalised log-probabilities, not the raw output of action_net: "
+                                     "use policy.action_net(latent_pi), whose hooks the adapter patches")
+            raise ExerciseFailed(f"logits differ from action_net(mlp_extractor's policy latent) ({what} features "
+                                 "extractor)")
+        if not isinstance(value, Tensor) or value.shape != (9,):
+            raise ExerciseFailed(f"value must be [batch] (squeeze the last axis), got {getattr(value, 'shape', value)}")
+        if not torch.equal(value, want_value):
+            raise ExerciseFailed(f"value differs from value_net(mlp_extractor's value latent) ({what} features extractor)")
+
+
+# ------------------------------------------------------------------ 3. which submodules can be hooked
+class _Mixed(nn.Module):
+    """A trunk, a submodule returning a tuple, a submodule never called, a reused one."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+        self.split = _Split()
+        self.unused = nn.Linear(6, 6)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        a, b = self.split(self.trunk(x))
+        return self.head(a + b)
+
+
+class _Split(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+
+    def forward(self, x):
+        y = self.proj(x)
+        return y[:, :3], y[:, 3:]
+
+
+@check
+@_quiet
+def check_tensor_output_paths(fn) -> None:
+    """tensor_output_paths(module, call) -> paths whose output is one tensor, in the order they finish."""
+    cases = [("nn.Sequential with a nested block", _net(0), lambda m: m(torch.randn(2, 5))),
+             ("a module with a tuple-returning and an unused submodule", _Mixed(), lambda m: m(torch.randn(2, 4)))]
+    for what, module, run in cases:
+        got = fn(module, lambda: run(module))
+        want = A.tensor_output_paths(module, lambda: run(module))
+        if not isinstance(got, (list, tuple)):
+            raise ExerciseFailed(f"{what}: return a list of paths, got {type(got).__name__}")
+        got = list(got)
+        if "" in got:
+            raise ExerciseFailed(f"{what}: leave out the root module (path ''): the adapter hooks submodules")
+        if any(len(m._forward_hooks) for m in module.modules()):
+            raise ExerciseFailed(f"{what}: remove the forward hooks you registered once call() has run")
+        if sorted(got) != sorted(want):
+            extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+            raise ExerciseFailed(f"{what}: expected {want}; extra {extra} (tuple outputs or submodules that never run "
+                                 f"are not hookable), missing {missing} (containers such as a Sequential count too)")
+        if got != want:
+            raise ExerciseFailed(f"{what}: list the paths in the order their forward finishes: expected {want}, got {got}")
+
+
+# ------------------------------------------------------------------ 4. the random-init control
+@check
+@_quiet
+def check_reinitialise_module(fn) -> None:
+    """reinitialise_module(module, seed) -> a re-drawn deep copy; original and global RNG untouched."""
+    net = _net(3)
+    before = copy.deepcopy(net.state_dict())
+    rng = torch.get_rng_state()
+    a = fn(net, 11)
+    if not torch.equal(rng, torch.get_rng_state()):
+        raise ExerciseFailed("your function changed the caller's global random state: seed inside "
+                             "torch.random.fork_rng() (or use a local torch.Generator)")
+    if a is net or not isinstance(a, nn.Module):
+        raise ExerciseFailed("return a new module (a deep copy), not the original")
+    if any(not torch.equal(before[k], v) for k, v in net.state_dict().items()):
+        raise ExerciseFailed("the original module's weights changed: re-draw the weights of a deep copy")
+    want = A.reinitialise_module(net, 11)
+    for (k, v), (_, w) in zip(a.state_dict().items(), want.state_dict().items()):
+        if torch.equal(v, before[k]):
+            raise ExerciseFailed(f"parameter {k} was not re-drawn: reset every submodule that has reset_parameters, "
+                                 "including nested ones (module.modules() walks them all)")
+        if not torch.equal(v, w):
+            raise ExerciseFailed(f"parameter {k} differs from the reference: seed with torch.manual_seed(seed) inside "
+                                 "fork_rng, then call reset_parameters on each submodule in module.modules() order")
+    if not torch.equal(fn(net, 11)[0].weight, a[0].weight) or torch.equal(fn(net, 12)[0].weight, a[0].weight):
+        raise ExerciseFailed("the same seed must give the same weights and another seed other weights")
+
+
+# ------------------------------------------------------------------ 5. nearest counterfactual
+@check
+@_quiet
+def check_nearest_counterfactual(fn) -> None:
+    """nearest_counterfactual(x, labels, actions, positive) -> (index [n_pos], distance [n_pos])."""
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [2.0, 2.0], [9.0, 9.0], [0.5, 0.0]])
+    labels = torch.tensor([1, 0, 0, 1, 1])
+    actions = torch.tensor([0, 1, 2, 1, 1])
+    # row 0: L1 to row 1 = 3, to row 2 = 4 (L2 would pick row 2: 2.83 < 3)
+    # row 4: row 1 has the same action (excluded), so row 2 (distance 3.5)
+    g = torch.Generator().manual_seed(5)
+    big_x = torch.randint(0, 4, (60, 6), generator=g).float()
+    big_l = torch.randint(0, 3, (60,), generator=g)
+    big_a = torch.randint(0, 3, (60,), generator=g)
+    cases = [("a small case", x, labels, actions, 1), ("a random case, positive=2", big_x, big_l, big_a, 2),
+             ("no eligible partner", x, labels, torch.zeros(5, dtype=torch.long), 1)]
+    for what, xx, ll, aa, pos in cases:
+        args = (xx.clone(), ll.clone(), aa.clone())
+        got = fn(*args, positive=pos)
+        for name, b, c in zip(("x", "labels", "actions"), (xx, ll, aa), args):
+            assert_unchanged(name, b, c)
+        want_i, want_d = H.nearest_counterfactual(xx, ll, aa, pos)
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise ExerciseFailed("return a tuple (index, distance)")
+        gi, gd = torch.as_tensor(got[0]).long(), torch.as_tensor(got[1]).float()
+        if gi.shape != want_i.shape:
+            raise ExerciseFailed(f"{what}: one index per row with labels == positive: expected shape "
+                                 f"{tuple(want_i.shape)}, got {tuple(gi.shape)}")
+        if not torch.equal(gi, want_i):
+            raise ExerciseFailed(f"{what}: expected indices {want_i.tolist()}, got {gi.tolist()} (indices into x, the L1 "
+                                 "distance, only rows with another label AND another action, -1 when none)")
+        if not torch.allclose(torch.nan_to_num(gd, posinf=1e9), torch.nan_to_num(want_d, posinf=1e9)):
+            raise ExerciseFailed(f"{what}: expected distances {want_d.tolist()}, got {gd.tolist()}")
+
+
+# ------------------------------------------------------------------ 6. steering hits
+@check
+@_quiet
+def check_steering_hits(fn) -> None:
+    """steering_hits(agent, hook, obs, target, direction, scale) -> [n] 0/1."""
+    net = _net(2)
+    agent = A.adapt(net, example_obs=torch.zeros(1, 5))
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(40, 5, generator=g)
+    base = agent(obs).detach()
+    target = (base.argmax(-1) + 1) % 3
+    hook = "2.hook_out"
+    for direction, scale in ((torch.randn(6, generator=g), 3.0), (torch.randn(6, generator=g), -2.0),
+                             (torch.zeros(6), 1.0)):
+        o, d = obs.clone(), direction.clone()
+        got = torch.as_tensor(fn(agent, hook, o, target, d, scale)).double()
+        assert_unchanged("obs", obs, o)
+        assert_unchanged("direction", direction, d)
+        if not torch.equal(agent(obs).detach(), base):
+            raise ExerciseFailed("the steering hook is still on the agent afterwards: use run_with_hooks (it removes it)")
+        want = H.steering_hits(agent, hook, obs, target, direction, scale)
+        if got.shape != want.shape:
+            raise ExerciseFailed(f"return one 0/1 value per observation, shape {tuple(want.shape)}; got {tuple(got.shape)}")
+        if not torch.equal(got, want):
+            raise ExerciseFailed(f"with scale {scale}: {int(got.sum())} hits, the reference has {int(want.sum())}: add "
+                                 "scale * direction to the activation at `hook` and compare the greedy action of the "
+                                 "STEERED logits with target")
+
+
+CHECKS = {
+    "route_through": check_route_through,
+    "sb3_actor_critic_forward": check_sb3_actor_critic_forward,
+    "tensor_output_paths": check_tensor_output_paths,
+    "reinitialise_module": check_reinitialise_module,
+    "nearest_counterfactual": check_nearest_counterfactual,
+    "steering_hits": check_steering_hits,
+}
+
+
+# ------------------------------------------------------------------ plausible wrong answers
+def _route_returns_none(sub, point):
+    return sub.register_forward_hook(lambda m, i, o: (point(o), None)[1])
+
+
+def _route_input(sub, point):
+    return sub.register_forward_pre_hook(lambda m, i: (point(i[0]),))
+
+
+def _route_no_handle(sub, point):
+    sub.register_forward_hook(lambda m, i, o: point(o))
+
+
+def _sb3_distribution_logits(policy, obs):
+    return policy.get_distribution(obs).distribution.logits, policy.predict_values(obs).squeeze(-1)
+
+
+def _sb3_value_unsqueezed(policy, obs):
+    logits, _ = A.sb3_actor_critic_forward(policy, obs)
+    return logits, policy.predict_values(obs)
+
+
+def _sb3_shared_only(policy, obs):
+    latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs))
+    return policy.action_net(latent_pi), policy.value_net(latent_vf).squeeze(-1)
+
+
+def _paths_with_root(module, call):
+    return [""] + A.tensor_output_paths(module, call)
+
+
+def _paths_all_outputs(module, call):
+    return list(A.submodule_outputs(module, call))
+
+
+def _paths_leaves_only(module, call):
+    return [p for p in A.tensor_output_paths(module, call) if not list(dict(module.named_modules())[p].children())]
+
+
+def _paths_every_module(module, call):
+    return [p for p, _ in module.named_modules() if p]
+
+
+def _reinit_in_place(module, seed):
+    torch.manual_seed(seed)
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return module
+
+
+def _reinit_unseeded(module, seed):
+    clone = copy.deepcopy(module)
+    for m in clone.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return clone
+
+
+def _reinit_global_seed(module, seed):
+    clone = copy.deepcopy(module)
+    torch.manual_seed(seed)
+    for m in clone.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return clone
+
+
+def _reinit_top_level(module, seed):
+    clone = copy.deepcopy(module)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in clone.children():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return clone
+
+
+def _nearest_any_action(x, labels, actions, positive=1):
+    return H.nearest_counterfactual(x, labels, torch.arange(len(actions)), positive)
+
+
+def _nearest_l2(x, labels, actions, positive=1):
+    pos, neg = torch.nonzero(labels == positive).flatten(), torch.nonzero(labels != positive).flatten()
+    d = torch.cdist(x[pos], x[neg])
+    d[actions[pos][:, None] == actions[neg][None, :]] = float("inf")
+    v, j = d.min(1)
+    return torch.where(torch.isfinite(v), neg[j], -1), v
+
+
+def _nearest_local_index(x, labels, actions, positive=1):
+    idx, dist = H.nearest_counterfactual(x, labels, actions, positive)
+    neg = torch.nonzero(labels != positive).flatten()
+    return torch.where(idx >= 0, torch.searchsorted(neg, idx.clamp_min(0)), idx), dist
+
+
+def _steer_unsteered(agent, hook, obs, target, direction, scale):
+    return (agent(obs).argmax(-1) == target).double()
+
+
+def _steer_no_scale(agent, hook, obs, target, direction, scale):
+    return H.steering_hits(agent, hook, obs, target, direction, 1.0)
+
+
+def _steer_subtract(agent, hook, obs, target, direction, scale):
+    return H.steering_hits(agent, hook, obs, target, -direction, scale)
+
+
+def _steer_hook_left_on(agent, hook, obs, target, direction, scale):
+    agent.hook_dict[hook].add_hook(lambda act, hook: act + scale * direction)
+    return (agent(obs).argmax(-1) == target).double()
+
+
+WRONG_ANSWERS = {
+    "route_through": [_route_returns_none, _route_input, _route_no_handle],
+    "sb3_actor_critic_forward": [_sb3_distribution_logits, _sb3_value_unsqueezed, _sb3_shared_only],
+    "tensor_output_paths": [_paths_with_root, _paths_all_outputs, _paths_leaves_only, _paths_every_module],
+    "reinitialise_module": [_reinit_in_place, _reinit_unseeded, _reinit_global_seed, _reinit_top_level],
+    "nearest_counterfactual": [_nearest_any_action, _nearest_l2, _nearest_local_index],
+    "steering_hits": [_steer_unsteered, _steer_no_scale, _steer_subtract, _steer_hook_left_on],
+}
