@@ -201,7 +201,8 @@ def test_patching_a_model_with_itself_changes_nothing(lm):
     pos = A.word_token_ids(lm.tokenizer, ["great", "good"])
     neg = A.word_token_ids(lm.tokenizer, ["bad", "awful"])
     metric = lambda logits: A.sentiment_logit_diff(logits, pos, neg)  # noqa: E731
-    clean = float(metric(tl(toks)))
+    with torch.no_grad():
+        clean = float(metric(tl(toks)))
     out = A.patch_components(tl, tl, toks, metric, ["blocks.0.hook_attn_out", "blocks.1.hook_mlp_out"])
     assert torch.allclose(out, torch.full((2,), clean), atol=1e-5)
     assert torch.allclose(A.patch_heads(tl, tl, toks, metric), torch.full((2, 4), clean), atol=1e-5)
