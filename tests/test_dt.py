@@ -216,3 +216,19 @@ def test_hf_adapter_matches_sizes_and_learns():
     losses = dt_hf.train_hf(hf, data["tokens"], data["mask"], DTTrainConfig(steps=40, batch_size=32), desc="test")
     assert sum(losses[-5:]) < sum(losses[:5])
     assert dt_hf.hf_act(hf)(data["tokens"][:4, :3]).shape == (4,)
+
+
+def test_bench_script_builds_both_tasks_and_rejects_unknown_ones():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_dt.py"
+    spec = importlib.util.spec_from_file_location("bench_dt", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(CourseError, match="unknown task"):
+        bench.setup("atari", 10, 0)
+    data, make, curve, requests = bench.setup("memory", 40, 0)
+    model = make()
+    assert requests == (1, -1) and len(curve(model)) == 2
+    from utils.dt import hf as dt_hf
+    assert len(curve(act_fn=dt_hf.hf_act(dt_hf.hf_model(model, 0)))) == 2
