@@ -1,0 +1,507 @@
+"""Checks for chapter 06 (goal misgeneralisation). References live in utils.envs.maze and
+utils.goal_misgen.analysis.
+
+Every check draws its inputs from local generators (networks are built inside
+`torch.random.fork_rng` and filled from a local generator), uses several mazes and the shapes
+the chapter uses, checks that the caller's arrays and tensors are not written into, and compares
+with the reference on more than one case.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from utils.core import torch_threads
+from utils.envs.maze import MOVES, bfs_distances, encode, maze_layouts
+from utils.exercises import ExerciseFailed, check
+from utils.goal_misgen import analysis as A
+from utils.goal_misgen.policy import ConvPolicy
+
+LAYER = "conv.1.hook_post"
+
+
+def _quiet(fn):
+    """One thread, the global random state restored afterwards, gradients on."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch_threads(1), torch.random.fork_rng(devices=[]), torch.enable_grad():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _policy(seed: int, channels=(6, 5), hidden: int = 16) -> ConvPolicy:
+    with torch.random.fork_rng(devices=[]):
+        model = ConvPolicy((3, 7, 7), 4, channels=channels, hidden=hidden)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p[0].numel() if p.ndim > 1 else 4
+            p.copy_(torch.randn(p.shape, generator=g) * 1.5 / math.sqrt(fan_in) + (0.05 if p.ndim == 1 else 0.0))
+    return model.eval()
+
+
+def _close(got, want, what: str, atol: float = 1e-5) -> None:
+    got_t = got if isinstance(got, Tensor) else None
+    if got_t is None:
+        raise ExerciseFailed(f"{what}: expected a tensor, got {type(got).__name__}")
+    if tuple(got_t.shape) != tuple(want.shape):
+        raise ExerciseFailed(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got_t.shape)}")
+    if not torch.allclose(got_t.detach().double(), want.detach().double(), atol=atol, rtol=1e-4):
+        raise ExerciseFailed(f"{what}: values differ from the reference (max error "
+                             f"{(got_t.detach().double() - want.double()).abs().max():.4g})")
+
+
+def _layouts(n: int, seed: int, cheese: str = "anywhere") -> dict:
+    return maze_layouts(n, seed=seed, cheese=cheese)
+
+
+# ------------------------------------------------------------------ 1. BFS distances
+@check
+@_quiet
+def check_bfs_distances(fn) -> None:
+    """bfs_distances(walls, source) -> [side, side] int path lengths, -1 where unreachable."""
+    lay = _layouts(6, seed=11)
+    extra = np.zeros((5, 5), bool)
+    extra[:, 2] = True  # a wall splitting the grid: the right half is unreachable
+    cases = [(w, a) for w, a in zip(lay["walls"], lay["agent"])] + [(extra, np.array([0, 0]))]
+    for walls, src in cases:
+        w0 = walls.copy()
+        got = np.asarray(fn(walls, src))
+        if not np.array_equal(walls, w0):
+            raise ExerciseFailed("you wrote into the caller's walls: work on a copy")
+        want = bfs_distances(walls, src)
+        if got.shape != want.shape:
+            raise ExerciseFailed(f"expected shape {want.shape}, got {got.shape}")
+        if not np.array_equal(got, want):
+            bad = np.argwhere(got != want)[0]
+            raise ExerciseFailed(f"distance at square {tuple(bad)} from {tuple(src)}: expected {want[tuple(bad)]}, got "
+                                 f"{got[tuple(bad)]} (moves are up/down/left/right through open squares; walls and "
+                                 "unreachable squares are -1)")
+
+
+# ------------------------------------------------------------------ 2. first steps of shortest paths
+@check
+@_quiet
+def check_first_steps(fn) -> None:
+    """first_steps(walls, source, target) -> [4] bool over (up, down, left, right)."""
+    lay = _layouts(12, seed=12)
+    open_field = np.zeros((5, 5), bool)
+    cases = [(w, a, c) for w, a, c in zip(lay["walls"], lay["agent"], lay["cheese"])]
+    cases.append((open_field, np.array([4, 0]), np.array([0, 4])))   # two actions start shortest paths
+    for walls, src, tgt in cases:
+        got = np.asarray(fn(walls, src, tgt))
+        want = A.first_steps(walls, src, tgt)
+        if got.shape != (4,) or got.dtype != bool:
+            raise ExerciseFailed(f"return a bool array of shape (4,) over (up, down, left, right), got {got.dtype} {got.shape}")
+        if not np.array_equal(got, want):
+            raise ExerciseFailed(f"from {tuple(src)} to {tuple(tgt)}: expected {want.tolist()}, got {got.tolist()} "
+                                 "(every action whose next square is one step closer along the maze, not as the crow flies)")
+
+
+# ------------------------------------------------------------------ 3. decision square
+@check
+@_quiet
+def check_decision_square(fn) -> None:
+    """decision_square(walls, start, cheese, corner) -> (row, col) array or None."""
+    lay = _layouts(40, seed=13)
+    n_found = 0
+    for w, a, c, co in zip(lay["walls"], lay["agent"], lay["cheese"], lay["corner"]):
+        want = A.decision_square(w, a, c, co)
+        got = fn(w, a.copy(), c.copy(), co.copy())
+        if want is None:
+            if got is not None:
+                raise ExerciseFailed(f"start {tuple(a)}, cheese {tuple(c)}, corner {tuple(co)}: the cheese lies on the "
+                                     f"way to the corner, so there is no decision square (None); got {got}")
+            continue
+        n_found += 1
+        if got is None or tuple(np.asarray(got).tolist()) != tuple(want.tolist()):
+            raise ExerciseFailed(f"start {tuple(a)}, cheese {tuple(c)}, corner {tuple(co)}: expected the decision square "
+                                 f"{tuple(want)}, got {None if got is None else tuple(np.asarray(got).tolist())} (the last "
+                                 "square both shortest paths share)")
+    if n_found < 5:  # pragma: no cover - a property of the fixed layouts
+        raise AssertionError("the check's layouts have too few decision squares")
+
+
+# ------------------------------------------------------------------ 4. channel patching
+@check
+@_quiet
+def check_channel_patching(fn) -> None:
+    """channel_patching(policy, clean, corrupt, layer, a_clean, a_corrupt) -> [channels]."""
+    for seed in (0, 1):
+        policy = _policy(seed)
+        pairs = A.cheese_pairs(24, seed=20 + seed)
+        clean, corrupt = pairs["clean"].clone(), pairs["corrupt"].clone()
+        a_c, a_x = torch.as_tensor(pairs["a_clean"]), torch.as_tensor(pairs["a_corrupt"])
+        for layer in ("conv.0.hook_post", LAYER):
+            got = fn(policy, clean, corrupt, layer, a_c, a_x)
+            if not torch.equal(clean, pairs["clean"]) or not torch.equal(corrupt, pairs["corrupt"]):
+                raise ExerciseFailed("you wrote into the caller's observations: work on copies")
+            _close(got, A.channel_patching(policy, clean, corrupt, layer, a_c, a_x), f"channel effects at {layer}", atol=1e-4)
+
+
+# ------------------------------------------------------------------ 5. cheese-tracking channels
+@check
+@_quiet
+def check_cheese_tracking(fn) -> None:
+    """cheese_tracking(policy, walls, agent, cheese, layer) -> [channels]."""
+    for seed in (2, 3):
+        policy = _policy(seed)
+        lay = _layouts(16, seed=30 + seed)
+        c0 = lay["cheese"].copy()
+        got = fn(policy, lay["walls"], lay["agent"], lay["cheese"], LAYER)
+        if not np.array_equal(c0, lay["cheese"]):
+            raise ExerciseFailed("you wrote into the caller's cheese squares: work on a copy")
+        _close(got, A.cheese_tracking(policy, lay["walls"], lay["agent"], lay["cheese"], LAYER), "cheese tracking", atol=1e-5)
+
+
+# ------------------------------------------------------------------ 6. cheese vectors
+@check
+@_quiet
+def check_cheese_vectors(fn) -> None:
+    """cheese_vectors(policy, walls, agent, cheese, layer) -> [n, channels, H, W]."""
+    for seed, layer in ((4, LAYER), (5, "conv.0.hook_post")):
+        policy = _policy(seed)
+        lay = _layouts(10, seed=40 + seed)
+        got = fn(policy, lay["walls"], lay["agent"], lay["cheese"], layer)
+        _close(got, A.cheese_vectors(policy, lay["walls"], lay["agent"], lay["cheese"], layer), f"cheese vectors at {layer}")
+
+
+# ------------------------------------------------------------------ 7. norm-matched random control
+@check
+@_quiet
+def check_random_like(fn) -> None:
+    """random_like(vectors, seed) -> random directions with each row's norm."""
+    g = torch.Generator().manual_seed(50)
+    v = torch.randn(7, 3, 4, 4, generator=g) * torch.linspace(0.1, 3.0, 7)[:, None, None, None]
+    v0 = v.clone()
+    a, b, c = fn(v, 0), fn(v, 0), fn(v, 1)
+    if not torch.equal(v, v0):
+        raise ExerciseFailed("you wrote into the caller's vectors: work on a copy")
+    if not isinstance(a, Tensor) or a.shape != v.shape:
+        raise ExerciseFailed(f"expected a tensor of shape {tuple(v.shape)}")
+    if not torch.equal(a, b) or torch.allclose(a, c):
+        raise ExerciseFailed("the same seed must give the same directions and another seed other ones (use a local "
+                             "torch.Generator().manual_seed(seed))")
+    if not torch.allclose(a.flatten(1).norm(dim=1), v.flatten(1).norm(dim=1), rtol=1e-4):
+        raise ExerciseFailed("each maze's random direction must have the norm of THAT maze's vector (row-wise norms)")
+    cos = torch.nn.functional.cosine_similarity(a.flatten(1), v.flatten(1), dim=1).abs().max()
+    if cos > 0.9:
+        raise ExerciseFailed("the random directions are almost parallel to the vectors: draw them independently")
+
+
+# ------------------------------------------------------------------ 8. retargeting hook
+@check
+@_quiet
+def check_retarget_hook(fn) -> None:
+    """retarget_hook(channels, target, value) -> hook(act, hook) setting channels at target[i]."""
+    g = torch.Generator().manual_seed(60)
+    act = torch.randn(5, 6, 7, 7, generator=g)
+    target = np.array([[0, 6], [3, 2], [6, 0], [1, 1], [4, 5]])
+    for channels, value in (([1, 4], 3.5), ([0], torch.tensor([-2.0])), ([2, 3, 5], torch.tensor([1.0, 2.0, 3.0]))):
+        a0 = act.clone()
+        got = fn(channels, target.copy(), value)(act, None)
+        if not torch.equal(act, a0):
+            raise ExerciseFailed("the hook wrote into the activation in place: return an edited copy")
+        want = A.retarget_hook(channels, target, value)(act, None)
+        _close(got, want, f"edited activation (channels {channels})", atol=0)
+
+
+# ------------------------------------------------------------------ 9. cheese sensitivity
+@check
+@_quiet
+def check_cheese_sensitivity(fn) -> None:
+    """cheese_sensitivity(policy, pairs) -> float, the mean total-variation distance."""
+    for seed in (6, 7):
+        policy = _policy(seed)
+        pairs = A.cheese_pairs(20, seed=70 + seed)
+        got = fn(policy, pairs)
+        want = A.cheese_sensitivity(policy, pairs)
+        if not isinstance(got, (float, np.floating)) and not (isinstance(got, Tensor) and got.numel() == 1):
+            raise ExerciseFailed(f"return one float, got {type(got).__name__}")
+        if abs(float(got) - want) > 1e-5:
+            raise ExerciseFailed(f"expected {want:.5f}, got {float(got):.5f} (half the L1 distance between the two action "
+                                 "distributions, averaged over pairs)")
+
+
+# ------------------------------------------------------------------ 10. Spearman
+@check
+@_quiet
+def check_spearman(fn) -> None:
+    """spearman(x, y) -> float, with average ranks for ties."""
+    rng = np.random.default_rng(80)
+    cases = [(rng.normal(size=9), rng.normal(size=9)), (np.array([1, 2, 2, 3, 5.0]), np.array([2, 1, 4, 4, 9.0])),
+             (np.exp(np.arange(6.0)), np.arange(6.0))]
+    for x, y in cases:
+        x0 = x.copy()
+        got = fn(x, y)
+        if not np.array_equal(x, x0):
+            raise ExerciseFailed("you wrote into the caller's array: work on a copy")
+        want = A.spearman(x, y)
+        if abs(float(got) - want) > 1e-9:
+            raise ExerciseFailed(f"x={np.round(x, 3).tolist()}, y={np.round(y, 3).tolist()}: expected {want:.4f}, "
+                                 f"got {float(got):.4f} (Pearson correlation of the ranks; tied values share their mean rank)")
+
+
+# ------------------------------------------------------------------ 11. Spearman interval
+@check
+@_quiet
+def check_spearman_interval(fn) -> None:
+    """spearman_interval(x, y, alpha=0.05) -> (rho, low, high), Fisher z with se 1.03 / sqrt(n - 3)."""
+    rng = np.random.default_rng(81)
+    for n in (6, 9, 15):
+        x = rng.normal(size=n)
+        y = x + rng.normal(size=n)
+        got = fn(x, y)
+        want = A.spearman_interval(x, y)
+        if len(got) != 3 or not np.allclose(np.asarray(got, float), want, atol=1e-6):
+            raise ExerciseFailed(f"n={n}: expected {np.round(want, 4).tolist()}, got {np.round(np.asarray(got, float), 4).tolist()}")
+
+
+CHECKS = {
+    "bfs_distances": check_bfs_distances,
+    "first_steps": check_first_steps,
+    "decision_square": check_decision_square,
+    "channel_patching": check_channel_patching,
+    "cheese_tracking": check_cheese_tracking,
+    "cheese_vectors": check_cheese_vectors,
+    "random_like": check_random_like,
+    "retarget_hook": check_retarget_hook,
+    "cheese_sensitivity": check_cheese_sensitivity,
+    "spearman": check_spearman,
+    "spearman_interval": check_spearman_interval,
+}
+
+
+# --- plausible mistakes (the tests prove each check rejects them) ------------------------
+def _bfs_manhattan(walls, source):
+    rr, cc = np.indices(walls.shape)
+    d = np.abs(rr - source[0]) + np.abs(cc - source[1])
+    return np.where(walls, -1, d)
+
+
+def _bfs_unreachable_zero(walls, source):
+    d = bfs_distances(walls, source)
+    return np.where(d < 0, 0, d)
+
+
+def _bfs_diagonal(walls, source):
+    dist = np.full(walls.shape, -1)
+    dist[tuple(source)] = 0
+    frontier = [tuple(source)]
+    while frontier:
+        nxt = []
+        for r, c in frontier:
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    rr, cc = r + dr, c + dc
+                    if 0 <= rr < walls.shape[0] and 0 <= cc < walls.shape[1] and not walls[rr, cc] and dist[rr, cc] < 0:
+                        dist[rr, cc] = dist[r, c] + 1
+                        nxt.append((rr, cc))
+        frontier = nxt
+    return dist
+
+
+def _first_manhattan(walls, source, target):
+    d = np.asarray(target) - np.asarray(source)
+    return np.array([d[0] < 0, d[0] > 0, d[1] < 0, d[1] > 0])
+
+
+def _first_only_one(walls, source, target):
+    out = A.first_steps(walls, source, target)
+    keep = np.zeros(4, bool)
+    keep[np.flatnonzero(out)[:1]] = True
+    return keep
+
+
+def _first_from_source_distances(walls, source, target):
+    dist = bfs_distances(walls, source)  # distances from the wrong end
+    r, c = source
+    out = np.zeros(4, bool)
+    for a, (dr, dc) in enumerate(MOVES):
+        rr, cc = r + dr, c + dc
+        if 0 <= rr < walls.shape[0] and 0 <= cc < walls.shape[1] and dist[rr, cc] >= 0:
+            out[a] = dist[rr, cc] == 1 and dist[tuple(target)] > 0
+    return out
+
+
+def _ds_start(walls, start, cheese, corner):
+    return None if A.decision_square(walls, start, cheese, corner) is None else np.asarray(start)
+
+
+def _ds_one_too_far(walls, start, cheese, corner):
+    sq = A.decision_square(walls, start, cheese, corner)
+    if sq is None:
+        return None
+    return sq + MOVES[np.flatnonzero(A.first_steps(walls, sq, cheese))[0]]
+
+
+def _ds_never_none(walls, start, cheese, corner):
+    sq = A.decision_square(walls, start, cheese, corner)
+    return np.asarray(start) if sq is None else sq
+
+
+@torch.no_grad()
+def _patch_raw(policy, clean, corrupt, layer, a_clean, a_corrupt):
+    rows = torch.arange(len(clean))
+    src = policy.run_with_cache(corrupt, names_filter=[layer])[1][layer]
+    base = policy(clean)
+    out = torch.zeros(src.shape[1])
+    for ch in range(src.shape[1]):
+        def hook(act, hook, ch=ch):
+            act = act.clone()
+            act[:, ch] = src[:, ch]
+            return act
+        d = policy.run_with_hooks(clean, fwd_hooks=[(layer, hook)])
+        out[ch] = ((d - base)[rows, a_corrupt] - (d - base)[rows, a_clean]).mean()
+    return out
+
+
+@torch.no_grad()
+def _patch_reversed(policy, clean, corrupt, layer, a_clean, a_corrupt):
+    return A.channel_patching(policy, corrupt, clean, layer, a_corrupt, a_clean)
+
+
+@torch.no_grad()
+def _patch_all_but_one(policy, clean, corrupt, layer, a_clean, a_corrupt):
+    eff = A.channel_patching(policy, clean, corrupt, layer, a_clean, a_corrupt)
+    return 1.0 - eff
+
+
+@torch.no_grad()
+def _track_no_baseline(policy, walls, agent, cheese, layer):
+    a = policy.run_with_cache(torch.from_numpy(encode(walls, agent, cheese)), names_filter=[layer])[1][layer]
+    return a[torch.arange(len(walls)), :, torch.as_tensor(cheese[:, 0]), torch.as_tensor(cheese[:, 1])].mean(0)
+
+
+@torch.no_grad()
+def _track_whole_map(policy, walls, agent, cheese, layer):
+    v = A.cheese_vectors(policy, walls, agent, cheese, layer)
+    return v.mean((0, 2, 3))
+
+
+@torch.no_grad()
+def _track_abs(policy, walls, agent, cheese, layer):
+    return A.cheese_tracking(policy, walls, agent, cheese, layer).abs()
+
+
+@torch.no_grad()
+def _vec_reversed(policy, walls, agent, cheese, layer):
+    return -A.cheese_vectors(policy, walls, agent, cheese, layer)
+
+
+@torch.no_grad()
+def _vec_mean(policy, walls, agent, cheese, layer):
+    v = A.cheese_vectors(policy, walls, agent, cheese, layer)
+    return v.mean(0, keepdim=True).expand_as(v).clone()
+
+
+@torch.no_grad()
+def _vec_moved_cheese(policy, walls, agent, cheese, layer):
+    moved = agent.copy()  # "without cheese" built by moving it onto the agent
+    a = policy.run_with_cache(torch.from_numpy(encode(walls, agent, cheese)), names_filter=[layer])[1][layer]
+    b = policy.run_with_cache(torch.from_numpy(encode(walls, agent, moved)), names_filter=[layer])[1][layer]
+    return a - b
+
+
+def _rand_global_norm(vectors, seed):
+    r = torch.randn(vectors.shape, generator=torch.Generator().manual_seed(seed))
+    return r / r.norm() * vectors.norm()
+
+
+def _rand_unit(vectors, seed):
+    r = torch.randn(vectors.shape, generator=torch.Generator().manual_seed(seed)).flatten(1)
+    return (r / r.norm(dim=1, keepdim=True)).reshape(vectors.shape)
+
+
+def _rand_global_rng(vectors, seed):
+    r = torch.randn(vectors.shape).flatten(1)
+    return (r / r.norm(dim=1, keepdim=True) * vectors.flatten(1).norm(dim=1, keepdim=True)).reshape(vectors.shape)
+
+
+def _retarget_in_place(channels, target, value):
+    ref = A.retarget_hook(channels, target, value)
+
+    def hook(act, hook):
+        act.copy_(ref(act, hook))
+        return act
+    return hook
+
+
+def _retarget_swapped(channels, target, value):
+    return A.retarget_hook(channels, target[:, ::-1].copy(), value)
+
+
+def _retarget_whole_map(channels, target, value):
+    def hook(act, hook):
+        act = act.clone()
+        val = torch.as_tensor(value, dtype=act.dtype).reshape(-1, 1, 1) if torch.as_tensor(value).ndim else value
+        act[:, list(channels)] = val
+        return act
+    return hook
+
+
+@torch.no_grad()
+def _sens_l1(policy, pairs):
+    return 2 * A.cheese_sensitivity(policy, pairs)
+
+
+@torch.no_grad()
+def _sens_argmax(policy, pairs):
+    return float((policy(pairs["clean"]).argmax(-1) != policy(pairs["corrupt"]).argmax(-1)).float().mean())
+
+
+@torch.no_grad()
+def _sens_logits(policy, pairs):
+    return float(0.5 * (policy(pairs["clean"]) - policy(pairs["corrupt"])).abs().sum(-1).mean())
+
+
+def _spearman_pearson(x, y):
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _spearman_ordinal_ties(x, y):
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _spearman_in_place(x, y):
+    out = A.spearman(x, y)
+    x.sort()
+    return out
+
+
+def _si_sqrt_n(x, y, alpha=0.05):
+    rho = A.spearman(x, y)
+    z, half = math.atanh(rho), 1.96 * 1.03 / math.sqrt(len(x))
+    return rho, math.tanh(z - half), math.tanh(z + half)
+
+
+def _si_symmetric(x, y, alpha=0.05):
+    rho = A.spearman(x, y)
+    half = 1.96 * 1.03 / math.sqrt(len(x) - 3)
+    return rho, rho - half, rho + half
+
+
+def _si_pearson(x, y, alpha=0.05):
+    r = float(np.corrcoef(x, y)[0, 1])
+    z, half = math.atanh(r), 1.96 * 1.03 / math.sqrt(len(x) - 3)
+    return r, math.tanh(z - half), math.tanh(z + half)
+
+
+WRONG_ANSWERS = {
+    "bfs_distances": [_bfs_manhattan, _bfs_unreachable_zero, _bfs_diagonal],
+    "first_steps": [_first_manhattan, _first_only_one, _first_from_source_distances],
+    "decision_square": [_ds_start, _ds_one_too_far, _ds_never_none],
+    "channel_patching": [_patch_raw, _patch_reversed, _patch_all_but_one],
+    "cheese_tracking": [_track_no_baseline, _track_whole_map, _track_abs],
+    "cheese_vectors": [_vec_reversed, _vec_mean, _vec_moved_cheese],
+    "random_like": [_rand_global_norm, _rand_unit, _rand_global_rng],
+    "retarget_hook": [_retarget_in_place, _retarget_swapped, _retarget_whole_map],
+    "cheese_sensitivity": [_sens_l1, _sens_argmax, _sens_logits],
+    "spearman": [_spearman_pearson, _spearman_ordinal_ties, _spearman_in_place],
+    "spearman_interval": [_si_sqrt_n, _si_symmetric, _si_pearson],
+}
