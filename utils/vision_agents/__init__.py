@@ -1,0 +1,2 @@
+"""Chapter 11 (agents that see): MinAtar and Acrobot agents, attribution checked by interventions,
+probes of game variables and spatial patching. See `agents`, `games` and `interp`."""
