@@ -290,3 +290,52 @@ def policy_vs_search(net: AZNet, boards: np.ndarray, optimal: np.ndarray, cfg: M
         visits = batched_mcts(net.evaluate, game, boards, cfg, np.random.default_rng(seed))
     ar = np.arange(len(boards))
     return {"net": optimal[ar, pri.argmax(1)], "search": optimal[ar, visits.argmax(1)]}
+
+
+# ------------------------------------------------------------------ strength
+def optimal_move_rate(net: AZNet, boards: np.ndarray, optimal: np.ndarray) -> np.ndarray:
+    """[B] bool: the network's most probable legal move keeps the exact value (optimal [B, A])."""
+    pri, _ = net.evaluate(boards)
+    return optimal[np.arange(len(boards)), pri.argmax(1)]
+
+
+def match_vs_solver(net: AZNet, n_games: int, seed: int = 0, cfg: MCTSConfig | None = None) -> np.ndarray:
+    """Scores [n_games] for the agent (+1 win, 0 draw, -1 loss) against a perfect opponent that picks
+    at random among its optimal moves; the agent plays first in even games, second in odd ones, with
+    its raw policy (cfg None) or with a search. Perfect play by both sides is a draw in both games."""
+    game = net.game
+    rng = np.random.default_rng(seed)
+    scores = np.zeros(n_games)
+    for i in range(n_games):
+        b = game.initial(1)
+        agent_turn = i % 2 == 0
+        while True:
+            if agent_turn:
+                if cfg is None:
+                    a = int(net.evaluate(b)[0].argmax())
+                else:
+                    a = int(batched_mcts(net.evaluate, game, b, cfg, rng).argmax())
+            else:
+                a = int(rng.choice(np.flatnonzero(game.optimal_mask(b)[0])))
+            b, term, val = game.step(b, [a])
+            if term[0]:
+                # val is for the side to move now: -1 means the player who just moved won
+                scores[i] = -val[0] if agent_turn else val[0]
+                break
+            agent_turn = not agent_turn
+    return scores
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (0.5 = no association)."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        return float("nan")
+    ranks = np.argsort(np.argsort(scores, kind="mergesort"), kind="mergesort") + 1.0
+    # average ranks over ties
+    for v in np.unique(scores):
+        m = scores == v
+        if m.sum() > 1:
+            ranks[m] = ranks[m].mean()
+    n1, n0 = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))

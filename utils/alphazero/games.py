@@ -79,6 +79,8 @@ class Game:
     def step(self, boards: np.ndarray, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(next canonical boards, terminal [B] bool, value [B] for the NEW side to move: -1 when
         the mover just won, 0 for a draw or a game not over). Illegal actions raise a CourseError."""
+        if not isinstance(boards, np.ndarray) or boards.ndim != 3 or boards.shape[1:] != self.shape:
+            boards = self.check_boards(boards)
         actions = np.asarray(actions, dtype=np.int64).reshape(-1)
         if len(actions) != len(boards) or (actions < 0).any() or (actions >= self.n_actions).any():
             raise CourseError(f"expected {len(boards)} actions in 0..{self.n_actions - 1}, got {actions.tolist()}")

@@ -165,8 +165,10 @@ class TrainResult:
     config: dict
 
 
-def train_alphazero(cfg: AZConfig, progress: bool = True, half: bool = False) -> TrainResult:
-    """Train an AlphaZero agent from scratch; seeds make the run identical on a rerun."""
+def train_alphazero(cfg: AZConfig, progress: bool = True, half: bool = False, loss_fn=None) -> TrainResult:
+    """Train an AlphaZero agent from scratch; seeds make the run identical on a rerun.
+    `loss_fn(logits, value, pi, z)` replaces `az_loss` (e.g. your own)."""
+    loss_fn = loss_fn or az_loss
     game = get_game(cfg.game)
     set_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -187,7 +189,7 @@ def train_alphazero(cfg: AZConfig, progress: bool = True, half: bool = False) ->
             for _ in range(cfg.train_steps):
                 x, pi, z = buf.sample(cfg.batch_size, rng)
                 logits, v = net(x)
-                loss = az_loss(logits, v, pi, z)
+                loss = loss_fn(logits, v, pi, z)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
