@@ -169,6 +169,12 @@ def test_sb3_ppo_policy_bit_for_bit():
         assert torch.allclose(torch.log_softmax(logits, -1), dist.logits, atol=1e-6)
         assert torch.equal(logits.argmax(-1), policy._predict(obs, deterministic=True))
     assert agent.shapes["mlp_extractor.policy_net.3.hook_out"] == (64,)
+    # after a training step SB3 keeps the last distribution (tensors with a grad_fn) on the policy:
+    # the random-init control and deepcopy must still work, and leave the original alone
+    policy.evaluate_actions(obs, torch.zeros(64, dtype=torch.long))
+    rand = agent.reinitialised(3)
+    assert not torch.equal(rand(obs), agent(obs)) and torch.equal(agent(obs), policy.action_net(h))
+    assert torch.equal(copy.deepcopy(agent)(obs), agent(obs))
 
 
 def test_sb3_dqn_policy():

@@ -109,13 +109,34 @@ def reinitialise_module(module: nn.Module, seed: int) -> nn.Module:
     """A deep copy of `module` in which every submodule with `reset_parameters` is re-drawn, from
     the global generator seeded with `seed` inside `torch.random.fork_rng` (so the caller's random
     state is untouched): the random-init control. The original is not modified."""
-    clone = copy.deepcopy(module)
+    return _reset_parameters(copy.deepcopy(module), seed)
+
+
+def _reset_parameters(module: nn.Module, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for sub in clone.modules():
+        for sub in module.modules():
             if callable(getattr(sub, "reset_parameters", None)):
                 sub.reset_parameters()
-    return clone
+    return module
+
+
+def copy_network(module: nn.Module) -> nn.Module:
+    """A deep copy of the network's modules, parameters and buffers; other attributes (an SB3
+    policy's optimizer, spaces, last action distribution, which may hold tensors of a finished
+    autograd graph that deepcopy refuses) are shared with the original, and stray tensor
+    attributes are detached."""
+    memo: dict[int, object] = {}
+    for sub in module.modules():
+        for key, value in vars(sub).items():
+            if key.startswith("_") or isinstance(value, nn.Module):
+                continue
+            if isinstance(value, Tensor):
+                if value.grad_fn is not None:
+                    memo[id(value)] = value.detach().clone()
+                continue
+            memo[id(value)] = value
+    return copy.deepcopy(module, memo)
 
 
 def hook_name(path: str) -> str:
@@ -317,11 +338,7 @@ class AdaptedPolicy(HookedRootModule):
     def reinitialised(self, seed: int) -> "AdaptedPolicy":
         """A copy whose every layer with `reset_parameters` is re-drawn from a seeded generator: the
         random-init control (same architecture and hooks, no training)."""
-        self.remove()
-        try:
-            clone = reinitialise_module(self.module, seed)
-        finally:
-            self._attach()
+        clone = _reset_parameters(self._bare_copy(), seed)
         hooks = dict(self._paths)
         return AdaptedPolicy(clone, self.example_obs, hooks=hooks, forward_fn=self.forward_fn, kind=self.kind)
 
@@ -329,7 +346,7 @@ class AdaptedPolicy(HookedRootModule):
         """A deep copy of the wrapped network without the adapter's forward hooks."""
         self.remove()
         try:
-            return copy.deepcopy(self.module)
+            return copy_network(self.module)
         finally:
             self._attach()
 
