@@ -76,6 +76,7 @@ site: $(if $(VENV),$(STAMP))
 
 bench: $(if $(VENV),$(STAMP))
 	$(PY) scripts/bench_ppo.py
+	$(PY) scripts/bench_sokoban.py
 	$(PY) scripts/bench_mcts.py
 
 # the gpu profile on CPU, offline, against hub-shaped fixtures in _build/hub-fixtures (CHAPTERS=... for some)

@@ -1,0 +1,229 @@
+"""Chapter 08 (planning in a model-free recurrent agent): the DRC agent and its hooks, recurrent
+PPO with truncated BPTT, greedy play with thinking steps, pacing, plan labels and square probes,
+the steering and ablation hooks, and the shipped checkpoints."""
+import numpy as np
+import pytest
+import torch
+
+from utils.core import CourseError
+from utils.envs.sokoban import DOWN, LEFT, NOOP, RIGHT, UP, Level, LevelBank, Sokoban
+from utils.models.drc import DRC, ConvBaseline, build_agent, agent_arch, matched_baseline, n_params
+from utils.planning.intervene import projection_hook, square_edit_hook, steer_first_move
+from utils.planning.play import pacing, play, thinking_curve
+from utils.planning.probes import fit_square_probe, macro_f1, obs_features, plan_labels, record_on_observations, square_rows
+from utils.planning.train import TrainConfig, load_agent, heldout_bank
+from utils.rl.recurrent_ppo import RecurrentPPOConfig, _windows, train_recurrent_ppo, unroll
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _level(text: str) -> Level:
+    rows = text.strip("\n").split("\n")
+    side = max(len(rows), max(map(len, rows)))
+    rows = [row.ljust(side, "#") for row in rows] + ["#" * side] * (side - len(rows))
+    walls = np.array([[ch == "#" for ch in row] for row in rows])
+    find = lambda chars: tuple((r, c) for r, row in enumerate(rows) for c, ch in enumerate(row) if ch in chars)
+    return Level(walls, find(".*+"), find("$*"), find("@+")[0])
+
+
+CORRIDOR = LevelBank.from_levels([_level("""
+#######
+#@ $ .#
+#     #
+#######
+""")])
+
+
+def _drc(seed=0, **kw):
+    torch.manual_seed(seed)
+    return DRC((5, 7, 7), 5, **{"channels": 8, "depth": 2, "ticks": 2, "hidden": 16, **kw})
+
+
+def test_drc_shapes_hooks_and_ticks():
+    m = _drc()
+    obs = torch.rand(3, 5, 7, 7)
+    logits, value, (h, c) = m.step(obs)
+    assert logits.shape == (3, 5) and value.shape == (3,) and h.shape == c.shape == (3, 2, 8, 7, 7)
+    names = [m.hook_name("h", d, n) for d in range(2) for n in range(2)]
+    _, cache = m.run_with_cache(obs, names_filter=names + ["hook_enc"])
+    assert all(cache[k].shape == (3, 8, 7, 7) for k in names)
+    assert torch.allclose(cache["hook_h.1.1"], h[:, 1])          # last tick of the top layer is the new state
+    assert not torch.allclose(cache["hook_h.1.0"], cache["hook_h.1.1"])
+    # the state carries information: a second step from the new state differs from one from zeros
+    assert not torch.allclose(m.step(obs, (h, c))[0], m.step(obs)[0])
+
+
+def test_pool_and_inject_crosses_the_board_in_one_tick():
+    m = _drc(depth=1, ticks=1)
+    obs = torch.zeros(1, 5, 7, 7)
+    h0, c0 = m.initial_state(1)
+    h1 = h0.clone()
+    h1[0, 0, :, 1, 1] = 1.0                                        # state only in the top-left corner
+    out0 = m.step(obs, (h0, c0))[2][0][0, 0, :, 5, 5]
+    out1 = m.step(obs, (h1, c0))[2][0][0, 0, :, 5, 5]              # far corner: beyond the 3x3 kernel
+    assert not torch.allclose(out0, out1)
+
+
+def test_drc_bad_inputs_are_one_line_errors():
+    m = _drc()
+    with pytest.raises(CourseError, match="unknown tick"):
+        m.hook_name("h", 0, 2)
+    with pytest.raises(CourseError, match="unknown layer"):
+        m.hook_name("h", 5, 0)
+    with pytest.raises(CourseError, match="state must be"):
+        m.step(torch.rand(2, 5, 7, 7), (torch.zeros(2, 2, 8, 6, 6), torch.zeros(2, 2, 8, 6, 6)))
+    with pytest.raises(CourseError, match="observations"):
+        m.step(torch.rand(2, 4, 7, 7))
+    with pytest.raises(CourseError, match="positive int"):
+        DRC(ticks=0)
+
+
+def test_matched_baseline_and_rebuild():
+    m = _drc()
+    b = matched_baseline(m)
+    assert abs(n_params(b) - n_params(m)) / n_params(m) < 0.1
+    assert b.step(torch.rand(2, 5, 7, 7))[2] == ()
+    for model in (m, b):
+        again = build_agent(agent_arch(model))
+        again.load_state_dict(model.state_dict())
+        x = torch.rand(2, 5, 7, 7)
+        assert torch.allclose(again.step(x, model.initial_state(2))[0], model.step(x, model.initial_state(2))[0])
+
+
+def test_unroll_resets_state_at_episode_starts():
+    m = _drc()
+    obs = torch.rand(4, 2, 5, 7, 7)
+    starts = torch.zeros(4, 2)
+    starts[0] = 1
+    starts[2, 1] = 1
+    logits, values, _ = unroll(m, obs, starts, m.initial_state(2))
+    # env 1 restarts at step 2: its outputs from there equal a fresh run on steps 2..3
+    fresh, _, _ = unroll(m, obs[2:, 1:], torch.tensor([[1.0], [0.0]]), m.initial_state(1))
+    assert torch.allclose(logits[2:, 1:], fresh, atol=1e-6)
+    assert not torch.allclose(logits[2:, :1], unroll(m, obs[2:, :1], torch.tensor([[1.0], [0.0]]), m.initial_state(1))[0])
+
+
+def test_windows_layout():
+    x = torch.arange(8 * 3).reshape(8, 3)        # T=8, N=3
+    w = _windows(x, 4)
+    assert w.shape == (6, 4)
+    assert w[0].tolist() == [0, 3, 6, 9] and w[4].tolist() == [13, 16, 19, 22]   # row k*N + n
+
+
+def test_recurrent_ppo_learns_the_corridor():
+    """PPO with truncated BPTT solves a one-push corridor (random play rarely does)."""
+    env = Sokoban(8, CORRIDOR, max_steps=12, seed=0)
+    m = _drc(channels=8, depth=1, ticks=1)
+    cfg = RecurrentPPOConfig(total_steps=8 * 16 * 20, n_envs=8, n_steps=16, bptt_len=4, n_minibatches=4, lr=3e-3, seed=0)
+    res = train_recurrent_ppo(cfg, m, env, progress=False)
+    assert play(m, CORRIDOR, max_steps=12).solved.all()
+    assert len(res.log["success"]) == cfg.n_iterations
+
+
+def test_recurrent_ppo_config_errors():
+    with pytest.raises(CourseError, match="bptt_len"):
+        RecurrentPPOConfig(n_steps=10, bptt_len=4).validate()
+    with pytest.raises(CourseError, match="n_envs"):
+        train_recurrent_ppo(RecurrentPPOConfig(n_envs=4, n_steps=8, bptt_len=4, n_minibatches=2, total_steps=64),
+                            _drc(), Sokoban(2, CORRIDOR), progress=False)
+
+
+def test_play_thinking_steps_and_labels_on_a_scripted_agent():
+    class Scripted(torch.nn.Module):
+        """Feed-forward: right, right, right (solves the corridor in 3)."""
+        hook_dict = {}
+
+        def initial_state(self, n, device=None):
+            return ()
+
+        def step(self, obs, state):
+            return torch.nn.functional.one_hot(torch.full((obs.shape[0],), RIGHT), 5).float(), torch.zeros(obs.shape[0]), ()
+
+        def hooks(self, fwd_hooks=()):
+            import contextlib
+            return contextlib.nullcontext()
+
+    p = play(Scripted(), CORRIDOR, max_steps=6, think=3)
+    assert p.solved.all() and p.length[0] == 3 and p.actions[0, :4].tolist() == [RIGHT] * 3 + [-1]
+    lab = plan_labels(p, horizon=2)
+    assert lab["agent"][0, 0, 1, 1] == RIGHT + 1 and lab["agent"][0, 0, 1, 2] == RIGHT + 1
+    assert lab["agent"][0, 0, 1, 3] == 0                      # 2 steps ahead only
+    assert lab["box"][0, 0, 1, 3] == RIGHT + 1                # pushed off (1, 3) at step 1
+    assert lab["box"][0, 0, 1, 4] == 0 and lab["box"][0, 1, 1, 4] == RIGHT + 1   # off (1, 4) at step 2
+    with pytest.raises(CourseError, match="thinking-step"):
+        play(Scripted(), CORRIDOR, think=-1)
+
+
+def test_thinking_changes_the_drc_but_not_the_baseline():
+    bank = heldout_bank(TrainConfig(), 6)
+    m, b = _drc(), matched_baseline(_drc())
+    p0 = play(m, bank, think=0, record=("hook_h.1.1",))
+    p4 = play(m, bank, think=4, record=("hook_h.1.1",))
+    assert not torch.allclose(p0.acts["hook_h.1.1"][:, 0], p4.acts["hook_h.1.1"][:, 0])
+    q0, q4 = play(b, bank, think=0), play(b, bank, think=4)
+    assert (q0.actions == q4.actions).all()
+    curve = thinking_curve(b, bank, (0, 2))
+    assert set(curve) == {0, 2} and (curve[0] == curve[2]).all()
+
+
+def test_pacing_counts_noops_and_reversals():
+    acts = np.array([[NOOP, UP, DOWN, LEFT, -1], [RIGHT, RIGHT, RIGHT, RIGHT, RIGHT]])
+    out = pacing(acts, first=5)
+    assert np.allclose(out["noop"], [0.25, 0]) and np.allclose(out["back_and_forth"], [0.25, 0])
+    assert np.allclose(out["pacing"], [0.5, 0])
+
+
+def test_macro_f1_and_obs_features():
+    assert macro_f1(np.array([1, 2, 3, 4]), np.array([1, 2, 3, 4])) == 1.0
+    assert macro_f1(np.array([0, 0, 0, 0]), np.array([1, 2, 3, 4])) == 0.0
+    assert abs(macro_f1(np.array([1, 1, 0]), np.array([1, 0, 0])) - 2 / 3) < 1e-9
+    obs = torch.zeros(2, 5, 7, 7)
+    obs[0, 4, 3, 3] = 1
+    f = obs_features(obs)
+    assert f.shape == (2, 45, 7, 7)
+    assert f[0, 4 * 9 + 4, 3, 3] == 1 and f[0, 4 * 9 + 5, 3, 2] == 1     # centre, and right neighbour of (3, 2)
+
+
+def test_random_agent_replays_observations_exactly():
+    bank = heldout_bank(TrainConfig(), 4)
+    m = _drc()
+    p = play(m, bank, record=("hook_h.0.1",), keep_obs=True, max_steps=8)
+    rec = record_on_observations(m, p.obs, p.live, ["hook_h.0.1"])
+    assert torch.allclose(rec["hook_h.0.1"], p.acts["hook_h.0.1"], atol=1e-5)
+
+
+def test_edit_hooks_check_shapes():
+    with pytest.raises(CourseError, match="squares"):
+        square_edit_hook(torch.zeros(3, 8), np.zeros((2, 2), int))
+    hook = square_edit_hook(torch.ones(2, 8), np.array([[1, 1], [2, 3]]))
+    with pytest.raises(CourseError, match="does not match"):
+        hook(torch.zeros(2, 6, 7, 7), None)
+    out = hook(torch.zeros(2, 8, 7, 7), None)
+    assert out.sum() == 16 and out[1, :, 2, 3].sum() == 8
+    proj = projection_hook(torch.eye(8)[:2])
+    x = torch.rand(1, 8, 7, 7)
+    assert torch.allclose(proj(x, None)[:, :2], torch.zeros(1, 2, 7, 7), atol=1e-6)
+    assert torch.allclose(proj(x, None)[:, 2:], x[:, 2:], atol=1e-6)
+    with pytest.raises(CourseError, match="directions"):
+        steer_first_move(_drc(), CORRIDOR, torch.zeros(3, 8), 1, 1.0)
+
+
+def test_shipped_agents_solve_far_more_than_random_and_a_plan_probe_beats_the_observation():
+    bank = heldout_bank(TrainConfig(), 60)
+    drc = load_agent("drc", 1)
+    rand_policy = play(_drc(seed=5, channels=16, hidden=64), bank, greedy=False)
+    p = play(drc, bank, record=("hook_h.1.1",), keep_obs=True)
+    assert p.solve_rate > rand_policy.solve_rate + 0.1
+    lab = plan_labels(p, horizon=4)["agent"]
+    f, y, g = square_rows(p.acts["hook_h.1.1"], lab, p)
+    fo, _, _ = square_rows(obs_features(p.obs), lab, p)
+    probe, obs_probe = fit_square_probe(f, y, g, epochs=100), fit_square_probe(fo, y, g, epochs=100)
+    assert probe.f1 > obs_probe.f1
+
+
+def test_load_agent_errors():
+    with pytest.raises(CourseError, match="kind"):
+        load_agent("lstm", 0)

@@ -1,0 +1,1 @@
+"""Chapter 08: planning in a model-free recurrent agent (DRC on Sokoban)."""

@@ -1,0 +1,109 @@
+"""Intervening on the decoded plan: steer the agent by adding a probe direction at a square, and
+ablate the plan subspace, each against a random direction (or subspace) of the same size.
+
+Steering (after Bush et al. 2025): at the first step of a level, add `scale` times the unit
+probe direction "the agent will leave this square moving d" to the hidden state of one layer at
+the agent's square, at every tick. Success: the greedy first action becomes d, for a d that is a
+legal move and not the action the agent took unedited. Control: a random unit direction of the
+same norm at the same square.
+
+Ablation: project the span of the probe's direction vectors out of a layer's hidden state at
+every square and tick for a whole episode, and measure the solve rate; control: a random
+subspace of the same dimension.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from utils.core import CourseError
+from utils.envs.sokoban import MOVES, LevelBank, Sokoban
+from utils.planning.play import Play, play
+
+
+def _layer_hooks(model: nn.Module, layer: int) -> list[str]:
+    if not hasattr(model, "hook_name"):
+        raise CourseError(f"{type(model).__name__} has no per-tick hidden state: steering needs a DRC")
+    return [model.hook_name("h", layer, n) for n in range(model.ticks)]
+
+
+def square_edit_hook(vectors: Tensor, squares: np.ndarray):
+    """A hook adding vectors [B, C] to activations [B, C, H, W] at squares [B, 2] (row, col)."""
+    squares = np.asarray(squares)
+    if vectors.ndim != 2 or squares.shape != (vectors.shape[0], 2):
+        raise CourseError(f"square edit needs vectors [B, C] and squares [B, 2], got {tuple(vectors.shape)} and {squares.shape}")
+    rows = torch.arange(vectors.shape[0])
+    r, c = torch.as_tensor(squares[:, 0]), torch.as_tensor(squares[:, 1])
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if act.ndim != 4 or act.shape[0] != vectors.shape[0] or act.shape[1] != vectors.shape[1]:
+            raise CourseError(f"hidden state of shape {tuple(act.shape)} does not match the edit vectors "
+                              f"{tuple(vectors.shape)}: edit [B, C, H, W] states with [B, C] vectors")
+        act = act.clone()
+        act[rows, :, r, c] += vectors.to(act.dtype)
+        return act
+
+    return hook
+
+
+@torch.no_grad()
+def steer_first_move(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int, scale: float,
+                     levels=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per level: the target direction (1-4, a legal move other than the unedited first action),
+    whether the edited greedy first action hit it with the probe direction (`probe`) and with a
+    random direction of the same norm (`random`). `directions` [4, C]: unit vectors for classes
+    1-4 (up, down, left, right)."""
+    if directions.ndim != 2 or directions.shape[0] != 4 or directions.shape[1] != model.channels:
+        raise CourseError(f"directions must be [4, {model.channels}] (one per move), got {tuple(directions.shape)}")
+    names = _layer_hooks(model, layer)
+    levels = np.arange(len(bank)) if levels is None else np.asarray(levels)
+    n = len(levels)
+    env = Sokoban(n, bank, auto_reset=False)
+    obs = env.set_levels(levels)
+    base = model(obs).argmax(-1).numpy()
+    rng = np.random.default_rng(seed)
+    target = np.zeros(n, int)
+    for i in range(n):
+        legal = [a for a in range(4) if not env.walls[i, env.agent[i, 0] + MOVES[a][0], env.agent[i, 1] + MOVES[a][1]]
+                 and a != base[i]]
+        target[i] = rng.choice(legal) if legal else -1
+    ok = target >= 0
+    vec = directions[np.maximum(target, 0)] * scale
+    rand = torch.from_numpy(rng.standard_normal((n, model.channels))).float()
+    rand = rand / rand.norm(dim=1, keepdim=True) * scale
+    out = {"target": target + 1, "valid": ok}
+    for what, v in (("probe", vec), ("random", rand)):
+        hook = square_edit_hook(v, env.agent.copy())
+        with model.hooks(fwd_hooks=[(nm, hook) for nm in names]):
+            a = model(obs).argmax(-1).numpy()
+        out[what] = (a == target) & ok
+    return out
+
+
+def projection_hook(basis: Tensor):
+    """A hook removing the span of `basis` [k, C] from activations [B, C, H, W] at every square."""
+    q, _ = torch.linalg.qr(basis.T.double())     # [C, k] orthonormal
+    q = q.float()
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if act.ndim != 4 or act.shape[1] != q.shape[0]:
+            raise CourseError(f"hidden state of shape {tuple(act.shape)} does not have {q.shape[0]} channels in dim 1")
+        coef = torch.einsum("bchw,ck->bkhw", act, q)
+        return act - torch.einsum("bkhw,ck->bchw", coef, q)
+
+    return hook
+
+
+def ablate_subspace(model: nn.Module, bank: LevelBank, basis: Tensor, layer: int, levels=None,
+                    max_steps: int = 40) -> Play:
+    """Play with the span of `basis` [k, C] projected out of layer `layer` at every tick and square."""
+    if basis.ndim != 2 or basis.shape[1] != model.channels or basis.shape[0] >= model.channels:
+        raise CourseError(f"basis must be [k, {model.channels}] with k < {model.channels}, got {tuple(basis.shape)}")
+    hook = projection_hook(basis)
+    return play(model, bank, levels, max_steps=max_steps, fwd_hooks=[(nm, hook) for nm in _layer_hooks(model, layer)])
+
+
+def random_basis(k: int, channels: int, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(k, channels, generator=g)

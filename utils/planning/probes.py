@@ -1,0 +1,185 @@
+"""Decoding the plan: per-square labels of where the agent and the boxes will move, and
+per-square linear probes of the hidden state scored by macro-F1 (Bush et al. 2025).
+
+Labels, for every square (r, c) at step t of an episode, with horizon k:
+- `agent`: the direction (1 up, 2 down, 3 left, 4 right) in which the agent next LEAVES (r, c)
+  during steps t .. t+k-1, or 0 if it does not leave it in that window;
+- `box`: the direction in which a box is next PUSHED off (r, c) in that window, or 0.
+
+A probe is one linear map from the C channels of a layer at a square to these 5 classes, the
+same map at every square (a 1x1 convolution). Rows are (episode, step, floor square); the split
+keeps every level on one side (`groups` = level), and the score is the macro-F1 over the four
+direction classes on the held-out levels, with a 95% interval from a bootstrap over held-out
+levels. Controls: the same probe on the observation around the square (3x3 neighbourhood,
+`obs_features`), and on a random-init agent's states for the same observations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from utils.core import CourseError
+from utils.interp.probes import _split, train_probe
+from utils.planning.play import Play
+from utils.rl.recurrent_ppo import unroll
+
+TARGETS = ("agent", "box")
+CLASS_NAMES = ("none", "up", "down", "left", "right")
+
+
+def plan_labels(p: Play, horizon: int = 8) -> dict[str, np.ndarray]:
+    """{'agent': [n, T, H, W], 'box': [n, T, H, W]} int labels (see the module docstring);
+    T = p.actions.shape[1]. Steps after an episode's end are labelled 0 (and masked by p.live)."""
+    if not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise CourseError(f"horizon must be a positive int (steps ahead), got {horizon!r}")
+    n, T = p.actions.shape
+    H = p.boxes.shape[-1]
+    # what happens at each step: the agent leaves square `pos` in direction a (it moved), and
+    # a pushed box leaves square pos + d in direction a
+    moves = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])
+    rows = np.arange(n)
+    ev_agent = np.zeros((n, T, H, H), np.int64)
+    ev_box = np.zeros((n, T, H, H), np.int64)
+    for t in range(T):
+        a = p.actions[:, t]
+        moved = (a >= 0) & (a < 4) & (p.agent[:, t + 1] != p.agent[:, t]).any(1)
+        pos = p.agent[:, t]
+        ev_agent[rows[moved], t, pos[moved, 0], pos[moved, 1]] = a[moved] + 1
+        pb = p.pushed[:, t] & moved
+        bpos = pos[pb] + moves[a[pb]]
+        ev_box[rows[pb], t, bpos[:, 0], bpos[:, 1]] = a[pb] + 1
+    out = {}
+    for name, ev in (("agent", ev_agent), ("box", ev_box)):
+        lab = np.zeros_like(ev)
+        for t in range(T):
+            # the earliest event in the window wins: fill from the far end backwards
+            for s in range(min(T, t + horizon) - 1, t - 1, -1):
+                hit = ev[:, s] > 0
+                lab[:, t][hit] = ev[:, s][hit]
+        out[name] = lab
+    return out
+
+
+def obs_features(obs: Tensor) -> Tensor:
+    """[..., 5, H, W] -> [..., 45, H, W]: the observation in the 3x3 neighbourhood of every square
+    (walls outside the board): the observation-only control of a square probe."""
+    lead = obs.shape[:-3]
+    x = obs.reshape(-1, *obs.shape[-3:]).float()
+    x = F.pad(x, (1, 1, 1, 1))
+    x[:, 0, 0, :] = x[:, 0, -1, :] = 1
+    x[:, 0, :, 0] = x[:, 0, :, -1] = 1
+    patches = F.unfold(x, 3).reshape(x.shape[0], -1, obs.shape[-2], obs.shape[-1])
+    return patches.reshape(*lead, patches.shape[1], obs.shape[-2], obs.shape[-1])
+
+
+@torch.no_grad()
+def record_on_observations(model: nn.Module, obs: Tensor, live: np.ndarray, names) -> dict[str, Tensor]:
+    """Feed observation sequences obs [n, T, 5, H, W] (episodes from the zero state) to `model`
+    and record hooks `names` at every step: {name: [n, T, ...]}. Used to put a random-init agent
+    (the control) through the trained agent's episodes."""
+    store = {k: [] for k in names}
+
+    def rec(act, hook):
+        store[hook.name].append(act.detach().clone())
+
+    n, T = obs.shape[:2]
+    starts = torch.zeros(T, n)
+    starts[0] = 1
+    with model.hooks(fwd_hooks=[(k, rec) for k in names]):
+        unroll(model, obs.transpose(0, 1), starts, model.initial_state(n))
+    return {k: torch.stack(v, 1) for k, v in store.items()}
+
+
+def square_rows(acts: Tensor, labels: np.ndarray, p: Play):
+    """Flatten [n, T, C, H, W] activations and [n, T, H, W] labels to (features [m, C], labels [m],
+    groups [m] = level) over played steps (p.live) and floor squares (not p.walls)."""
+    if acts.ndim != 5 or tuple(acts.shape[:2]) != tuple(labels.shape[:2]) or tuple(acts.shape[-2:]) != labels.shape[-2:]:
+        raise CourseError(f"activations must be [n, T, C, H, W] matching labels {labels.shape}, got {tuple(acts.shape)}")
+    n, T, C, H, W = acts.shape
+    floor = ~p.walls
+    mask = p.live[:, :T, None, None] & floor[:, None]
+    feats = acts.permute(0, 1, 3, 4, 2)[torch.from_numpy(mask)]
+    groups = np.broadcast_to(p.levels[:, None, None, None], mask.shape)[mask]
+    return feats, torch.from_numpy(labels[mask]), groups
+
+
+def macro_f1(pred: np.ndarray, true: np.ndarray, classes=(1, 2, 3, 4)) -> float:
+    """Mean over `classes` of F1 = 2 TP / (2 TP + FP + FN) (a class absent and never predicted
+    is skipped)."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    f1s = []
+    for c in classes:
+        tp = np.sum((pred == c) & (true == c))
+        denom = 2 * tp + np.sum((pred == c) & (true != c)) + np.sum((pred != c) & (true == c))
+        if denom:
+            f1s.append(2 * tp / denom)
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+@dataclass
+class SquareProbe:
+    f1: float
+    low: float
+    high: float
+    weight: Tensor = field(repr=False)   # [5, C] in activation space
+    bias: Tensor = field(repr=False)
+    n_test_levels: int = 0
+
+    def direction(self, cls: int) -> Tensor:
+        """Unit vector of class `cls` (1-4) against the mean of the classes."""
+        if cls not in (1, 2, 3, 4):
+            raise CourseError(f"class must be a direction 1-4 ({', '.join(CLASS_NAMES[1:])}), got {cls!r}")
+        w = self.weight[cls] - self.weight.mean(0)
+        return w / w.norm().clamp_min(1e-12)
+
+    def predict(self, feats: Tensor) -> Tensor:
+        return (feats.float() @ self.weight.T + self.bias).argmax(-1)
+
+
+def fit_square_probe(feats: Tensor, labels: Tensor, groups: np.ndarray, seed: int = 0, epochs: int = 200,
+                     n_boot: int = 500, balance: bool = True) -> SquareProbe:
+    """A 5-class linear probe on square features with a split by level; macro-F1 on held-out
+    levels (directions only) with a bootstrap interval over those levels. `balance` weights the
+    rare direction classes up by subsampling the 'none' rows of the training split."""
+    feats = torch.as_tensor(feats).float()
+    labels = torch.as_tensor(labels).long()
+    groups = np.asarray(groups)
+    if len(torch.unique(labels)) < 2:
+        raise CourseError("the labels have a single class: play longer episodes or raise the horizon")
+    tr, te = _split(len(feats), 0.25, seed, groups)
+    keep = np.ones(len(feats), bool)
+    if balance:  # keep at most 3 'none' rows per direction row in the training split
+        rng = np.random.default_rng(seed)
+        none_tr = tr[labels[tr].numpy() == 0]
+        n_dir = int((labels[tr] > 0).sum())
+        if len(none_tr) > 3 * max(n_dir, 1):
+            drop = rng.choice(none_tr, len(none_tr) - 3 * max(n_dir, 1), replace=False)
+            keep[drop] = False
+    # train_probe makes its own grouped split; give it the training rows only (test_frac small)
+    sel = tr[keep[tr]]
+    res = train_probe(feats[sel], labels[sel], test_frac=0.05, seed=seed, epochs=epochs, groups=groups[sel])
+    weight = res.weight
+    if weight.shape[0] < 5:
+        weight = torch.cat([weight, torch.full((5 - weight.shape[0], weight.shape[1]), 0.0)])
+        bias = torch.cat([res.bias, torch.full((5 - res.bias.shape[0],), -1e9)])
+    else:
+        bias = res.bias
+    probe = SquareProbe(0.0, 0.0, 0.0, weight, bias)
+    pred = probe.predict(feats[te]).numpy()
+    true = labels[te].numpy()
+    g = groups[te]
+    f1 = macro_f1(pred, true)
+    uniq = np.unique(g)
+    rows_of = {u: np.flatnonzero(g == u) for u in uniq}
+    rng = np.random.default_rng(seed + 1)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows_of[u] for u in rng.choice(uniq, len(uniq))])
+        boots.append(macro_f1(pred[idx], true[idx]))
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    probe.f1, probe.low, probe.high, probe.n_test_levels = f1, float(lo), float(hi), len(uniq)
+    return probe

@@ -1,0 +1,134 @@
+"""Train chapter 08's agents (BFS-demonstration pretraining, then recurrent PPO) and ship them.
+
+    python -m utils.planning.train            # DRC(2, 2) and its matched conv baseline, seeds 0 1 2
+    python -m utils.planning.train --seeds 0 --kinds drc
+
+Each agent: `pretrain` (behavioural cloning of optimal BFS solutions on the training levels),
+then `train_recurrent_ppo` (truncated BPTT) on the same training levels. Saved as
+data/ch08_{kind}_s{seed}.pt with its manifest entry (config, metrics, training seconds and the
+load average of the machine at the time). `load_agent(kind, seed)` loads one back.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import tempfile
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from utils.checkpoints import load_checkpoint, save_checkpoint
+from utils.core import CourseError, set_seed
+from utils.envs.sokoban import LevelBank, Sokoban
+from utils.models.drc import DRC, agent_arch, build_agent, matched_baseline
+from utils.planning.data import pretrain
+from utils.planning.play import play
+from utils.rl.recurrent_ppo import RecurrentPPOConfig, train_recurrent_ppo
+
+KINDS = ("drc", "conv")
+
+
+@dataclass
+class TrainConfig:
+    size: int = 7
+    n_boxes: int = 1
+    min_moves: int = 6
+    n_train_levels: int = 1200
+    level_seed: int = 0
+    channels: int = 16
+    depth: int = 2
+    ticks: int = 2
+    hidden: int = 64
+    bc_epochs: int = 6
+    bc_batch: int = 16
+    bc_lr: float = 1.5e-3
+    ppo_steps: int = 8192
+    ppo_lr: float = 2e-4
+    n_envs: int = 32
+    max_steps: int = 40
+
+
+def train_bank(cfg: TrainConfig) -> LevelBank:
+    return LevelBank(cfg.n_train_levels, "train", seed=cfg.level_seed, size=cfg.size, n_boxes=cfg.n_boxes,
+                     min_moves=cfg.min_moves)
+
+
+def heldout_bank(cfg: TrainConfig | None = None, n: int = 200) -> LevelBank:
+    """Held-out levels: the test split's seed stream, disjoint from training."""
+    cfg = cfg or TrainConfig()
+    return LevelBank(n, "test", seed=cfg.level_seed, size=cfg.size, n_boxes=cfg.n_boxes, min_moves=cfg.min_moves)
+
+
+def make_agent(kind: str, cfg: TrainConfig, seed: int = 0) -> nn.Module:
+    """A freshly initialised agent (the random-init control when not trained)."""
+    if kind not in KINDS:
+        raise CourseError(f"unknown agent kind {kind!r}: use one of {KINDS}")
+    set_seed(seed)
+    drc = DRC((5, cfg.size, cfg.size), 5, cfg.channels, cfg.depth, cfg.ticks, cfg.hidden)
+    if kind == "drc":
+        return drc
+    set_seed(seed)
+    return matched_baseline(drc)
+
+
+def train_agent(kind: str, seed: int, cfg: TrainConfig, bank: LevelBank | None = None, progress: bool = True):
+    """(agent, metrics): pretrain on BFS demonstrations, then fine-tune with recurrent PPO."""
+    bank = bank or train_bank(cfg)
+    t0 = time.perf_counter()
+    model = make_agent(kind, cfg, seed)
+    bc = pretrain(model, bank, epochs=cfg.bc_epochs, batch=cfg.bc_batch, lr=cfg.bc_lr, seed=seed, progress=progress)
+    t_bc = time.perf_counter() - t0
+    held_out = heldout_bank(cfg, 100)
+    solved_bc = play(model, held_out, max_steps=cfg.max_steps).solve_rate
+    env = Sokoban(cfg.n_envs, bank, max_steps=cfg.max_steps, seed=seed)
+    ppo = train_recurrent_ppo(RecurrentPPOConfig(total_steps=cfg.ppo_steps, n_envs=cfg.n_envs, lr=cfg.ppo_lr, seed=seed), model, env,
+                              progress=progress)
+    succ = [s for s in ppo.log["success"] if s == s]
+    t_train = time.perf_counter() - t0
+    metrics = {"bc_final_loss": round(bc[-1], 4), "ppo_last_train_success": round(succ[-1], 3) if succ else None,
+               "heldout100_solved_after_bc": solved_bc,
+               "heldout100_solved_final": play(model, held_out, max_steps=cfg.max_steps).solve_rate,
+               "bc_seconds": round(t_bc, 1), "train_seconds": round(t_train, 1),
+               "load_average": round(os.getloadavg()[0], 2)}
+    return model.eval(), metrics
+
+
+def save_agent(model: nn.Module, kind: str, seed: int, cfg: TrainConfig, metrics: dict) -> dict:
+    state = {"arch": agent_arch(model), "state_dict": model.state_dict()}
+    with open(Path(tempfile.gettempdir()) / "ch08_manifest.lock", "w") as lock:   # several trainings may finish at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return save_checkpoint(state, f"ch08_{kind}_s{seed}", {**asdict(cfg), "kind": kind, "seed": seed},
+                               f"python -m utils.planning.train --kinds {kind} --seeds {seed}", metrics)
+
+
+def load_agent(kind: str, seed: int) -> nn.Module:
+    """The shipped, trained agent data/ch08_{kind}_s{seed}.pt (sha256-verified), in eval mode."""
+    if kind not in KINDS:
+        raise CourseError(f"unknown agent kind {kind!r}: use one of {KINDS}")
+    state, _ = load_checkpoint(f"ch08_{kind}_s{seed}")
+    model = build_agent(state["arch"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = TrainConfig()
+    bank = train_bank(cfg)
+    for seed in args.seeds:
+        for kind in args.kinds:
+            model, metrics = train_agent(kind, seed, cfg, bank)
+            entry = save_agent(model, kind, seed, cfg, metrics)
+            print(kind, seed, metrics, entry["bytes"], "bytes", flush=True)
+
+
+if __name__ == "__main__":
+    main()
