@@ -1,0 +1,161 @@
+"""Chapter 11: batched MinAtar (vectorised Breakout matches MinAtar frame for frame), the conv
+policy, ale-py Pong's errors, attribution, interventions and subspace patching, shipped agents."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utils.core import CourseError
+from utils.envs import make_env
+from utils.envs.minatar import MinAtarBatch, VecBreakout, check_frame, make_minatar, random_policy_returns
+from utils.models.conv_policy import HookedConvPolicy
+from utils.vision_agents import interp as I
+from utils.vision_agents.games import breakout_variables, frames, landing_column, move_ball, move_paddle
+
+
+def _sync(v: VecBreakout, s) -> None:
+    v.set_state(dict(ball_x=[s.ball_x], ball_y=[s.ball_y], ball_dir=[s.ball_dir], last_x=[s.last_x], last_y=[s.last_y],
+                     pos=[s.pos], bricks=s.brick_map[None] > 0, strike=[s.strike]))
+
+
+def test_vec_breakout_matches_minatar_frame_for_frame():
+    from minatar import Environment
+    e = Environment("breakout", sticky_action_prob=0.0)
+    e.seed(3)
+    e.reset()
+    v = VecBreakout(1, sticky_action_prob=0.0, auto_reset=False)
+    v.reset()
+    _sync(v, e.env)
+    rng = np.random.default_rng(0)
+    total, refills, episodes = 0.0, 0, 0
+    for _ in range(2500):
+        s = e.env
+        land = landing_column(np.array([s.ball_x]), np.array([s.ball_y]), np.array([s.ball_dir]))[0]
+        goal = land if land >= 0 else s.ball_x
+        a = int(rng.integers(3)) if rng.random() < 0.1 else (1 if goal < s.pos else 2 if goal > s.pos else 0)
+        before = int(s.brick_map.sum())
+        r, done = e.act([0, 1, 3][a])
+        refills += int(s.brick_map.sum() > before)
+        _, r2, term, _, info = v.step(torch.tensor([a]))
+        want = e.state().transpose(2, 0, 1).reshape(-1).astype(np.float32)
+        assert np.array_equal(want, info["final_obs"][0].numpy())
+        assert r == r2.item() and done == bool(term[0])
+        total += r
+        if done:
+            episodes += 1
+            e.reset()
+            v.reset()
+            _sync(v, e.env)
+    assert total > 30  # the comparison covered many brick hits
+
+
+def test_batches_reproduce_and_auto_reset():
+    for env in (VecBreakout(8, seed=1), MinAtarBatch("breakout", 8, seed=1)):
+        a = torch.randint(0, 3, (40, 8), generator=torch.Generator().manual_seed(0))
+        runs = []
+        for _ in range(2):
+            obs = [env.reset(seed=5)]
+            for t in range(40):
+                o, r, term, trunc, info = env.step(a[t])
+                obs.append(o)
+                if term.any():
+                    assert (info["final_obs"][term] != o[term]).any()
+            runs.append(torch.stack(obs))
+        assert torch.equal(runs[0], runs[1])
+    env = make_env("minatar-space_invaders", 4, seed=0)
+    assert env.reset().shape == (4, 600) and env.n_actions == 4
+    assert make_env("minatar-breakout", 2).obs_shape == (4, 10, 10)
+
+
+def test_random_policy_is_the_floor_and_truncation():
+    env = VecBreakout(16, seed=0, max_steps=50)
+    r = random_policy_returns(env, 40)
+    assert r.shape == (40,) and 0 <= r.mean() < 2
+
+
+def test_bad_input_one_line_errors():
+    with pytest.raises(CourseError, match="unknown MinAtar game"):
+        make_minatar("pacman", 2)
+    with pytest.raises(CourseError, match="shape"):
+        check_frame(torch.zeros(3, 5, 10, 10), 4)
+    with pytest.raises(CourseError, match="sticky_action_prob"):
+        VecBreakout(2, sticky_action_prob=1.5)
+    with pytest.raises(CourseError, match="actions"):
+        VecBreakout(2).step(torch.tensor([0, 3]))
+    from utils.envs.atari import check_rom, preprocess
+    with pytest.raises(CourseError, match="no ROM"):
+        check_rom("zork")
+    assert check_rom("pong").endswith("pong.bin")
+    with pytest.raises(CourseError, match="210, 160, 3"):
+        preprocess(np.zeros((84, 84, 3), np.uint8))
+    net = HookedConvPolicy((4, 10, 10), 3)
+    with pytest.raises(CourseError, match="observations must have shape"):
+        net(torch.zeros(2, 300))
+    with pytest.raises(CourseError, match="unknown agent"):
+        from utils.vision_agents.agents import load_agent
+        load_agent("pong_ppo")
+
+
+def test_game_variables_and_interventions():
+    env = VecBreakout(32, seed=0, sticky_action_prob=0.0)
+    env.reset()
+    for _ in range(30):  # the landing column predicts where a falling ball reaches row 9
+        st = env.get_state()
+        v = breakout_variables(st)
+        _, _, term, _, info = env.step(torch.zeros(32, dtype=torch.long))
+    st = env.get_state()
+    moved, ok = move_ball(st, 2)
+    assert (moved["ball_x"][ok] == st["ball_x"][ok] + 2).all() and (moved["ball_dir"] == st["ball_dir"]).all()
+    moved, ok = move_paddle(st, -9)
+    assert ok.sum() == (st["pos"] == 9).sum()
+    assert torch.equal(frames(st), env._obs() if isinstance(env._obs(), torch.Tensor) else torch.as_tensor(env._obs()))
+    falling = np.array([2, 3, 2])
+    assert landing_column(np.array([0, 0, 8]), np.array([4, 4, 4]), falling).tolist() == [5, 4, 6]
+    assert v["target"].min() >= -1 and v["target"].max() <= 2
+
+
+def test_attribution_and_patching_on_a_small_net():
+    torch.manual_seed(0)
+    net = HookedConvPolicy((4, 10, 10), 3, channels=(4, 4), hidden=(8,)).eval()
+    env = VecBreakout(16, seed=0)
+    env.reset()
+    for _ in range(5):
+        env.step(torch.randint(0, 3, (16,)))
+    st = env.get_state()
+    obs = frames(st)
+    a = net(obs).argmax(-1)
+    ig = I.integrated_gradients(net, obs, a, steps=64)
+    gap = I.centred_logit(net(obs), a) - I.centred_logit(net(torch.zeros_like(obs)), a)
+    assert torch.allclose(ig.flatten(1).sum(1), gap, atol=2e-3)  # completeness
+    gx = I.gradient_x_input(net, obs, a)
+    assert gx.shape == (16, 4, 10, 10) and (gx[obs.view(16, 4, 10, 10) == 0] == 0).all()
+    att = I.object_attribution(gx, st)
+    assert set(att) == set(I.OBJECTS)
+    eff = I.intervention_effects(net, st)
+    assert all((e[torch.isfinite(e)] >= 0).all() for e in eff.values())
+    acts = torch.randn(60, 12)
+    labels = np.repeat([0, 1, 2], 20)
+    q = I.class_mean_subspace(acts, labels)
+    assert q.shape == (12, 2) and torch.allclose(q.T @ q, torch.eye(2), atol=1e-5)
+    # a subspace patch with a full basis is the whole patch: it recovers everything
+    pairs = {"clean": obs[:8], "corrupt": obs[8:], "a_clean": net(obs[:8]).argmax(-1), "a_corrupt": (net(obs[:8]).argmax(-1) + 1) % 3}
+    rows = I.subspace_patching(net, pairs, {"layers.0.hook_post": {"all": torch.eye(8)}}, n_random=1, n_boot=100)
+    assert abs(rows[0]["recovered"] - 1) < 1e-4
+    with pytest.raises(CourseError):
+        I.object_attribution(gx[:, :3], st)
+
+
+def test_spearman_rows():
+    a = np.array([1.0, 2, 3, 4])
+    assert I.spearman_rows(a, a * 2) == pytest.approx(1.0)
+    assert I.spearman_rows(a, -a) == pytest.approx(-1.0)
+
+
+def test_shipped_agents_load_and_beat_random():
+    from utils.vision_agents.agents import SEEDS, evaluate_returns, load_agent, make_agent_env
+    env = make_agent_env("breakout_ppo", 16, seed=7)
+    floor = random_policy_returns(env, 32, seed=7).mean()
+    for name in ("breakout_ppo", "breakout_dqn"):
+        net = load_agent(name, SEEDS[0])
+        assert evaluate_returns(net, env, 16, greedy=name.endswith("dqn"), seed=7).mean() > floor + 1.5
