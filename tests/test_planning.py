@@ -227,3 +227,12 @@ def test_shipped_agents_solve_far_more_than_random_and_a_plan_probe_beats_the_ob
 def test_load_agent_errors():
     with pytest.raises(CourseError, match="kind"):
         load_agent("lstm", 0)
+
+
+def test_sampled_play_is_reproducible_and_thinking_curve_uses_one_seed():
+    bank = heldout_bank(TrainConfig(), 5)
+    m = _drc()
+    a, b = play(m, bank, greedy=False, seed=3), play(m, bank, greedy=False, seed=3)
+    assert (a.actions == b.actions).all()
+    curve = thinking_curve(matched_baseline(_drc()), bank, (0, 4), greedy=False, seed=3)
+    assert (curve[0] == curve[4]).all()     # the baseline has no state: same samples, same outcome

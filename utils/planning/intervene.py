@@ -96,12 +96,13 @@ def projection_hook(basis: Tensor):
 
 
 def ablate_subspace(model: nn.Module, bank: LevelBank, basis: Tensor, layer: int, levels=None,
-                    max_steps: int = 40) -> Play:
+                    max_steps: int = 40, greedy: bool = True, seed: int = 0) -> Play:
     """Play with the span of `basis` [k, C] projected out of layer `layer` at every tick and square."""
     if basis.ndim != 2 or basis.shape[1] != model.channels or basis.shape[0] >= model.channels:
         raise CourseError(f"basis must be [k, {model.channels}] with k < {model.channels}, got {tuple(basis.shape)}")
     hook = projection_hook(basis)
-    return play(model, bank, levels, max_steps=max_steps, fwd_hooks=[(nm, hook) for nm in _layer_hooks(model, layer)])
+    return play(model, bank, levels, max_steps=max_steps, greedy=greedy, seed=seed,
+                fwd_hooks=[(nm, hook) for nm in _layer_hooks(model, layer)])
 
 
 def random_basis(k: int, channels: int, seed: int = 0) -> Tensor:

@@ -114,10 +114,12 @@ def play(model: nn.Module, bank: LevelBank, levels=None, think: int = 0, max_ste
     return Play(solved, length, actions, agent, boxes, pushed, levels, obs_keep, acts, live, env.walls.copy())
 
 
-def thinking_curve(model: nn.Module, bank: LevelBank, think_steps=THINK_STEPS, levels=None,
-                   max_steps: int = 40) -> dict[int, np.ndarray]:
-    """{k: solved [n] bool} for each number k of extra thinking steps before the first move."""
-    return {int(k): play(model, bank, levels, think=k, max_steps=max_steps).solved for k in think_steps}
+def thinking_curve(model: nn.Module, bank: LevelBank, think_steps=THINK_STEPS, levels=None, max_steps: int = 40,
+                   greedy: bool = True, seed: int = 0) -> dict[int, np.ndarray]:
+    """{k: solved [n] bool} for each number k of extra thinking steps before the first move
+    (sampled play uses the same `seed` for every k)."""
+    return {int(k): play(model, bank, levels, think=k, max_steps=max_steps, greedy=greedy, seed=seed).solved
+            for k in think_steps}
 
 
 def pacing(actions: np.ndarray, first: int = 5) -> dict[str, np.ndarray]:
