@@ -72,12 +72,31 @@ class LM:
             if self.source == "local":
                 self._tl = to_hooked(self.hf, self.tokenizer, name=self.name, device=self.hf.device)
             else:
+                _check_tl_shape(self)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self._tl = HookedTransformer.from_pretrained(
                         HUB_MODELS[self.name]["tl_name"], hf_model=self.hf, tokenizer=self.tokenizer,
                         device=self.hf.device, dtype=self.hf.dtype)
         return self._tl
+
+
+def _check_tl_shape(lm: "LM") -> None:
+    """TransformerLens builds a hub model from its OWN config of that name (Gemma-2-2B's widths
+    are hard-coded in it) and allocates it before loading the weights: refuse at once, in one
+    line, when the loaded model has other shapes (a reduced-width rehearsal fixture), instead of
+    allocating the full-size model and failing deep inside the weight conversion."""
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    cfg = get_pretrained_model_config(HUB_MODELS[lm.name]["tl_name"])
+    hc = lm.hf.config
+    want = (cfg.d_model, cfg.n_layers, cfg.d_vocab)
+    have = (hc.hidden_size, hc.num_hidden_layers, hc.vocab_size)
+    if want != have:
+        raise CourseError(
+            f"TransformerLens builds {lm.name!r} with (d_model, layers, vocabulary) {want}, but the loaded model has "
+            f"{have} (a reduced-width fixture?): its TransformerLens form needs the full shape "
+            f"(`python -m utils.lm fixtures --gemma full`, about 16 GiB of free memory)")
 
 
 # ------------------------------------------------------------------- hub reachability
