@@ -11,6 +11,9 @@
   (custom embeddings, then the blocks with `start_at_layer=0`).
 - `actor_critic.SeparateActorCritic`: an actor and a critic as two separate `HookedMLPPolicy`
   networks (their own hook names), trained by `train_ppo` unchanged (chapter 09).
+- `conv_policy.HookedConvPolicy`: a convolutional actor-critic on flat image observations
+  (hooks `hook_obs`, `convs.{i}.hook_pre/post`, `layers.{j}.hook_pre/post`, `hook_logits`,
+  `hook_value`), trained by `train_ppo` / `train_dqn` unchanged (chapter 11: MinAtar, Pong).
 - `drc.DRC`: the Deep Repeated ConvLSTM agent of Guez et al. (2019), DRC(D, N), hooks
   `hook_h.{layer}.{tick}` / `hook_c.{layer}.{tick}`, and `drc.ConvBaseline`, its feed-forward
   control with a matched parameter count (chapter 08).
