@@ -259,6 +259,9 @@ def layer_probes(net, random_net, obs: Tensor, labels: dict[str, np.ndarray], gr
         keep = np.flatnonzero(y >= 0)
         if max_rows is not None and len(keep) > max_rows:
             keep = np.sort(np.random.default_rng(seed).choice(keep, max_rows, replace=False))
+        if len(np.unique(y[keep])) < 2:
+            print(f"{var}: a single class in these frames, not probed (collect more or longer episodes)")
+            continue
         yk = torch.as_tensor(np.unique(y[keep], return_inverse=True)[1])
         for layer in layers:
             row = probe_with_controls(acts[layer][keep].flatten(1), yk, racts[layer][keep].flatten(1),
