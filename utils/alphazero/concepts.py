@@ -96,7 +96,8 @@ def probe_accuracy(acts: Tensor, labels, groups, seed: int = 0, epochs: int = 15
 
 
 def probe_grid(nets: dict[int, AZNet], boards: np.ndarray, labels: dict[str, np.ndarray], layers: Sequence[str],
-               groups: np.ndarray, seed: int = 0, progress: Callable | None = None) -> dict[str, np.ndarray]:
+               groups: np.ndarray, seed: int = 0, progress: Callable | None = None,
+               epochs: int = 150) -> dict[str, np.ndarray]:
     """Held-out probe accuracy for every concept x checkpoint x layer: {"acc", "low", "high"} arrays
     [n_concepts, n_checkpoints, n_layers] (concepts in `labels` order, checkpoints in sorted order),
     plus "input" [n_concepts] (the probe on the raw board planes) and "majority" [n_concepts]."""
@@ -104,14 +105,15 @@ def probe_grid(nets: dict[int, AZNet], boards: np.ndarray, labels: dict[str, np.
     names = list(labels)
     out = {k: np.full((len(names), len(its), len(layers)), np.nan) for k in ("acc", "low", "high")}
     x_in = boards_to_input(nets[its[0]], boards)
-    out["input"] = np.array([probe_accuracy(x_in, labels[n], groups, seed)["acc"] for n in names])
-    out["majority"] = np.array([probe_accuracy(x_in, labels[n], groups, seed)["majority"] for n in names])
+    base = [probe_accuracy(x_in, labels[n], groups, seed, epochs) for n in names]
+    out["input"] = np.array([r["acc"] for r in base])
+    out["majority"] = np.array([r["majority"] for r in base])
     steps = [(j, it) for j, it in enumerate(its)]
     for j, it in (progress(steps) if progress else steps):
         acts = layer_acts(nets[it], boards, layers)
         for i, n in enumerate(names):
             for k, layer in enumerate(layers):
-                r = probe_accuracy(acts[layer], labels[n], groups, seed)
+                r = probe_accuracy(acts[layer], labels[n], groups, seed, epochs)
                 out["acc"][i, j, k], out["low"][i, j, k], out["high"][i, j, k] = r["acc"], r["low"], r["high"]
     out["iterations"] = np.array(its)
     return out
