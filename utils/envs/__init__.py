@@ -7,7 +7,8 @@
 | `probe`         | five probe environments with known values     | 01      |
 | `dark_room`     | Dark Room (goal never observed)               | 02      |
 | `bandits`       | Bernoulli bandits                             | 02      |
-| `tictactoe`     | tic-tac-toe, exact minimax, a batched game    | 03, 04  |
+| `tictactoe`     | tic-tac-toe, exact minimax, a batched game    | 03, 04, 05 |
+| `connect_four`  | 4x5 Connect Four, exact solver, a batched game | 05      |
 | `gym_vec`       | any flat-Box, Discrete Gymnasium id           | 01      |
 | `graph_walk`    | shortest paths on a graph (the DT paper's toy) | 07      |
 | `memory_corridor` | a cue to remember until a junction          | 07      |
