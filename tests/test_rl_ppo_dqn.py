@@ -1,5 +1,6 @@
 """The course's PPO and DQN: they learn the gridworld and CartPole, are deterministic from a
 seed, and reject bad configs and inputs with one-line CourseErrors before training."""
+import gymnasium
 import numpy as np
 import pytest
 import torch
@@ -106,3 +107,34 @@ def test_ppo_callback_sees_every_update_and_changes_nothing():
         assert not torch.equal(v, first[k]) or "bias" in k  # the initial copy is a snapshot
     assert with_cb.log["success"] == without.log["success"] or all(
         a == b or (a != a and b != b) for a, b in zip(with_cb.log["success"], without.log["success"]))
+
+
+class _TwoStepEnv(gymnasium.Env):
+    """Ends after two steps; the final step's info says whether the last action was 1."""
+    observation_space = gymnasium.spaces.Box(-1, 1, (2,))
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return np.zeros(2, np.float32), {"is_success": False}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= 2
+        return np.zeros(2, np.float32), 1.0, done, False, {"is_success": bool(done and action == 1)}
+
+
+def test_gym_vec_env_reads_success_from_the_step_that_ended_the_episode():
+    """Same-step autoreset puts the reset's info at top level: success must come from final_info."""
+    from utils.envs.gym_vec import GymVecEnv
+
+    if "CourseTwoStep-v0" not in gymnasium.registry:
+        gymnasium.register("CourseTwoStep-v0", entry_point=_TwoStepEnv)
+    env = GymVecEnv("CourseTwoStep-v0", 3)
+    env.reset()
+    _, _, term, _, info = env.step(torch.tensor([1, 1, 1]))
+    assert not term.any() and not info["success"].any()
+    _, _, term, _, info = env.step(torch.tensor([1, 0, 1]))
+    assert term.all()
+    assert info["success"].tolist() == [True, False, True]
+    env.close()

@@ -50,13 +50,31 @@ class GymVecEnv(BatchedEnv):
         if done.any() and "final_obs" in info:
             for i in np.flatnonzero(done):
                 final_obs[i] = info["final_obs"][i]
-        success = info["is_success"].astype(bool) if "is_success" in info else (trunc & ~term)
+        success = self._success(info, done, term, trunc)
         out = {"episode_return": torch.as_tensor(self.ep_return.copy()), "episode_length": torch.as_tensor(self.ep_len.copy()),
                "success": torch.as_tensor(success), "final_obs": torch.as_tensor(final_obs)}
         self.ep_return[done] = 0
         self.ep_len[done] = 0
         return (torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(reward, dtype=torch.float32),
                 torch.as_tensor(term), torch.as_tensor(trunc), out)
+
+    @staticmethod
+    def _success(info: dict, done: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> np.ndarray:
+        """`is_success` of the step that ENDED each episode. With same-step autoreset the
+        top-level info of a finished env is its reset's info; the last step's info is in
+        info["final_info"] (masked by its "_is_success"), so that is where a finished env's
+        success is read. Envs that never set is_success: truncated without terminating."""
+        final = info.get("final_info", {})
+        if "is_success" not in info and "is_success" not in final:
+            return trunc & ~term
+        success = np.zeros(done.shape, bool)
+        if "is_success" in info:
+            mask = info.get("_is_success", np.ones(done.shape, bool))
+            success = np.where(mask & ~done, info["is_success"].astype(bool), success)
+        if "is_success" in final:
+            mask = final.get("_is_success", np.ones(done.shape, bool)) & done
+            success = np.where(mask, final["is_success"].astype(bool), success)
+        return success
 
     def close(self):
         self.envs.close()
