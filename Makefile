@@ -32,7 +32,7 @@ help:
 	@echo "make check      fast rules: notebooks in sync, no outputs, parameters and setup cells"
 	@echo "make run PROFILE=smoke CHAPTERS=00_orientation   execute chapters with papermill"
 	@echo "make site       build the site from the committed notebooks (no execution)"
-	@echo "make bench      course PPO vs Stable-Baselines3 PPO on the same gridworld and budget"
+	@echo "make bench      every benchmark in scripts/ (course PPO vs SB3, batched envs and MCTS vs one at a time, DT vs HF, ...)"
 	@echo "make rehearse   the gpu profile offline on CPU against hub-shaped random-weight fixtures (report in _build/rehearse/)"
 	@echo "Python: $(PY)$(if $(VENV), (made on first use; an active venv or PY=... is used instead))"
 
@@ -76,8 +76,14 @@ site: $(if $(VENV),$(STAMP))
 
 bench: $(if $(VENV),$(STAMP))
 	$(PY) scripts/bench_ppo.py
-	$(PY) scripts/bench_sokoban.py
+	$(PY) scripts/bench_distil.py
 	$(PY) scripts/bench_mcts.py
+	$(PY) scripts/bench_maze.py
+	$(PY) scripts/bench_dt.py
+	$(PY) scripts/bench_sokoban.py
+	$(PY) scripts/bench_rlhf.py
+	$(PY) scripts/bench_minatar.py
+	$(PY) scripts/bench_adapter.py
 
 # the gpu profile on CPU, offline, against hub-shaped fixtures in _build/hub-fixtures (CHAPTERS=... for some)
 rehearse: $(if $(VENV),$(STAMP))
