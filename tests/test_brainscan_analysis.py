@@ -59,6 +59,30 @@ def test_rebuilt_models(pair):
     assert A.random_alignment((64, 64), k=5) < 0.6
 
 
+def test_delta_spectra_are_computed_once_per_run_and_match_the_full_svd(pair, tmp_path):
+    base, tuned = pair
+    d = A.weight_deltas(base, tuned)
+    store = A.DeltaStore(d, tmp_path, "run")
+    spectra = A.delta_spectra(store)
+    assert A.delta_spectra(store) is spectra                   # cached on the store
+    assert set(spectra) == set(A.truncatable_names(d))
+    for name, (s, top) in spectra.items():
+        assert torch.allclose(s, torch.linalg.svdvals(d[name].double()), atol=1e-6)
+        assert top.shape == (d[name].shape[0], min(5, min(d[name].shape)))
+    null = A.DeltaStore(A.random_deltas(d, seed=3), tmp_path, "null")
+    # matrices of rank >= 5 (the rank-2 c_attn change has arbitrary directions 3..5 in any SVD)
+    names = [n for n in A.truncatable_names(d) if int(torch.linalg.matrix_rank(d[n])) >= 5]
+    assert len(names) >= 5
+
+    def full(a, b):      # the textbook alignment: full SVDs of both deltas
+        ua = torch.linalg.svd(a.double(), full_matrices=False)[0][:, :5]
+        ub = torch.linalg.svd(b.double(), full_matrices=False)[0][:, :5]
+        return float((ua.T @ ub).abs().max(dim=1).values.mean())
+
+    want = sum(full(d[n], null[n]) for n in names) / len(names)
+    assert A.alignment(store, null, names) == pytest.approx(want, abs=1e-6)
+
+
 def test_site_sae_rejects_non_residual_hooks():
     with pytest.raises(CourseError):
         A.site_sae(None, "blocks.0.attn.hook_z", [])

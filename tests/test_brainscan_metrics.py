@@ -157,3 +157,51 @@ def test_feature_reward_correlation():
         M.feature_reward_correlation(feats, r[:3])
     with pytest.raises(CourseError):
         M.feature_reward_correlation(feats[:1], r[:1])
+
+
+def _full_svd_alignment(dA, dB, k):
+    """The textbook direction alignment (exercise 5's solution): full SVDs of both matrices."""
+    k = min(k, min(dA.shape))
+    Ua = torch.linalg.svd(dA.double(), full_matrices=False)[0][:, :k]
+    Ub = torch.linalg.svd(dB.double(), full_matrices=False)[0][:, :k]
+    return float((Ua.T @ Ub).abs().max(dim=1).values.mean())
+
+
+@pytest.mark.parametrize("m,n", [(300, 40), (40, 300), (64, 64)])
+def test_gram_path_equals_the_full_svd(m, n):
+    """spectrum / truncate_rank / direction_alignment use the Gram matrix of the smaller side
+    instead of a full SVD (GPT-2's 50257 x 768 embedding delta): the same numbers."""
+    g = torch.Generator().manual_seed(m + n)
+    # a delta-like matrix: a low-rank signal plus dense noise (distinct singular values)
+    A = (torch.randn(m, 3, generator=g, dtype=torch.float64) @ torch.randn(3, n, generator=g, dtype=torch.float64)
+         + 0.3 * torch.randn(m, n, generator=g, dtype=torch.float64))
+    B = A + 0.8 * torch.randn(m, n, generator=g, dtype=torch.float64)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    s, top = M.spectrum(A, k=5)
+    assert s.shape == (min(m, n),) and top.shape == (m, 5)
+    assert torch.allclose(s, S, rtol=1e-9, atol=1e-9 * float(S[0]))
+    # top = U_k diag(s_k), up to the sign of each column
+    assert torch.allclose(top.abs(), (U[:, :5] * S[:5]).abs(), atol=1e-8 * float(S[0]))
+    for k in (1, 3, 5):
+        want = _full_svd_alignment(A, B, k)
+        assert M.direction_alignment(A, B, k) == pytest.approx(want, abs=1e-9)
+        # the compact stand-in: the textbook function on the top-k factors gives the same value
+        ta, tb = M.spectrum(A, k)[1], M.spectrum(B, k)[1]
+        assert _full_svd_alignment(ta, tb, k) == pytest.approx(want, abs=1e-9)
+        assert torch.allclose(M.truncate_rank(A, k), (U[:, :k] * S[:k]) @ Vh[:k], atol=1e-9 * float(S[0]))
+    # a float32 delta stays float32 through truncate_rank; k=0 gives zeros
+    assert M.truncate_rank(A.float(), 2).dtype == torch.float32
+    assert torch.equal(M.truncate_rank(A.float(), 0), torch.zeros(m, n))
+
+
+def test_spectrum_of_a_rank_deficient_delta_is_exactly_zero_beyond_its_rank():
+    A = _with_singular_values([3.0, 2.0], m=50, n=20)
+    s, top = M.spectrum(A, k=4)
+    assert torch.allclose(s[:2], torch.tensor([3.0, 2.0], dtype=torch.float64), atol=1e-9)
+    assert torch.equal(s[2:], torch.zeros(18, dtype=torch.float64))
+    assert float(top[:, 2:].abs().max()) < 1e-6     # no energy in directions 3 and 4
+    # the metrics of the singular values alone are unchanged when given diag(s)
+    assert M.effective_rank_energy(torch.diag(s)) == pytest.approx(M.effective_rank_energy(A), abs=1e-9)
+    assert M.effective_rank_roy_vetterli(torch.diag(s)) == pytest.approx(M.effective_rank_roy_vetterli(A), abs=1e-9)
+    assert M.top1_energy(torch.diag(s)) == pytest.approx(M.top1_energy(A), abs=1e-12)
+    assert torch.equal(M.spectrum(torch.zeros(6, 4), 2)[0], torch.zeros(4, dtype=torch.float64))

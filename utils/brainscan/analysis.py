@@ -59,6 +59,7 @@ class DeltaStore(Mapping):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: d.detach().float().cpu().contiguous() for n, d in deltas.items()}
         self.shapes = {n: tuple(d.shape) for n, d in tensors.items()}
+        self.spectra: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}   # `delta_spectra`'s cache
         save_file(tensors, str(self.path))
 
     def __getitem__(self, name: str) -> Tensor:
@@ -106,6 +107,20 @@ def delta_table(deltas: dict[str, Tensor]) -> list[dict]:
                      "fro": float(d.norm()), "erank_energy": M.effective_rank_energy(d),
                      "erank_rv": M.effective_rank_roy_vetterli(d), "top1": M.top1_energy(d)})
     return rows
+
+
+def delta_spectra(deltas: Mapping[str, Tensor], k: int = 5) -> dict[str, tuple[Tensor, Tensor]]:
+    """{name: (s, top)} for every 2-D delta of a run (`metrics.spectrum`): all singular values s
+    and the top-k factor U_k diag(s_k). Computed ONCE per run: a `DeltaStore` keeps the result
+    (a few MB for GPT-2 at k=5), so the spectra table, every pairwise direction alignment and the
+    real-vs-null alignment reuse it instead of each taking full SVDs of every matrix again."""
+    cache = getattr(deltas, "spectra", None)
+    if isinstance(cache, dict) and k in cache:
+        return cache[k]
+    out = {name: M.spectrum(deltas[name], k) for name in truncatable_names(deltas)}
+    if isinstance(cache, dict):
+        cache[k] = out
+    return out
 
 
 def global_norm(deltas: dict[str, Tensor]) -> float:
@@ -158,8 +173,10 @@ def doc_features(tl_model, tokenizer, sae, texts: Sequence[str], hook_name: str)
 
 
 def alignment(deltas_a: dict[str, Tensor], deltas_b: dict[str, Tensor], names: Iterable[str], k: int = 5) -> float:
-    """Mean over matrices of `direction_alignment` between two runs' deltas."""
-    vals = [M.direction_alignment(deltas_a[n], deltas_b[n], k) for n in names]
+    """Mean over matrices of `direction_alignment` between two runs' deltas (from each run's
+    cached `delta_spectra`: the top-k factors stand in for the full matrices, same value)."""
+    sa, sb = delta_spectra(deltas_a, k), delta_spectra(deltas_b, k)
+    vals = [M.direction_alignment(sa[n][1], sb[n][1], k) for n in names]
     return sum(vals) / len(vals)
 
 

@@ -10,6 +10,13 @@ Weight deltas (dW = W_tuned - W_base, one per weight matrix):
 - `direction_alignment`: mean over the top-k left singular vectors u_i of A of
   max_j |u_i . u_j| over the top-k of B (1 = B contains A's directions, ~sqrt(2 log k / d) for random).
 - `truncate_rank`: the best rank-k approximation U_k S_k V_k^T (Eckart-Young).
+- `spectrum`: every singular value and the top-k factor U_k diag(s_k) of dW, the two things the
+  analyses need, from ONE eigendecomposition of the Gram matrix of dW's smaller side.
+`truncate_rank`, `direction_alignment` and `spectrum` never take a full SVD of dW: GPT-2's
+token-embedding delta is 50257 x 768, whose full SVD costs ~7 s on one core, while its
+768 x 768 Gram matrix costs ~1 s. For the top directions this is exact (the same subspaces as the
+SVD, to floating-point error); singular values below ~sqrt(min(m, n) * eps) of the largest
+(~4e-7 for GPT-2, under the float32 resolution of a delta) read as 0.
 All of these are invariant to rescaling dW except the norm itself: a norm-matched
 control therefore matters for the behavioural and feature metrics, not for the ranks.
 
@@ -52,13 +59,8 @@ def _matrix(dW: Tensor, name: str = "dW") -> Tensor:
     return dW.detach().double()
 
 
-def _svd(M: Tensor):
-    # one thread: on a busy 2-core machine a multi-threaded LAPACK SVD of a small matrix can be 50x slower
-    with torch_threads(1):
-        return torch.linalg.svd(M, full_matrices=False)
-
-
 def singular_values(dW: Tensor) -> Tensor:
+    # one thread: on a busy 2-core machine a multi-threaded LAPACK SVD of a small matrix can be 50x slower
     with torch_threads(1):
         return torch.linalg.svdvals(_matrix(dW))
 
@@ -89,20 +91,70 @@ def top1_energy(dW: Tensor) -> float:
     return 0.0 if total == 0 else float(s[0] ** 2 / total)
 
 
+def _gram_eig(M: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """The eigendecomposition of the Gram matrix of M's SMALLER side, in descending order:
+    (s^2, vectors, left). left=True (m < n): the vectors are M's left singular vectors (of M M^T);
+    left=False (m >= n): its right singular vectors (of M^T M). Eigenvalues below
+    min(m, n) * eps * the largest (rounding noise of the Gram matrix) are set to 0."""
+    m, n = M.shape
+    left = m < n
+    with torch_threads(1):
+        G = M @ M.T if left else M.T @ M
+        evals, vecs = torch.linalg.eigh(G)
+    evals, vecs = evals.flip(0), vecs.flip(1)
+    if evals.numel():
+        evals = torch.where(evals > min(m, n) * torch.finfo(evals.dtype).eps * evals[0].clamp_min(0),
+                            evals, torch.zeros_like(evals))
+    return evals, vecs, left
+
+
+def spectrum(dW: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
+    """(s, top) of a 2-D delta: s, ALL its singular values (float64, descending: min(m, n) of
+    them), and top = U_k diag(s_k) [m, k], its top-k left singular vectors scaled by their
+    singular values (k capped at min(m, n)). From one Gram eigendecomposition, never a full SVD.
+
+    `top` is the compact stand-in for dW in the direction analyses: its SVD has the same top-k
+    left singular vectors and singular values as dW's, so `direction_alignment(top_a, top_b, k)`
+    equals `direction_alignment(dW_a, dW_b, k)` (tested) whenever both ranks are at least k
+    (beyond its rank a matrix's singular directions are arbitrary: its columns there are 0), and a
+    metric of the singular values alone can be given `torch.diag(s)`, a matrix with exactly dW's
+    singular values."""
+    M = _matrix(dW)
+    evals, vecs, left = _gram_eig(M)
+    s = evals.sqrt()
+    k = min(k, s.numel())
+    top = vecs[:, :k] * s[:k] if left else M @ vecs[:, :k]
+    return s, top
+
+
 def truncate_rank(dW: Tensor, k: int | None) -> Tensor:
-    """U_k S_k V_k^T, the best rank-k approximation of dW (k=None or k >= rank: dW itself)."""
+    """U_k S_k V_k^T, the best rank-k approximation of dW (k=None or k >= rank: dW itself), as
+    the projection of dW on its top-k singular subspace (from the Gram matrix of its smaller side:
+    P_k P_k^T dW or dW P_k P_k^T), which is the same matrix without a full SVD."""
     M = _matrix(dW)
     if k is None or k >= min(M.shape):
         return dW.detach().clone()
     if k < 0:
         raise CourseError(f"k must be >= 0 (or None for full rank), got {k}")
-    U, S, Vh = _svd(M)
-    return ((U[:, :k] * S[:k]) @ Vh[:k]).to(dW.dtype)
+    if k == 0:
+        return torch.zeros_like(dW)
+    _, vecs, left = _gram_eig(M)
+    P = vecs[:, :k]
+    with torch_threads(1):
+        out = P @ (P.T @ M) if left else (M @ P) @ P.T
+    return out.to(dW.dtype)
 
 
 def top_left_singular_vectors(dW: Tensor, k: int) -> Tensor:
-    U, _, _ = _svd(_matrix(dW))
-    return U[:, :k]
+    """The top-k left singular vectors of dW [m, k], from its Gram matrix. If dW's rank is below
+    k, directions rank+1..k are arbitrary in ANY SVD (their singular value is 0): then the full SVD
+    is taken, so such a matrix gets the same (arbitrary but unit) vectors as before."""
+    s, top = spectrum(dW, k)
+    sk = s[:top.shape[1]]
+    if bool((sk <= 0).any()):
+        with torch_threads(1):
+            return torch.linalg.svd(_matrix(dW), full_matrices=False)[0][:, :top.shape[1]]
+    return top / sk
 
 
 def direction_alignment(dA: Tensor, dB: Tensor, k: int = 5) -> float:
