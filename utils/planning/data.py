@@ -48,12 +48,37 @@ def solution_episodes(bank: LevelBank, gamma: float = 0.97) -> Demos:
         act[t], mask[t] = a, live.float()
         obs, r, term, _, _ = env.step(a)
         rew[t] = r * live
-    ret = torch.zeros(T, n)
-    running = torch.zeros(n)
-    for t in reversed(range(T)):
-        running = rew[t] + gamma * running * mask[t]
+    return Demos(obs_buf, act, discounted_returns(rew, mask, gamma), mask, np.arange(n))
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """[T, n] return from each step, G_t = r_t + gamma * G_{t+1} * mask_t, summed backwards from
+    the end (rewards [T, n] are zero and mask [T, n] is 0 after an episode's last step)."""
+    if rewards.shape != mask.shape or rewards.ndim != 2:
+        raise CourseError(f"rewards and mask must both be [T, n], got {tuple(rewards.shape)} and {tuple(mask.shape)}")
+    ret = torch.zeros_like(rewards, dtype=torch.float32)
+    running = torch.zeros(rewards.shape[1])
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * running * mask[t]
         ret[t] = running
-    return Demos(obs_buf, act, ret, mask, np.arange(n))
+    return ret
+
+
+def with_solutions(levels) -> LevelBank:
+    """A bank of hand-made levels, each checked (one-line error if malformed) and solved by BFS
+    (one-line error naming the first unsolvable one), with its optimal solution attached."""
+    from dataclasses import replace
+
+    from utils.envs.sokoban import check_level, solve
+
+    out = []
+    for i, lv in enumerate(levels):
+        check_level(lv)
+        moves = solve(lv)
+        if moves is None:
+            raise CourseError(f"level {i} is unsolvable (BFS found no solution): fix it or leave it out")
+        out.append(replace(lv, moves=moves))
+    return LevelBank.from_levels(out)
 
 
 def pretrain(model: nn.Module, bank: LevelBank, epochs: int = 4, batch: int = 64, lr: float = 2e-3,

@@ -52,16 +52,24 @@ def plan_labels(p: Play, horizon: int = 8) -> dict[str, np.ndarray]:
         pb = p.pushed[:, t] & moved
         bpos = pos[pb] + moves[a[pb]]
         ev_box[rows[pb], t, bpos[:, 0], bpos[:, 1]] = a[pb] + 1
-    out = {}
-    for name, ev in (("agent", ev_agent), ("box", ev_box)):
-        lab = np.zeros_like(ev)
-        for t in range(T):
-            # the earliest event in the window wins: fill from the far end backwards
-            for s in range(min(T, t + horizon) - 1, t - 1, -1):
-                hit = ev[:, s] > 0
-                lab[:, t][hit] = ev[:, s][hit]
-        out[name] = lab
-    return out
+    return {"agent": window_labels(ev_agent, horizon), "box": window_labels(ev_box, horizon)}
+
+
+def window_labels(events: np.ndarray, horizon: int) -> np.ndarray:
+    """events [n, T, H, W] (a direction 1-4 where something leaves the square at step t, else 0)
+    -> labels of the same shape: at step t, the EARLIEST event at that square during steps
+    t .. t + horizon - 1 (0 if none)."""
+    events = np.asarray(events)
+    if events.ndim != 4:
+        raise CourseError(f"events must be [n, T, H, W], got shape {events.shape}")
+    T = events.shape[1]
+    lab = np.zeros_like(events)
+    for t in range(T):
+        # the earliest event in the window wins: fill from the far end backwards
+        for s in range(min(T, t + horizon) - 1, t - 1, -1):
+            hit = events[:, s] > 0
+            lab[:, t][hit] = events[:, s][hit]
+    return lab
 
 
 def obs_features(obs: Tensor) -> Tensor:
@@ -120,6 +128,15 @@ def macro_f1(pred: np.ndarray, true: np.ndarray, classes=(1, 2, 3, 4)) -> float:
     return float(np.mean(f1s)) if f1s else 0.0
 
 
+def class_direction(weight: Tensor, cls: int) -> Tensor:
+    """The unit vector in activation space of class `cls` (1-4) of a probe with weight [5, C]:
+    its row minus the mean of the rows (softmax ignores a shift shared by every class)."""
+    if cls not in (1, 2, 3, 4):
+        raise CourseError(f"class must be a direction 1-4 ({', '.join(CLASS_NAMES[1:])}), got {cls!r}")
+    w = weight[cls] - weight.mean(0)
+    return w / w.norm().clamp_min(1e-12)
+
+
 @dataclass
 class SquareProbe:
     f1: float
@@ -131,10 +148,7 @@ class SquareProbe:
 
     def direction(self, cls: int) -> Tensor:
         """Unit vector of class `cls` (1-4) against the mean of the classes."""
-        if cls not in (1, 2, 3, 4):
-            raise CourseError(f"class must be a direction 1-4 ({', '.join(CLASS_NAMES[1:])}), got {cls!r}")
-        w = self.weight[cls] - self.weight.mean(0)
-        return w / w.norm().clamp_min(1e-12)
+        return class_direction(self.weight, cls)
 
     def predict(self, feats: Tensor) -> Tensor:
         return (feats.float() @ self.weight.T + self.bias).argmax(-1)
