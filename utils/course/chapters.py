@@ -26,7 +26,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("05_alphazero_concepts", "Concepts in an AlphaZero-style agent", "8.1-8.4", "B-C", "6-8", "ready"),
     Chapter("06_goal_misgeneralisation", "Goal misgeneralisation in gridworlds", "8.5-8.7", "B", "6-8", "ready"),
     Chapter("07_decision_transformers", "Decision transformers", "8.8", "B", "5", "ready"),
-    Chapter("08_model_free_planning", "Planning in a model-free recurrent agent", "8.14", "C-D", "8-12", "planned"),
+    Chapter("08_model_free_planning", "Planning in a model-free recurrent agent", "8.14", "C-D", "8-12", "ready"),
     Chapter("09_behavioural_cloning_and_dynamics", "Behavioural cloning and training dynamics", "8.19-8.20", "B-C", "6-7", "ready"),
     Chapter("10_rlhf_reward_model", "The RLHF pipeline in miniature, and its reward model opened", "8.10-8.12", "B-C", "6-8", "ready"),
     Chapter("11_agents_that_see", "Agents that see: MinAtar games and a gym task", "8.16-8.17", "B", "6", "ready"),
