@@ -241,3 +241,52 @@ def test_sampled_play_is_reproducible_and_thinking_curve_uses_one_seed():
     assert (a.actions == b.actions).all()
     curve = thinking_curve(matched_baseline(_drc()), bank, (0, 4), greedy=False, seed=3)
     assert (curve[0] == curve[4]).all()     # the baseline has no state: same samples, same outcome
+
+
+def test_bad_levels_and_hidden_states_are_one_line_errors():
+    from utils.planning.data import discounted_returns, solution_episodes, with_solutions
+    from utils.planning.intervene import ablate_subspace
+    from utils.planning.probes import class_direction, window_labels
+
+    stuck = _level("""
+######
+#$   #
+# @ .#
+#    #
+######
+""")
+    with pytest.raises(CourseError, match="level 1 is unsolvable") as e:
+        with_solutions([CORRIDOR[0], stuck])
+    assert "\n" not in str(e.value)
+    bank = with_solutions([CORRIDOR[0]])
+    assert bank[0].moves == (RIGHT, RIGHT, RIGHT)
+    no_border = Level(np.zeros((5, 5), bool), ((2, 2),), ((2, 3),), (1, 1))
+    with pytest.raises(CourseError, match="wall border"):
+        with_solutions([no_border])
+    with pytest.raises(CourseError, match="optimal solution"):
+        solution_episodes(LevelBank.from_levels([stuck]))
+    drc = _drc()
+    with pytest.raises(CourseError, match="unknown layer"):
+        ablate_subspace(drc, CORRIDOR, torch.zeros(2, 8), layer=5)
+    with pytest.raises(CourseError, match="unknown hook"):
+        play(drc, CORRIDOR, record=("hook_h.9.0",))
+    with pytest.raises(CourseError, match="basis must be"):
+        ablate_subspace(drc, CORRIDOR, torch.zeros(2, 6), layer=1)
+    with pytest.raises(CourseError, match="channels in dim 1"):
+        projection_hook(torch.eye(8)[:2])(torch.zeros(1, 6, 7, 7), None)
+    with pytest.raises(CourseError, match=r"\[T, n\]"):
+        discounted_returns(torch.zeros(4, 2), torch.zeros(4, 3), 0.9)
+    with pytest.raises(CourseError, match="events must be"):
+        window_labels(np.zeros((3, 4)), 2)
+    with pytest.raises(CourseError, match="direction 1-4"):
+        class_direction(torch.zeros(5, 8), 0)
+
+
+def test_window_labels_earliest_event_wins():
+    from utils.planning.probes import window_labels
+
+    ev = np.zeros((1, 5, 1, 1), int)
+    ev[0, 1], ev[0, 3] = 2, 4
+    lab = window_labels(ev, 3)[0, :, 0, 0]
+    assert lab.tolist() == [2, 2, 4, 4, 0]
+    assert window_labels(ev, 1)[0, :, 0, 0].tolist() == [0, 2, 0, 4, 0]
