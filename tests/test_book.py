@@ -222,7 +222,15 @@ class Browser:
         self.proc.wait()
         os.close(self._w)
         os.close(self._r)
-        self._profile.cleanup()
+        # Chromium's helper processes may still be writing the profile for a moment after the
+        # browser exits: retry, then leave the temporary directory rather than fail a test
+        for _ in range(10):
+            try:
+                self._profile.cleanup()
+                return
+            except OSError:
+                time.sleep(0.5)
+        shutil.rmtree(self._profile.name, ignore_errors=True)
 
 
 _SETTLE = """(async () => {
