@@ -194,3 +194,16 @@ def test_gemma_style_tokenizer_and_scope_layout(tmp_path):
     with np.load(path) as p:
         assert p["w_enc"].shape == (8, F.GEMMA_SCOPE_D) and p["w_dec"].shape == (F.GEMMA_SCOPE_D, 8)
         assert p["threshold"].shape == (F.GEMMA_SCOPE_D,)
+
+
+def test_report_table_keeps_every_part_across_partial_runs(tmp_path):
+    from utils.lm import rehearse as R
+
+    row = dict(seconds=10, peak_cpu_gib=1.5, t4_gib=3.25, t4_fits=True, status="ok")
+    R.report_table([{"part": "03_rlhf_brain_scan", **row}], Path("/fx"), tmp_path)
+    md = R.report_table([{"part": "gpt2", **row, "t4_gib": None, "status": "failed: boom"}], Path("/fx"), tmp_path)
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "chapter" not in ln]
+    assert [ln.split(" | ")[0] for ln in lines] == ["| gpt2", "| 03_rlhf_brain_scan"]   # standard order
+    assert "3.2 (fits 15 GiB)" in lines[1] and "failed: boom" in lines[0]
+    assert (tmp_path / "report.md").read_text() == md
+    assert set(json.loads((tmp_path / "results.json").read_text())) == {"gpt2", "03_rlhf_brain_scan"}

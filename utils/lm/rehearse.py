@@ -9,7 +9,9 @@ the fixtures (`HF_HOME=<fixtures> HF_HUB_OFFLINE=1`: the libraries read these at
 sizes that `utils.course.gpu_check.rehearse_sizes` cuts. The report gives, per part: seconds,
 peak CPU memory (the subprocess tree's max RSS), the memory the FULL gpu profile would need on a
 16 GB T4 (`utils.course.gpu_check.t4_estimate`, from the shapes the rehearsal ran with), and
-the status. It is written to _build/rehearse/report.md.
+the status. It is written to _build/rehearse/report.md. Each part's latest result is kept in
+_build/rehearse/results.json, so `--only PART` reruns one part and the table still lists every
+part (each with the time of its own run).
 """
 from __future__ import annotations
 
@@ -168,15 +170,34 @@ def main(argv=None) -> int:
                      "t4_gib": t4["total_gib"] if t4 else None, "t4_fits": t4["fits"] if t4 else None,
                      "status": status})
         print(json.dumps(rows[-1]), flush=True)
-    load = os.getloadavg()
-    md = ["| chapter | seconds | peak CPU memory (GiB) | estimated T4 memory (GiB) | status |", "|---|---|---|---|---|"]
-    for r in rows:
-        t4 = "-" if r["t4_gib"] is None else f"{r['t4_gib']:.1f} ({'fits' if r['t4_fits'] else 'DOES NOT FIT'} 15 GiB)"
-        md.append(f"| {r['part']} | {r['seconds']} | {r['peak_cpu_gib']:.2f} | {t4} | {r['status']} |")
-    md.append(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; fixtures: {hf_home}")
-    (BUILD / "report.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    md = report_table(rows, hf_home)
+    print(md)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def report_table(rows: list[dict], hf_home: Path, build: Path = BUILD) -> str:
+    """Merge this invocation's rows into build/results.json (one entry per part, the latest run
+    wins) and write build/report.md with every part rehearsed so far, in the standard order."""
+    load = os.getloadavg()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    store = build / "results.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    for r in rows:
+        results[r["part"]] = {**r, "run_at": stamp, "load": [round(x, 2) for x in load], "fixtures": str(hf_home)}
+    store.write_text(json.dumps(results, indent=1))
+    order = ["gpt2", *CHAPTERS]
+    parts = sorted(results, key=lambda p: (order.index(p) if p in order else len(order), p))
+    md = ["| chapter | seconds | peak CPU memory (GiB) | estimated T4 memory (GiB) | status | run at |",
+          "|---|---|---|---|---|---|"]
+    for part in parts:
+        r = results[part]
+        t4 = "-" if r["t4_gib"] is None else f"{r['t4_gib']:.1f} ({'fits' if r['t4_fits'] else 'DOES NOT FIT'} 15 GiB)"
+        md.append(f"| {part} | {r['seconds']} | {r['peak_cpu_gib']:.2f} | {t4} | {r['status']} | {r['run_at']} |")
+    md.append(f"\nload average at the end of the last run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+              f"fixtures: {hf_home}")
+    text = "\n".join(md) + "\n"
+    (build / "report.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
