@@ -48,6 +48,28 @@ def test_fingerprint_detects_a_changed_weight():
         assert_unchanged(net, fp)
 
 
+
+def test_fingerprint_of_a_large_tensor_is_a_digest_that_still_detects_changes():
+    def add(w):
+        w[4321, 7] += 1e-4
+
+    def swap_rows(w):
+        w[[1, 2]] = w[[2, 1]].clone()
+
+    def flip_row(w):
+        w[10] *= -1
+
+    for change in (add, swap_rows, flip_row):
+        torch.manual_seed(0)
+        net = torch.nn.Embedding(5000, 300)     # 1.5M values: digested, not copied
+        fp = weight_fingerprint(net)
+        assert fp["weight"].numel() < 10_000
+        assert_unchanged(net, fp)
+        with torch.no_grad():
+            change(net.weight)
+        with pytest.raises(AssertionError, match="weight"):
+            assert_unchanged(net, fp)
+
 def test_masked_categorical_and_ratio():
     logits = torch.randn(3, 6)
     mask = torch.tensor([[1, 0, 0, 1, 0, 0], [0] * 6, [0, 0, 0, 0, 0, 1]], dtype=torch.bool)

@@ -3,7 +3,8 @@
     lm = load_model("tiny-reviews")      # embedded: trained here, shipped in data/lm/
     lm = load_model("gpt2")              # hub: GPT-2 small (gpu profile, needs the network)
     lm.hf, lm.tokenizer                  # transformers PreTrainedModel + tokenizer (TRL trains these)
-    lm.tl                                # TransformerLens HookedTransformer (hooks, caches, SAEs)
+    lm.tl                                # TransformerLens form (hooks, caches, SAEs): a HookedTransformer;
+                                         # for Gemma-2-2B a TransformerBridge around lm.hf (no weight copy)
     lm.path                              # local dir or hub id (TRL rebuilds its reference model from it)
     sae = load_sae("tiny-reviews")       # sae_lens.SAE on the model's middle residual stream
     sae = load_sae("gpt2", layer=8)      # gpt2-small-res-jb, blocks.8.hook_resid_pre
@@ -39,9 +40,11 @@ HUB_MODELS: dict[str, dict[str, Any]] = {
     "gpt2": {"local": "tiny-reviews", "sae_release": "gpt2-small-res-jb",
              "sae_id": "blocks.{layer}.hook_resid_pre", "default_layer": 8, "tl_name": "gpt2"},
     "gemma-2-2b": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical",
-                   "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b"},
+                   "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b",
+                   "tl_form": "bridge"},
     "gemma-2-2b-it": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical",
-                      "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b-it"},
+                      "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b-it",
+                      "tl_form": "bridge"},
 }
 _HUB_IDS = {"gpt2": "gpt2", "gemma-2-2b": "google/gemma-2-2b", "gemma-2-2b-it": "google/gemma-2-2b-it"}
 
@@ -71,6 +74,8 @@ class LM:
         if self._tl is None:
             if self.source == "local":
                 self._tl = to_hooked(self.hf, self.tokenizer, name=self.name, device=self.hf.device)
+            elif HUB_MODELS[self.name].get("tl_form") == "bridge":
+                self._tl = _bridge(self)
             else:
                 _check_tl_shape(self)
                 with warnings.catch_warnings():
@@ -79,6 +84,24 @@ class LM:
                         HUB_MODELS[self.name]["tl_name"], hf_model=self.hf, tokenizer=self.tokenizer,
                         device=self.hf.device, dtype=self.hf.dtype)
         return self._tl
+
+
+def _bridge(lm: "LM"):
+    """TransformerLens' TransformerBridge around `lm.hf` ITSELF, in compatibility mode without
+    weight processing: HookedTransformer's hook names (blocks.12.hook_resid_post, ...) and methods
+    (to_tokens, run_with_cache, run_with_hooks), on the transformers forward pass. A
+    HookedTransformer converts a second copy of the weights: for Gemma-2-2B in bfloat16 its
+    conversion passed 17 GiB of CPU memory (12 GiB anonymous) in the offline rehearsal, and on a T4
+    the two copies need about 11 GiB of the 15; the bridge adds nothing (6 GiB peak on CPU) and its
+    residual stream equals the HF hidden states exactly, the activations Gemma Scope was trained on."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tl = TransformerBridge.boot_transformers(lm.path, hf_model=lm.hf, tokenizer=lm.tokenizer,
+                                                 dtype=lm.hf.dtype, device=lm.hf.device)
+        tl.enable_compatibility_mode(no_processing=True)
+    return tl
 
 
 def _check_tl_shape(lm: "LM") -> None:

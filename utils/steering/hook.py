@@ -56,9 +56,29 @@ def feature_delta(sae: Any, features: Tensor, strengths: Tensor) -> Tensor:
     return strengths.to(device=W.device, dtype=W.dtype) @ W[features.to(W.device)]
 
 
+_EXACT_NUMEL = 1 << 20     # tensors up to this size are copied; larger ones are digested
+
+
+def _digest(v: Tensor, chunk: int = 1 << 22) -> Tensor:
+    """float64 [sum, sum of squares, position-weighted sum] of a large tensor, chunk by chunk (a
+    32 MB temporary at most), plus a strided sample of its values: any change to the tensor that
+    a steering bug could make (an in-place add, a scaled or overwritten row) changes it."""
+    flat = v.detach().reshape(-1)
+    acc = torch.zeros(3, dtype=torch.float64, device=flat.device)
+    for start in range(0, flat.numel(), chunk):
+        x = flat[start:start + chunk].double()
+        w = (torch.arange(start, start + x.numel(), device=x.device) % 1009 + 1).double()
+        acc += torch.stack([x.sum(), (x * x).sum(), (x * w).sum()])
+    step = max(1, flat.numel() // 4096)
+    return torch.cat([acc, flat[::step].double()])
+
+
 def weight_fingerprint(model: torch.nn.Module) -> dict[str, Tensor]:
-    """A copy of every parameter and buffer, to prove later that steering changed none of them."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A fingerprint of every parameter and buffer, to prove later that steering changed none of
+    them: small tensors are copied, large ones (over 2^20 values) digested (`_digest`), so that
+    fingerprinting Gemma-2-2B costs kilobytes instead of a second copy of its 5 GB of weights."""
+    return {k: v.detach().clone() if v.numel() <= _EXACT_NUMEL else _digest(v)
+            for k, v in model.state_dict().items()}
 
 
 def assert_unchanged(model: torch.nn.Module, fingerprint: dict[str, Tensor]) -> None:
@@ -67,6 +87,7 @@ def assert_unchanged(model: torch.nn.Module, fingerprint: dict[str, Tensor]) -> 
     if set(now) != set(fingerprint):
         raise AssertionError("the model's parameter names changed")
     for k, v in fingerprint.items():
-        if not torch.equal(now[k], v):
+        cur = now[k] if now[k].numel() <= _EXACT_NUMEL else _digest(now[k])
+        if cur.shape != v.shape or not torch.equal(cur, v):
             raise AssertionError(f"the LM's weights changed: {k}")
 
