@@ -12,14 +12,13 @@ What it writes (nothing is downloaded; every file is made here):
   the course corpora, then filled with synthetic merges up to 50257 ids);
 - `jbloom/GPT2-Small-SAEs-Reformatted` (gpt2-small-res-jb) at full shape (d_sae 24576,
   ReLU, the pre-6.0 cfg.json the hub repository has) for the residual layers asked for;
-- `google/gemma-2-2b` (Gemma2ForCausalLM, 26 layers, vocabulary 256000) at REDUCED width
-  (d_model 256 instead of 2304), because Gemma-2-2B at full shape in bfloat16 is 5.2 GB
-  and the TransformerLens copy `lm.tl` doubles it: above the ~8 GiB a rehearsal may use on
-  the shared 24 GiB course machine. `--gemma full` writes the full shape (for a machine
-  with about 16 GiB to spare); `--gemma none` skips it. TransformerLens and SAELens
-  hard-code Gemma-2-2B's widths (d_model 2304 in `loading_from_pretrained.py` and in
-  SAELens' Gemma Scope loader), so at reduced width only the transformers path and the
-  Gemma Scope SAE are rehearsed, and `lm.tl` stops with a shape mismatch;
+- `google/gemma-2-2b` (Gemma2ForCausalLM, 26 layers, vocabulary 256000) in bfloat16, at
+  REDUCED width by default (d_model 256 instead of 2304: a small, quick fixture for the
+  transformers path) or at full shape with `--gemma full` (5.2 GB on disk; writing it peaks
+  at about 7 GiB of RAM); `--gemma none` skips it. Chapter 04's rehearsal needs the full
+  shape, because SAELens' Gemma Scope loader hard-codes d_in 2304. `lm.tl` of a Gemma model is
+  a TransformerBridge around the HF model (`utils.lm.api._bridge`: no second copy of the
+  weights), which takes the model's own config, so it works at either width;
 - `google/gemma-scope-2b-pt-res` (the canonical 16k JumpReLU SAE, `params.npz`) at full
   shape (d_in 2304, which SAELens' loader requires), so `load_sae("gemma-2-2b")` takes its
   real path; with the reduced-width model its hook does not fit that model's residual stream.
