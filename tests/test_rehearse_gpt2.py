@@ -207,3 +207,19 @@ def test_report_table_keeps_every_part_across_partial_runs(tmp_path):
     assert "3.2 (fits 15 GiB)" in lines[1] and "failed: boom" in lines[0]
     assert (tmp_path / "report.md").read_text() == md
     assert set(json.loads((tmp_path / "results.json").read_text())) == {"gpt2", "03_rlhf_brain_scan"}
+
+
+def test_ch04_rehearsal_without_the_full_gemma_fixture_is_one_skipped_line(tmp_path, monkeypatch):
+    from utils.lm import rehearse as R
+
+    home = tmp_path / "fx"
+    home.mkdir()
+    (home / "FIXTURES.json").write_text(json.dumps({"repos": [
+        {"repo": "gpt2", "shape": "full (124M parameters)"},
+        {"repo": "google/gemma-2-2b", "shape": "reduced width (d_model 256)"}]}))
+    assert R.gemma_width(home) == "reduced" and R.gemma_width(tmp_path / "nothing") is None
+    monkeypatch.setattr(R, "BUILD", tmp_path / "build")
+    assert R.main(["--fixtures", str(home), "--only", "04_steering_with_rl"]) == 1   # no subprocess, no rewrite
+    row = json.loads((tmp_path / "build" / "results.json").read_text())["04_steering_with_rl"]
+    assert row["status"].startswith("skipped: needs the full-shape Gemma-2-2B fixture")
+    assert "--gemma full" in row["status"]

@@ -128,11 +128,26 @@ def _last_error(log: Path, part: str) -> str:
     return (mine[-1].split(" s ", 1)[-1] if mine else (lines[-1] if lines else "no output"))[:200]
 
 
+def gemma_width(hf_home: Path) -> str | None:
+    """The Gemma width of the fixtures in `hf_home` ('full', 'reduced' or 'none'); None when no
+    fixtures are there."""
+    marker = Path(hf_home) / "FIXTURES.json"
+    if not marker.exists():
+        return None
+    repos = json.loads(marker.read_text()).get("repos", [])
+    shape = next((r.get("shape", "") for r in repos if r.get("repo") == "google/gemma-2-2b"), None)
+    if shape is None:
+        return "none"
+    return "full" if shape.startswith("full") else "reduced"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m utils.lm.rehearse")
     p.add_argument("--fixtures", default=str(REPO_ROOT / "_build" / "hub-fixtures"), help="HF_HOME of the fixtures")
     p.add_argument("--only", nargs="*", default=None, help="parts: gpt2 and/or chapter ids (default: all)")
-    p.add_argument("--gemma", choices=("reduced", "full", "none"), default="reduced")
+    p.add_argument("--gemma", choices=("reduced", "full", "none"), default=None,
+                   help="Gemma-2-2B fixture width (default: keep the fixtures there, else write 'full', "
+                        "which chapter 04 needs; ~7 GiB RAM to write); a different width rewrites them")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per part")
     p.add_argument("--json", help="(internal) run the GPT-2 path here and write its result to this file")
     p.add_argument("--chapter", help="(internal) execute this chapter here")
@@ -147,14 +162,24 @@ def main(argv=None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     hf_home = Path(args.fixtures)
     parts = args.only or ["gpt2", *CHAPTERS]
-    if not (hf_home / "FIXTURES.json").exists():
+    have = gemma_width(hf_home)
+    if have is None or (args.gemma is not None and have != args.gemma):
         from utils.lm.fixtures import write_fixtures
-        print(f"writing the fixtures to {hf_home} ...", flush=True)
-        write_fixtures(hf_home, gemma=args.gemma)
+        gemma = args.gemma or "full"
+        print(f"writing the fixtures to {hf_home} (Gemma: {gemma}) ...", flush=True)
+        write_fixtures(hf_home, gemma=gemma)
     env = _env(hf_home)
     rows = []
     for part in parts:
         log = BUILD / f"{part}.log"
+        if part == "04_steering_with_rl" and gemma_width(hf_home) != "full":
+            status = (f"skipped: needs the full-shape Gemma-2-2B fixture (Gemma Scope's loader hard-codes "
+                      f"d_in 2304), these fixtures have Gemma at {gemma_width(hf_home)!r} width: run "
+                      f"`python -m utils.lm.rehearse --gemma full --only {part}` (about 7 GiB RAM to write)")
+            rows.append({"part": part, "seconds": 0, "peak_cpu_gib": 0.0, "t4_gib": None, "t4_fits": None,
+                         "status": status})
+            print(status, flush=True)
+            continue
         est = BUILD / f"{part}.t4.json"
         est.unlink(missing_ok=True)
         env["COURSE_REHEARSE_REPORT"] = str(est)
@@ -175,9 +200,10 @@ def main(argv=None) -> int:
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
-def report_table(rows: list[dict], hf_home: Path, build: Path = BUILD) -> str:
+def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> str:
     """Merge this invocation's rows into build/results.json (one entry per part, the latest run
     wins) and write build/report.md with every part rehearsed so far, in the standard order."""
+    build = build or BUILD
     load = os.getloadavg()
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     store = build / "results.json"
