@@ -138,3 +138,16 @@ def test_gym_vec_env_reads_success_from_the_step_that_ended_the_episode():
     assert term.all()
     assert info["success"].tolist() == [True, False, True]
     env.close()
+
+
+def test_gym_vec_env_success_means_the_goal_for_acrobot_and_the_time_limit_for_cartpole():
+    from utils.envs.gym_vec import GymVecEnv
+
+    assert GymVecEnv("Acrobot-v1", 1).success_when == "terminated"
+    assert GymVecEnv("CartPole-v1", 1).success_when == "time_limit"
+    term, trunc = np.array([True, False, False]), np.array([False, True, False])
+    done = term | trunc
+    assert GymVecEnv._success({}, done, term, trunc, "terminated").tolist() == [True, False, False]
+    assert GymVecEnv._success({}, done, term, trunc, "time_limit").tolist() == [False, True, False]
+    with pytest.raises(CourseError, match="success_when"):
+        GymVecEnv("CartPole-v1", 1, success_when="goal")

@@ -15,12 +15,21 @@ class GymVecEnv(BatchedEnv):
 
     Uses same-step autoreset (the observation returned for a finished env is the first
     of its next episode; the last one is in info["final_obs"]), which avoids the extra
-    no-op step of Gymnasium 1.x's default next-step autoreset. `success` means the episode
-    ran to its time limit (truncated without terminating): the CartPole meaning of
-    "balanced the pole"; environments that set info["is_success"] use that instead.
+    no-op step of Gymnasium 1.x's default next-step autoreset. Environments that set
+    info["is_success"] define `success` themselves. Otherwise `success_when` says what it is:
+    "time_limit" (truncated without terminating: CartPole's "balanced the pole") or
+    "terminated" (reached the goal before the limit: Acrobot, MountainCar). The default
+    looks the environment up in GOAL_TERMINATED and falls back to "time_limit".
     """
 
-    def __init__(self, env_id: str, n_envs: int, seed: int = 0, **kwargs):
+    GOAL_TERMINATED = ("Acrobot", "MountainCar")
+
+    def __init__(self, env_id: str, n_envs: int, seed: int = 0, success_when: str | None = None, **kwargs):
+        if success_when is None:
+            success_when = "terminated" if env_id.split("-")[0] in self.GOAL_TERMINATED else "time_limit"
+        if success_when not in ("time_limit", "terminated"):
+            raise CourseError(f"success_when must be 'time_limit' or 'terminated', got {success_when!r}")
+        self.success_when = success_when
         self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(n_envs)],
                                              autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         space, act = self.envs.single_observation_space, self.envs.single_action_space
@@ -50,7 +59,7 @@ class GymVecEnv(BatchedEnv):
         if done.any() and "final_obs" in info:
             for i in np.flatnonzero(done):
                 final_obs[i] = info["final_obs"][i]
-        success = self._success(info, done, term, trunc)
+        success = self._success(info, done, term, trunc, self.success_when)
         out = {"episode_return": torch.as_tensor(self.ep_return.copy()), "episode_length": torch.as_tensor(self.ep_len.copy()),
                "success": torch.as_tensor(success), "final_obs": torch.as_tensor(final_obs)}
         self.ep_return[done] = 0
@@ -59,14 +68,15 @@ class GymVecEnv(BatchedEnv):
                 torch.as_tensor(term), torch.as_tensor(trunc), out)
 
     @staticmethod
-    def _success(info: dict, done: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> np.ndarray:
+    def _success(info: dict, done: np.ndarray, term: np.ndarray, trunc: np.ndarray,
+                 success_when: str = "time_limit") -> np.ndarray:
         """`is_success` of the step that ENDED each episode. With same-step autoreset the
         top-level info of a finished env is its reset's info; the last step's info is in
         info["final_info"] (masked by its "_is_success"), so that is where a finished env's
-        success is read. Envs that never set is_success: truncated without terminating."""
+        success is read. Envs that never set is_success: `success_when`."""
         final = info.get("final_info", {})
         if "is_success" not in info and "is_success" not in final:
-            return trunc & ~term
+            return term.copy() if success_when == "terminated" else trunc & ~term
         success = np.zeros(done.shape, bool)
         if "is_success" in info:
             mask = info.get("_is_success", np.ones(done.shape, bool))
