@@ -204,7 +204,7 @@ def test_report_table_keeps_every_part_across_partial_runs(tmp_path):
     md = R.report_table([{"part": "gpt2", **row, "t4_gib": None, "status": "failed: boom"}], Path("/fx"), tmp_path)
     lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "chapter" not in ln]
     assert [ln.split(" | ")[0] for ln in lines] == ["| gpt2", "| 03_rlhf_brain_scan"]   # standard order
-    assert "3.2 (fits 15 GiB)" in lines[1] and "failed: boom" in lines[0]
+    assert "GPU 3.2 (fits)" in lines[1] and "failed: boom" in lines[0]
     assert (tmp_path / "report.md").read_text() == md
     assert set(json.loads((tmp_path / "results.json").read_text())) == {"gpt2", "03_rlhf_brain_scan"}
 

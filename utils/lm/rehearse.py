@@ -193,6 +193,7 @@ def main(argv=None) -> int:
         status = "ok" if rc == 0 else ("timeout" if rc == 124 else f"failed: {_last_error(log, part)}")
         rows.append({"part": part, "seconds": round(secs), "peak_cpu_gib": round(peak, 2),
                      "t4_gib": t4["total_gib"] if t4 else None, "t4_fits": t4["fits"] if t4 else None,
+                     "t4_host_gib": t4.get("host_gib") if t4 else None,
                      "status": status})
         print(json.dumps(rows[-1]), flush=True)
     md = report_table(rows, hf_home)
@@ -213,11 +214,13 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     store.write_text(json.dumps(results, indent=1))
     order = ["gpt2", *CHAPTERS]
     parts = sorted(results, key=lambda p: (order.index(p) if p in order else len(order), p))
-    md = ["| chapter | seconds | peak CPU memory (GiB) | estimated T4 memory (GiB) | status | run at |",
-          "|---|---|---|---|---|---|"]
+    md = ["| chapter | seconds | peak CPU memory (GiB) | estimated T4 memory (GiB: GPU of 15, RAM of 12) | status | "
+          "run at |", "|---|---|---|---|---|---|"]
     for part in parts:
         r = results[part]
-        t4 = "-" if r["t4_gib"] is None else f"{r['t4_gib']:.1f} ({'fits' if r['t4_fits'] else 'DOES NOT FIT'} 15 GiB)"
+        host = "" if r.get("t4_host_gib") is None else f", RAM {r['t4_host_gib']:.1f}"
+        t4 = ("-" if r["t4_gib"] is None
+              else f"GPU {r['t4_gib']:.1f}{host} ({'fits' if r['t4_fits'] else 'DOES NOT FIT'})")
         md.append(f"| {part} | {r['seconds']} | {r['peak_cpu_gib']:.2f} | {t4} | {r['status']} | {r['run_at']} |")
     md.append(f"\nload average at the end of the last run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
               f"fixtures: {hf_home}")
