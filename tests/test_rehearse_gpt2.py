@@ -223,3 +223,44 @@ def test_ch04_rehearsal_without_the_full_gemma_fixture_is_one_skipped_line(tmp_p
     row = json.loads((tmp_path / "build" / "results.json").read_text())["04_steering_with_rl"]
     assert row["status"].startswith("skipped: needs the full-shape Gemma-2-2B fixture")
     assert "--gemma full" in row["status"]
+
+
+_BRIDGE_PROBE = """
+import json, sys, torch
+from utils.lm import load_model
+lm = load_model("gemma-2-2b")
+tl = lm.tl
+ids = lm.tokenizer(["the cat sat on the mat"], return_tensors="pt")["input_ids"]
+hook = "blocks.12.hook_resid_post"
+logits, cache = tl.run_with_cache(ids, names_filter=hook)
+with torch.no_grad():
+    out = lm.hf(input_ids=ids, output_hidden_states=True)
+shift = torch.zeros_like(cache[hook]); shift[..., 0] = 50.0
+steered = tl.run_with_hooks(ids, fwd_hooks=[(hook, lambda r, hook: r + shift)])
+json.dump({"type": type(tl).__name__, "bos_first": int(ids[0, 0]) == lm.tokenizer.bos_token_id,
+           "resid_equal": bool(torch.equal(cache[hook], out.hidden_states[13])),
+           "logits_equal": bool(torch.allclose(logits.float(), out.logits.float(), atol=1e-2)),
+           "steer_changes": float((steered - logits).abs().max()) > 0,
+           "same_weights": tl.original_model is lm.hf if hasattr(tl, "original_model") else None},
+          open(sys.argv[1], "w"))
+"""
+
+
+def test_gemma_hub_path_goes_through_the_bridge_without_a_weight_copy(tmp_path):
+    """The Gemma-2-2B architecture (reduced width: the full one needs ~7 GiB to write) loads
+    offline as a TransformerBridge around the HF model: its residual stream at layer 12 is the HF
+    hidden state exactly and a hook on it steers the logits (Gemma Scope itself is full-width
+    only, so its SAE is rehearsed by `make rehearse`, not here)."""
+    home = tmp_path / "home"
+    F.write_gemma(home / "hub", "reduced")
+    (home / "FIXTURES.json").write_text(json.dumps({F.FIXTURE_MARKER: F.MARKER_TEXT, "repos": []}))
+    out, script = tmp_path / "bridge.json", tmp_path / "probe.py"
+    script.write_text(_BRIDGE_PROBE)
+    env = dict(os.environ, **F.env_for(home), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["type"] == "TransformerBridge" and res["bos_first"]
+    assert res["resid_equal"] and res["logits_equal"] and res["steer_changes"]
+    assert res["same_weights"] in (True, None)
