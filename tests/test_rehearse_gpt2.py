@@ -128,6 +128,22 @@ def test_rehearse_sizes(monkeypatch):
         G.rehearse_sizes(sizes, "gpu", batch=2)
 
 
+def test_smoke_cuts_shrink_sizes_and_keep_branches():
+    profiles = {"smoke": dict(steps=100, seeds=[0], rounds=0, train=False, lr=1e-3, model="tiny", k=8,
+                              scales=[4.0], layers=["a"]),
+                "gpu": dict(steps=5000, seeds=[0, 1, 2], rounds=2, train=True, lr=3e-4, model="big", k=8,
+                            scales=[1.0, 4.0], layers=None)}
+    cuts = G.smoke_cuts(profiles)
+    # counts and seed lists shrink to smoke's; a branch smoke skips (0 rounds) still runs once;
+    # flags, floats, names, lists smoke does not prefix and None keep the gpu value
+    assert cuts == {"steps": 100, "seeds": [0], "rounds": 1}
+    assert G.smoke_cuts(profiles, steps=256) == {"steps": 256, "seeds": [0], "rounds": 1}
+    with pytest.raises(CourseError, match="not sizes"):
+        G.smoke_cuts(profiles, batch=2)
+    with pytest.raises(CourseError, match="no 'smoke' profile"):
+        G.smoke_cuts({"gpu": profiles["gpu"]})
+
+
 def test_claims_apply_reads_the_fixture_marker(capsys):
     from transformers import GPT2Config
 

@@ -113,6 +113,33 @@ def rehearse_sizes(sizes: dict, profile: str, **cuts) -> dict:
     return out
 
 
+def smoke_cuts(profiles: dict, **overrides) -> dict:
+    """Cuts for `rehearse_sizes` in a chapter that trains its own agents (no hub model): every
+    step count, sample count and seed list of the gpu profile cut to the smoke profile's value,
+    the smallest CI runs through every cell. A count the smoke profile sets to 0 (a branch it
+    skips) is cut to 1, so that the gpu branch still runs. Flags, names, floats (scales, rates)
+    and values the smoke profile does not shrink keep the gpu value; `overrides` replace a cut
+    (e.g. a step count that must cover one rollout of a gpu-only batch shape)."""
+    for name in ("gpu", "smoke"):
+        if name not in profiles:
+            raise CourseError(f"smoke_cuts: SIZES has no {name!r} profile (profiles: {', '.join(profiles)})")
+    gpu, smoke = profiles["gpu"], profiles["smoke"]
+    unknown = sorted(set(overrides) - set(gpu))
+    if unknown:
+        raise CourseError(f"smoke_cuts: {unknown} are not sizes of the gpu profile: override only keys of SIZES")
+    cuts = {}
+    for k, v in gpu.items():
+        s = smoke.get(k)
+        if isinstance(v, bool) or isinstance(s, bool) or s is None:
+            continue
+        if isinstance(v, int) and isinstance(s, int) and s < v:
+            cuts[k] = max(s, 1) if v > 0 else s
+        elif isinstance(v, list) and isinstance(s, list) and 0 < len(s) < len(v) and v[:len(s)] == s:
+            cuts[k] = list(s)
+    cuts.update(overrides)
+    return cuts
+
+
 def claims_apply(model=None, profile: str | None = None) -> bool:
     """False (with one printed line) when the claim asserts cannot hold: `model` is a
     random-weight hub fixture (its config carries `utils.lm.fixtures.FIXTURE_MARKER`), or, for a

@@ -24,9 +24,12 @@ import time
 from pathlib import Path
 
 from utils.checkpoints import REPO_ROOT
+from utils.course.chapters import CHAPTERS as _REGISTRY
 
 BUILD = REPO_ROOT / "_build" / "rehearse"
-CHAPTERS = ("02_algorithm_distillation", "03_rlhf_brain_scan", "04_steering_with_rl")
+# every chapter's gpu branch: 03 and 04 load hub models (the fixtures); the others train their
+# own agents, cut to the smoke profile's counts (`utils.course.gpu_check.smoke_cuts`)
+CHAPTERS = tuple(c.id for c in _REGISTRY if c.status == "ready")
 
 
 def rehearse_gpt2(methods=("rloo", "grpo", "dpo"), sae_layer: int = 8) -> dict:
@@ -219,7 +222,7 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     for part in parts:
         r = results[part]
         host = "" if r.get("t4_host_gib") is None else f", RAM {r['t4_host_gib']:.1f}"
-        t4 = ("-" if r["t4_gib"] is None
+        t4 = ("- (none reported: small agents on the host)" if r["t4_gib"] is None
               else f"GPU {r['t4_gib']:.1f}{host} ({'fits' if r['t4_fits'] else 'DOES NOT FIT'})")
         md.append(f"| {part} | {r['seconds']} | {r['peak_cpu_gib']:.2f} | {t4} | {r['status']} | {r['run_at']} |")
     md.append(f"\nload average at the end of the last run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
