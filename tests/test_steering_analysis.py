@@ -89,3 +89,30 @@ def test_constant_policy_ignores_the_board_and_trains_its_mean():
     assert g.abs().sum() > 0
     assert not hasattr(pol, "actor")
     assert AS.AutoSteerConfig(state_independent=True).validate().state_independent
+
+
+def test_batches_stay_inside_the_memory_budget(reviews):
+    from types import SimpleNamespace
+
+    lm, sae = reviews
+    # the embedded LM: the cap (its logits are small), so smoke and cpu batching is unchanged
+    assert A.rows_per_batch(lm.tl, 40) == 256
+    # Gemma-2-2B's shapes: a few dozen rows for a forward pass, a handful for a backward pass
+    gemma = SimpleNamespace(cfg=SimpleNamespace(d_vocab=256000, d_model=2304, n_layers=26))
+    fwd, bwd = A.rows_per_batch(gemma, 80), A.rows_per_batch(gemma, 25, backward=True)
+    assert 80 * fwd * 256000 * 4 <= A.MEMORY_BUDGET_BYTES < 80 * (fwd + 1) * 256000 * 4
+    assert 1 <= bwd < A.rows_per_batch(gemma, 25) and A.rows_per_batch(gemma, 10**9) == 1
+    # split groups keep every prompt once, in order, and the rollouts equal one big batch
+    task = crl.make_task("sentiment")
+    items = task.items("test", 12, seed=3)
+    prompts = [it["prompt"] for it in items]
+    small = SimpleNamespace(cfg=SimpleNamespace(d_vocab=A.MEMORY_BUDGET_BYTES // (4 * 40), d_model=1, n_layers=1),
+                            parameters=lm.tl.parameters)
+    seen = [i for idx, toks in A.prompt_batches(small, lm.tokenizer, prompts, new_tokens=30)
+            for i in idx if toks.shape[0] <= 1]
+    assert sorted(seen) == list(range(len(prompts)))
+    f = 86
+    one = crl.steered_generate(lm, sae, task, items, lambda obs, act: torch.full((len(obs),), f), 8.0)
+    split = crl.steered_generate(lm, sae, task, items, lambda obs, act: torch.full((len(obs),), f), 8.0,
+                                 batch_size=1)
+    assert one.completions == split.completions and torch.equal(one.actions, split.actions)

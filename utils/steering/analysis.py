@@ -117,11 +117,30 @@ def group_by_length(tokenizer, prompts: Sequence[str]) -> dict[int, list[int]]:
     return dict(groups)
 
 
-def prompt_batches(model, tokenizer, prompts: Sequence[str]):
-    """Yield (indices, tokens [b, T]) for the prompts, grouped by token length (no padding)."""
+MEMORY_BUDGET_BYTES = 2**30   # per forward pass: logits (and, for a backward pass, activations)
+
+
+def rows_per_batch(model, seq: int, backward: bool = False, cap: int = 256) -> int:
+    """How many sequences of `seq` tokens one forward pass of `model` may take so that its
+    float32-sized logits [b, seq, vocab] (and, with `backward`, the activations kept for it,
+    about 34 values per token per layer and residual width) stay under MEMORY_BUDGET_BYTES.
+    The course's embedded LMs get `cap`; Gemma-2-2B (vocabulary 256k) a few dozen, which is
+    what keeps the gpu profile inside a T4."""
+    cfg = model.cfg
+    per_token = cfg.d_vocab * 4 + (34 * cfg.d_model * cfg.n_layers * 4 if backward else 0)
+    return int(max(1, min(cap, MEMORY_BUDGET_BYTES // (max(seq, 1) * per_token))))
+
+
+def prompt_batches(model, tokenizer, prompts: Sequence[str], new_tokens: int = 0, backward: bool = False):
+    """Yield (indices, tokens [b, T]) for the prompts, grouped by token length (no padding), each
+    group split into batches of at most `rows_per_batch` rows (T + `new_tokens` long; `backward`
+    for an attribution pass)."""
     device = next(model.parameters()).device
-    for _, idx in group_by_length(tokenizer, prompts).items():
-        yield idx, torch.tensor([tokenizer(prompts[i])["input_ids"] for i in idx], device=device)
+    for length, idx in group_by_length(tokenizer, prompts).items():
+        rows = rows_per_batch(model, length + new_tokens, backward)
+        for s in range(0, len(idx), rows):
+            part = idx[s: s + rows]
+            yield part, torch.tensor([tokenizer(prompts[i])["input_ids"] for i in part], device=device)
 
 
 # ------------------------------------------------------------------------ attribution

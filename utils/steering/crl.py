@@ -38,6 +38,7 @@ from utils.lm import rewards as R
 from utils.lm.artifacts import QA_WORLD
 from utils.lm.models import generate, single_thread
 from utils.rl.ppo import compute_gae, ppo_update
+from utils.steering.analysis import rows_per_batch
 from utils.steering.hook import steer_resid
 from utils.steering.policy import MASK_MODES, Critic, FeaturePolicy, masked_categorical
 
@@ -145,8 +146,10 @@ def hook_name_of(sae) -> str:
 
 @torch.no_grad()
 def steered_generate(lm, sae, task: SteerTask, items: Sequence[dict], choose: Chooser, coef: float,
-                     batch_size: int = 256) -> Rollout:
-    """Generate task.n_new greedy tokens per item with the chooser steering every token."""
+                     batch_size: int | None = None) -> Rollout:
+    """Generate task.n_new greedy tokens per item with the chooser steering every token. Prompts
+    of one token length run together, `batch_size` at a time (None: as many as keep the logits
+    under analysis.MEMORY_BUDGET_BYTES, see analysis.rows_per_batch)."""
     tl, tok = lm.tl, lm.tokenizer
     hook_name = hook_name_of(sae)
     if hook_name not in tl.hook_dict:
@@ -167,8 +170,9 @@ def steered_generate(lm, sae, task: SteerTask, items: Sequence[dict], choose: Ch
     for i, e in enumerate(enc):
         groups[len(e)].append(i)
     for length, all_idx in groups.items():
-        for s in range(0, len(all_idx), batch_size):
-            idx = all_idx[s: s + batch_size]
+        rows = batch_size or rows_per_batch(tl, length + n_new)
+        for s in range(0, len(all_idx), rows):
+            idx = all_idx[s: s + rows]
             ids = torch.tensor([enc[i] for i in idx], device=device)
             feats = torch.full((len(idx), length + n_new), -1, dtype=torch.long, device=device)
             for t in range(n_new):
