@@ -222,7 +222,7 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     for part in parts:
         r = results[part]
         host = "" if r.get("t4_host_gib") is None else f", RAM {r['t4_host_gib']:.1f}"
-        t4 = ("- (none reported: small agents on the host)" if r["t4_gib"] is None
+        t4 = ("- (not estimated: small agents, see the run)" if r["t4_gib"] is None
               else f"GPU {r['t4_gib']:.1f}{host} ({'fits' if r['t4_fits'] else 'DOES NOT FIT'})")
         md.append(f"| {part} | {r['seconds']} | {r['peak_cpu_gib']:.2f} | {t4} | {r['status']} | {r['run_at']} |")
     md.append(f"\nload average at the end of the last run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
