@@ -133,7 +133,7 @@ def smoke_cuts(profiles: dict, **overrides) -> dict:
         if isinstance(v, bool) or isinstance(s, bool) or s is None:
             continue
         if isinstance(v, int) and isinstance(s, int) and s < v:
-            cuts[k] = max(s, 1) if v > 0 else s
+            cuts[k] = max(s, 1)
         elif isinstance(v, list) and isinstance(s, list) and 0 < len(s) < len(v) and v[:len(s)] == s:
             cuts[k] = list(s)
     cuts.update(overrides)

@@ -109,14 +109,6 @@ def decode_completions(tokenizer, gen: Tensor) -> list[str]:
     return out
 
 
-def group_by_length(tokenizer, prompts: Sequence[str]) -> dict[int, list[int]]:
-    """{token length: prompt indices}: prompts of one length run as one batch without padding."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        groups[len(tokenizer(p)["input_ids"])].append(i)
-    return dict(groups)
-
-
 MEMORY_BUDGET_BYTES = 2**30   # per forward pass: logits (and, for a backward pass, activations)
 
 
@@ -131,16 +123,26 @@ def rows_per_batch(model, seq: int, backward: bool = False, cap: int = 256) -> i
     return int(max(1, min(cap, MEMORY_BUDGET_BYTES // (max(seq, 1) * per_token))))
 
 
-def prompt_batches(model, tokenizer, prompts: Sequence[str], new_tokens: int = 0, backward: bool = False):
-    """Yield (indices, tokens [b, T]) for the prompts, grouped by token length (no padding), each
-    group split into batches of at most `rows_per_batch` rows (T + `new_tokens` long; `backward`
-    for an attribution pass)."""
-    device = next(model.parameters()).device
-    for length, idx in group_by_length(tokenizer, prompts).items():
-        rows = rows_per_batch(model, length + new_tokens, backward)
+def length_batches(model, lengths: Sequence[int], new_tokens: int = 0, backward: bool = False,
+                   batch_size: int | None = None):
+    """Yield lists of item indices: items of one token length run together without padding,
+    at most `batch_size` per batch (None: `rows_per_batch` for length + `new_tokens`)."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        groups[n].append(i)
+    for n, idx in groups.items():
+        rows = batch_size or rows_per_batch(model, n + new_tokens, backward)
         for s in range(0, len(idx), rows):
-            part = idx[s: s + rows]
-            yield part, torch.tensor([tokenizer(prompts[i])["input_ids"] for i in part], device=device)
+            yield idx[s: s + rows]
+
+
+def prompt_batches(model, tokenizer, prompts: Sequence[str], new_tokens: int = 0, backward: bool = False):
+    """Yield (indices, tokens [b, T]) for the prompts in `length_batches` (`new_tokens` to be
+    generated; `backward` for an attribution pass)."""
+    device = next(model.parameters()).device
+    enc = [tokenizer(p)["input_ids"] for p in prompts]
+    for idx in length_batches(model, [len(e) for e in enc], new_tokens, backward):
+        yield idx, torch.tensor([enc[i] for i in idx], device=device)
 
 
 # ------------------------------------------------------------------------ attribution

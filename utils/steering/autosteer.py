@@ -35,6 +35,7 @@ from utils.envs.tictactoe import VsMinimax, board_obs
 from utils.lm import corpora as C
 from utils.lm import rewards as R
 from utils.rl.ppo import compute_gae, ppo_update
+from utils.steering.analysis import prompt_batches
 from utils.steering.hook import feature_delta
 
 CONDITIONS = ("none", "random", "policy")
@@ -83,13 +84,6 @@ def o_turn_prompts(n_games: int, seed: int) -> list[list[int]]:
 
 
 # -------------------------------------------------------------- steered next-token calls
-def _group_by_length(lm, prompts: Sequence[str]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        groups[len(lm.tokenizer(p)["input_ids"])].append(i)
-    return groups
-
-
 @torch.no_grad()
 def steered_logprobs(lm, sae, prompts: Sequence[str], deltas: Tensor | None) -> Tensor:
     """Next-token log-probs [n, vocab] with deltas [n, d_model] added to the residual stream at
@@ -98,8 +92,7 @@ def steered_logprobs(lm, sae, prompts: Sequence[str], deltas: Tensor | None) -> 
     hook_name = sae.cfg.metadata.hook_name
     device = next(tl.parameters()).device
     out = torch.zeros(len(prompts), tl.cfg.d_vocab)
-    for _, idx in _group_by_length(lm, prompts).items():
-        ids = torch.tensor([tok(prompts[i])["input_ids"] for i in idx], device=device)
+    for idx, ids in prompt_batches(tl, tok, prompts):
         hooks = []
         if deltas is not None:
             d = deltas[idx].to(device)
@@ -119,10 +112,8 @@ def last_token_features(lm, sae, prompts: Sequence[str]) -> Tensor:
     """SAE activations [n, d_sae] at the last token of each prompt."""
     tl, tok = lm.tl, lm.tokenizer
     hook_name = sae.cfg.metadata.hook_name
-    device = next(tl.parameters()).device
     out = torch.zeros(len(prompts), sae.W_dec.shape[0])
-    for _, idx in _group_by_length(lm, prompts).items():
-        ids = torch.tensor([tok(prompts[i])["input_ids"] for i in idx], device=device)
+    for idx, ids in prompt_batches(tl, tok, prompts):
         _, cache = tl.run_with_cache(ids, names_filter=hook_name)
         out[idx] = sae.encode(cache[hook_name][:, -1]).float().cpu()
     return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -38,7 +37,7 @@ from utils.lm import rewards as R
 from utils.lm.artifacts import QA_WORLD
 from utils.lm.models import generate, single_thread
 from utils.rl.ppo import compute_gae, ppo_update
-from utils.steering.analysis import rows_per_batch
+from utils.steering.analysis import length_batches
 from utils.steering.hook import steer_resid
 from utils.steering.policy import MASK_MODES, Critic, FeaturePolicy, masked_categorical
 
@@ -149,7 +148,7 @@ def steered_generate(lm, sae, task: SteerTask, items: Sequence[dict], choose: Ch
                      batch_size: int | None = None) -> Rollout:
     """Generate task.n_new greedy tokens per item with the chooser steering every token. Prompts
     of one token length run together, `batch_size` at a time (None: as many as keep the logits
-    under analysis.MEMORY_BUDGET_BYTES, see analysis.rows_per_batch)."""
+    under analysis.MEMORY_BUDGET_BYTES, see analysis.length_batches)."""
     tl, tok = lm.tl, lm.tokenizer
     hook_name = hook_name_of(sae)
     if hook_name not in tl.hook_dict:
@@ -166,32 +165,27 @@ def steered_generate(lm, sae, task: SteerTask, items: Sequence[dict], choose: Ch
     device = next(tl.parameters()).device
     eos = tok.eos_token_id
     # prompts of equal token length run together: no padding, so positions are exact
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, e in enumerate(enc):
-        groups[len(e)].append(i)
-    for length, all_idx in groups.items():
-        rows = batch_size or rows_per_batch(tl, length + n_new)
-        for s in range(0, len(all_idx), rows):
-            idx = all_idx[s: s + rows]
-            ids = torch.tensor([enc[i] for i in idx], device=device)
-            feats = torch.full((len(idx), length + n_new), -1, dtype=torch.long, device=device)
-            for t in range(n_new):
-                T = ids.shape[1]
+    for idx in length_batches(tl, [len(e) for e in enc], n_new, batch_size=batch_size):
+        length = len(enc[idx[0]])
+        ids = torch.tensor([enc[i] for i in idx], device=device)
+        feats = torch.full((len(idx), length + n_new), -1, dtype=torch.long, device=device)
+        for t in range(n_new):
+            T = ids.shape[1]
 
-                def hook(resid: Tensor, hook=None, t=t, T=T) -> Tensor:  # noqa: ARG001
-                    x = resid[:, -1].detach()
-                    act = sae.encode(x.to(sae.W_dec.dtype)) > 0
-                    f = choose(x.float().cpu(), act.cpu()).to(device)
-                    feats[:, T - 1] = f
-                    obs[idx, t] = x.float().cpu()
-                    active[idx, t] = act.cpu()
-                    actions[idx, t] = f.cpu()
-                    return steer_resid(resid, sae, feats[:, :T], coef)
+            def hook(resid: Tensor, hook=None, t=t, T=T) -> Tensor:  # noqa: ARG001
+                x = resid[:, -1].detach()
+                act = sae.encode(x.to(sae.W_dec.dtype)) > 0
+                f = choose(x.float().cpu(), act.cpu()).to(device)
+                feats[:, T - 1] = f
+                obs[idx, t] = x.float().cpu()
+                active[idx, t] = act.cpu()
+                actions[idx, t] = f.cpu()
+                return steer_resid(resid, sae, feats[:, :T], coef)
 
-                logits = tl.run_with_hooks(ids, fwd_hooks=[(hook_name, hook)])[:, -1]
-                nxt = logits.argmax(-1)
-                gen[idx, t] = nxt.cpu()
-                ids = torch.cat([ids, nxt[:, None]], 1)
+            logits = tl.run_with_hooks(ids, fwd_hooks=[(hook_name, hook)])[:, -1]
+            nxt = logits.argmax(-1)
+            gen[idx, t] = nxt.cpu()
+            ids = torch.cat([ids, nxt[:, None]], 1)
     # alive: tokens up to and including the first EOS
     is_eos = gen == eos
     after = (is_eos.cumsum(1) - is_eos.long()) > 0
