@@ -32,7 +32,20 @@ Two rules this module enforces:
 
 Bad input (empty, NaN, wrong shape, n < 2 seeds, margin <= 0, ...) raises `StatsError`, a
 `utils.core.CourseError` (and a ValueError, so older `except ValueError` still works).
-Intervals are (estimate, low, high) tuples. No scipy: the t distribution is computed here.
+Intervals are (estimate, low, high) tuples. The distributions and tests come from the field's
+libraries: Student's t and Fisher's exact test from `scipy.stats`, TOST from `statsmodels`; what
+is the course's own is the unit of each interval, the verdict logic and its wording.
+
+Verdicts that can fail (the chapter standard):
+- `bounds=(lo, hi)` on `seed_interval` / `paired_difference` keeps an interval for a rate,
+  fraction, correlation or Jaccard index inside the metric's range (t-interval on the logit
+  scale, see `bounded_seed_interval`);
+- `ordering_verdict(..., bounds=...)` says "at ceiling" / "at floor (cannot separate)" instead of
+  "held" when the measurement has no spread over seeds or both sides sit at the bound;
+- `null_verdict(eq, positive)`: "equivalent (no effect)" only when the same pipeline detects a
+  planted or known-positive effect; otherwise "inconclusive";
+- `discovery_test_split` / `select_on_discovery`: pick the best on one half, report on the other;
+- the row type and the rendered table live in `utils.verdicts`.
 """
 from __future__ import annotations
 
@@ -44,7 +57,9 @@ from statistics import NormalDist
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import scipy.stats as _st
 import torch
+from statsmodels.stats.weightstats import DescrStatsW
 
 from utils.core import CourseError
 
@@ -85,63 +100,20 @@ def _check_n_boot(n_boot: int, fn: str) -> None:
         raise StatsError(f"{fn}: n_boot must be an integer >= 100, got {n_boot}")
 
 
-# ---------------------------------------------------- Student t without scipy
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta (modified Lentz; Numerical Recipes 6.4)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 100_000):
-        for aa in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            return h
-    raise StatsError(f"incomplete beta did not converge for a={a}, b={b}, x={x}")
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    # the continued fraction converges fast only on this side; use the symmetry on the other
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
+# ------------------------------------------------------------ Student t (scipy)
 def t_cdf(t: float, df: int) -> float:
-    """P(T <= t) for Student's t with df degrees of freedom."""
+    """P(T <= t) for Student's t with df degrees of freedom (`scipy.stats.t.cdf`)."""
     if df < 1:
         raise StatsError(f"t_cdf: df must be >= 1, got {df}")
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))   # P(T > |t|), accurate far in the tail
-    return 1.0 - tail if t > 0 else tail
+    return float(_st.t.cdf(t, df))
 
 
 @functools.lru_cache(maxsize=4096)
 def t_quantile(q: float, df: int) -> float:
-    """The q-quantile of Student's t with df degrees of freedom (bisection on t_cdf, cached)."""
+    """The q-quantile of Student's t with df degrees of freedom (`scipy.stats.t.ppf`, cached)."""
     if not 0 < q < 1 or df < 1:
         raise StatsError(f"t_quantile: need 0 < q < 1 and df >= 1, got q={q}, df={df}")
-    if q < 0.5:
-        return -t_quantile(1.0 - q, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < q:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
-        if hi - lo < 1e-13 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    return float(_st.t.ppf(q, df))
 
 
 # --------------------------------------------------------------- intervals
@@ -172,17 +144,84 @@ def wilson_ci(successes: int, n: int, z: float = 1.96) -> Interval:
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
-def seed_interval(values, alpha: float = 0.05) -> Interval:
+def seed_interval(values, alpha: float = 0.05, bounds: tuple[float, float] | None = None,
+                  n_items: int | None = None) -> Interval:
     """(mean, low, high): Student-t (1 - alpha) interval over SEEDS, one value per training seed.
 
     Refuses fewer than 2 seeds: one run has no seed-to-seed spread (for report tables that must
     also run with one seed, use `seed_summary`). Covers the true mean at its nominal rate for
-    normal-ish per-seed values even at n = 3 (see tests/test_stats.py)."""
+    normal-ish per-seed values even at n = 3 (see tests/test_stats.py).
+
+    `bounds=(lo, hi)`: the metric lives in a range (a rate or accuracy (0, 1), a correlation or a
+    difference of rates (-1, 1), a Jaccard index (0, 1)); the interval is then
+    `bounded_seed_interval` and never leaves the range."""
+    if bounds is not None:
+        return bounded_seed_interval(values, bounds, alpha, n_items)
     x = _vector(values, "seed_interval", min_n=2, unit="seeds")
     _check_alpha(alpha, "seed_interval")
     n, mean = x.size, float(x.mean())
     half = t_quantile(1 - alpha / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+RATE = (0.0, 1.0)          # rates, accuracies, fractions, Jaccard indices
+SIGNED = (-1.0, 1.0)       # correlations, differences of two rates
+
+
+def _check_bounds(bounds, fn: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise StatsError(f"{fn}: bounds must be (low, high), e.g. (0, 1) for a rate, got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise StatsError(f"{fn}: bounds must be two finite numbers low < high, got {bounds!r}")
+    return lo, hi
+
+
+def check_in_range(values, bounds, fn: str = "check_in_range") -> np.ndarray:
+    """The values as a float array, or a one-line StatsError if any lies outside `bounds`
+    (a rate above 1, a correlation below -1: a bug upstream, not a statistic to report)."""
+    lo, hi = _check_bounds(bounds, fn)
+    x = _np(values)
+    tol = 1e-9 * (hi - lo)
+    bad = x[(x < lo - tol) | (x > hi + tol)]
+    if bad.size:
+        raise StatsError(f"{fn}: {bad.size} value(s) outside the metric's range [{lo:g}, {hi:g}], "
+                         f"e.g. {float(bad.flat[0]):.4g}; check the metric before computing its interval")
+    return x
+
+
+def bounded_seed_interval(values, bounds: tuple[float, float] = RATE, alpha: float = 0.05,
+                          n_items: int | None = None) -> Interval:
+    """(mean, low, high) over SEEDS for a metric that lives in [lo, hi]: a Student-t interval
+    on the logit scale of (x - lo) / (hi - lo), mapped back. For (-1, 1) this is Fisher's z
+    (atanh) up to a factor 2. The estimate stays the plain mean over seeds, and the interval is
+    widened to contain it if the transform's asymmetry would leave it outside.
+
+    Why the logit scale: a t-interval on the raw scale runs past the bound ("0.993 [0.973,
+    1.012]"), and clipping it keeps the bad shape (it under-covers near the bound). Measured by
+    simulation (tests/test_stats.py checks the first two), 3 seeds of 200-episode success rates
+    whose per-seed rate is Beta-distributed around the mean: coverage of the true mean 0.95 at
+    mean 0.5, 0.96 at 0.9, 0.93 at 0.97 (clipped raw t: 0.95, 0.94, 0.89).
+
+    A value at the bound has an infinite logit: it is moved in by `eps`, half an item of
+    `n_items` (the empirical logit's continuity correction) when given, else 1e-3 of the range.
+    All seeds equal: a zero-width interval, which `ordering_verdict` reports as no spread, never
+    as held."""
+    lo, hi = _check_bounds(bounds, "bounded_seed_interval")
+    x = _vector(values, "bounded_seed_interval", min_n=2, unit="seeds")
+    check_in_range(x, (lo, hi), "bounded_seed_interval")
+    _check_alpha(alpha, "bounded_seed_interval")
+    mean = float(x.mean())
+    if float(x.std()) == 0.0:
+        return mean, mean, mean
+    if n_items is not None and (int(n_items) != n_items or n_items < 1):
+        raise StatsError(f"bounded_seed_interval: n_items must be a positive integer, got {n_items}")
+    eps = 0.5 / n_items if n_items else 1e-3
+    u = np.clip((x - lo) / (hi - lo), eps, 1 - eps)
+    _, zlo, zhi = seed_interval(np.log(u / (1 - u)), alpha)
+    back = lambda z: lo + (hi - lo) / (1.0 + math.exp(-z))   # noqa: E731
+    return mean, min(back(zlo), mean), max(back(zhi), mean)
 
 
 def _expanded_alpha(alpha: float, n: int) -> float:
@@ -234,15 +273,26 @@ def _paired(a, b, fn: str, min_n: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def paired_difference(a, b, *, unit: str, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> Interval:
+def paired_difference(a, b, *, unit: str, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
+                      bounds: tuple[float, float] | None = None) -> Interval:
     """(mean, low, high) of mean(a - b) where a[i] and b[i] come from the same UNIT i.
 
     unit="seeds": a[i], b[i] are two conditions on training seed i; Student-t interval over the
     per-seed differences (the pairing removes seed-to-seed variation shared by both conditions).
     unit="items": many items (prompts, episodes) scored under both conditions; percentile bootstrap
-    over the items."""
+    over the items.
+
+    `bounds=(lo, hi)`: the range of a and b (e.g. (0, 1) for two rates); the difference then lies in
+    (lo - hi, hi - lo) and its seed interval stays there (`bounded_seed_interval`). With items the
+    bootstrap interval already stays inside the range."""
     a, b = _paired(a, b, "paired_difference")
+    if bounds is not None:
+        lo, hi = _check_bounds(bounds, "paired_difference")
+        check_in_range(a, (lo, hi), "paired_difference")
+        check_in_range(b, (lo, hi), "paired_difference")
     if unit == "seeds":
+        if bounds is not None:
+            return bounded_seed_interval(a - b, (lo - hi, hi - lo), alpha)
         return seed_interval(a - b, alpha)
     if unit == "items":
         return bootstrap_ci(a - b, n_boot, alpha, seed)
@@ -331,10 +381,10 @@ def tost_equivalence(values, margin: float, alpha: float = 0.05) -> Equivalence:
     _check_alpha(alpha, "tost_equivalence", upper=0.5)
     n, mean = x.size, float(x.mean())
     se = float(x.std(ddof=1)) / math.sqrt(n)
-    if se == 0.0:   # no spread: the mean is exact
+    if se == 0.0:   # no spread: the mean is exact (statsmodels would return NaN)
         p = 0.0 if abs(mean) < margin else 1.0
     else:           # H0 lower: mean <= -margin; H0 upper: mean >= margin; both must be rejected
-        p = max(t_cdf(-(mean + margin) / se, n - 1), t_cdf((mean - margin) / se, n - 1))
+        p = float(DescrStatsW(x).ttost_mean(-margin, margin)[0])
     half = t_quantile(1 - alpha, n - 1) * se
     verdict = "equivalent" if p < alpha else "not shown equivalent"
     return Equivalence(mean, mean - half, mean + half, float(margin), float(p), n, verdict)
@@ -351,24 +401,13 @@ def _counts(k, n, fn: str) -> tuple[int, int]:
 
 
 def fisher_exact_p(k1: int, n1: int, k2: int, n2: int) -> float:
-    """Two-sided p-value of Fisher's exact test for k1/n1 vs k2/n2 (unit = trials): the probability,
-    under the hypergeometric null (both margins fixed), of every table at most as likely as the
-    observed one. The right test for small counts such as 1/100 vs 3/100 draws."""
+    """Two-sided p-value of Fisher's exact test for k1/n1 vs k2/n2 (unit = trials), from
+    `scipy.stats.fisher_exact`: the probability, under the hypergeometric null (both margins
+    fixed), of every table at most as likely as the observed one. The right test for small counts
+    such as 1/100 vs 3/100 draws."""
     k1, n1 = _counts(k1, n1, "fisher_exact_p")
     k2, n2 = _counts(k2, n2, "fisher_exact_p")
-    K, N = k1 + k2, n1 + n2
-    # x = successes in group 1: x <= n1 and x <= K, and the other K - x must fit in group 2
-    lo, hi = max(0, K - n2), min(K, n1)
-
-    def logp(x: int) -> float:
-        return (math.lgamma(K + 1) - math.lgamma(x + 1) - math.lgamma(K - x + 1)
-                + math.lgamma(N - K + 1) - math.lgamma(n1 - x + 1) - math.lgamma(N - K - n1 + x + 1)
-                - (math.lgamma(N + 1) - math.lgamma(n1 + 1) - math.lgamma(N - n1 + 1)))
-
-    obs = logp(k1)
-    # relative tolerance so tables tied with the observed one in exact arithmetic count as "as likely"
-    total = sum(math.exp(lp) for lp in (logp(x) for x in range(lo, hi + 1)) if lp <= obs + 1e-7)
-    return min(1.0, total)
+    return min(1.0, float(_st.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])[1]))
 
 
 def n_for_power(p1: float, p2: float, alpha: float = 0.05, power: float = 0.8) -> int:
@@ -385,19 +424,22 @@ def n_for_power(p1: float, p2: float, alpha: float = 0.05, power: float = 0.8) -
 
 
 # ----------------------------------------------------- report tables (claims over seeds)
-def seed_summary(values) -> Interval:
+def seed_summary(values, bounds: tuple[float, float] | None = None) -> Interval:
     """`seed_interval(values)` for >= 2 seeds; for exactly one seed (mean, nan, nan), the explicit
     "no interval" marker that `fmt_interval` prints as "(1 seed)" and `ordering_verdict` calls
     untested. For report tables that must also run in a one-seed smoke profile."""
     x = _vector(values, "seed_summary", unit="seeds")
+    if bounds is not None:
+        check_in_range(x, bounds, "seed_summary")
     if x.size == 1:
         return float(x[0]), math.nan, math.nan
-    return seed_interval(x)
+    return seed_interval(x, bounds=bounds)
 
 
-def summarize(values_by_method: Mapping[str, Sequence[float]]) -> dict[str, Interval]:
+def summarize(values_by_method: Mapping[str, Sequence[float]],
+              bounds: tuple[float, float] | None = None) -> dict[str, Interval]:
     """{method: seed_summary(per-seed values)}: one 95% t-interval over seeds per method."""
-    return {m: seed_summary(v) for m, v in values_by_method.items()}
+    return {m: seed_summary(v, bounds) for m, v in values_by_method.items()}
 
 
 def _interval(iv, fn: str) -> Interval:
@@ -427,14 +469,64 @@ def intervals_separate(a: Interval, b: Interval) -> bool:
     return a[1] > b[2] or b[1] > a[2]
 
 
-def ordering_verdict(x: Interval, others: Sequence[Interval], x_larger: bool = True, extra_ok: bool = True) -> str:
+HELD = "held"
+AT_CEILING = "at ceiling"
+AT_FLOOR = "at floor (cannot separate)"
+NO_SPREAD = "no spread over seeds (untested)"
+EQUIVALENT = "equivalent (no effect)"
+INCONCLUSIVE = "inconclusive (the test could not detect an effect of the margin)"
+NOT_EQUIVALENT = "not shown equivalent"
+NULL_VERDICTS = (EQUIVALENT, INCONCLUSIVE, NOT_EQUIVALENT)
+
+
+def bound_status(intervals: Sequence[Interval], bounds: tuple[float, float], tol: float = 0.02) -> str | None:
+    """"at ceiling" / "at floor (cannot separate)" when the metric leaves no room to tell the
+    sides apart, else None. `intervals[0]` is the claim's side, the rest its comparisons:
+    - every estimate lies within `tol` of the same bound (tol is a fraction of the range), or
+    - the claim's side sits within `tol` of a bound with a zero-width interval over seeds (every
+      seed saturated: "1.000 [1.000, 1.000]").
+    What moves a row off the ceiling is a harder task, a finer metric or more items; the row never
+    counts as held."""
+    lo, hi = _check_bounds(bounds, "bound_status")
+    if not 0 <= tol < 0.5:
+        raise StatsError(f"bound_status: tol is a fraction of the range in [0, 0.5), got {tol}")
+    ivs = [_interval(iv, "bound_status") for iv in intervals]
+    if not ivs:
+        raise StatsError("bound_status: give at least the claim's interval")
+    width = tol * (hi - lo)
+    near_hi = [iv[0] >= hi - width for iv in ivs]
+    near_lo = [iv[0] <= lo + width for iv in ivs]
+    if all(near_hi):
+        return AT_CEILING
+    if all(near_lo):
+        return AT_FLOOR
+    claim = ivs[0]
+    if claim[1] == claim[2]:
+        if near_hi[0]:
+            return AT_CEILING
+        if near_lo[0]:
+            return AT_FLOOR
+    return None
+
+
+def ordering_verdict(x: Interval, others: Sequence[Interval], x_larger: bool = True, extra_ok: bool = True,
+                     bounds: tuple[float, float] | None = None, levels: Sequence[Interval] | None = None,
+                     ceiling_tol: float = 0.02) -> str:
     """Verdict, decided by seed intervals, on the claim that x is larger (x_larger) or smaller than
     EVERY interval in `others`:
     'held' (all separate, right direction) | 'reversed' (all separate, wrong direction) |
     'not separated' (otherwise) | 'one seed, untested' [+ ' (opposite direction)'] when any interval
     is a one-seed `seed_summary` (no interval, so no test; the means are still compared).
     `extra_ok=False` (e.g. a magnitude the claim also needs was not reached) turns 'held' into
-    'direction only'."""
+    'direction only'.
+
+    It can also refuse to decide, so that a row that could not have failed is never 'held':
+    - 'no spread over seeds (untested)': x has a zero-width interval (every seed gave the same
+      value, e.g. a deterministic quantity or a saturated difference);
+    - with `bounds=(lo, hi)`, the metric's range: 'at ceiling' / 'at floor (cannot separate)' from
+      `bound_status` on [x, *others], or on `levels` when x is a difference and `levels` are the
+      intervals of the levels behind it (claim's side first), e.g. trained and random success.
+    Every interval given must lie inside `bounds` (a StatsError otherwise)."""
     x = _interval(x, "ordering_verdict")
     others = [_interval(o, "ordering_verdict") for o in others]
     if not others:
@@ -442,9 +534,106 @@ def ordering_verdict(x: Interval, others: Sequence[Interval], x_larger: bool = T
     right = [(x[0] > o[0]) == x_larger for o in others]
     if math.isnan(x[1]) or any(math.isnan(o[1]) for o in others):
         return "one seed, untested" + ("" if all(right) else " (opposite direction)")
+    if bounds is not None:
+        ivs = [_interval(iv, "ordering_verdict") for iv in levels] if levels is not None else [x, *others]
+        for iv in ivs:
+            check_in_range([v for v in iv if not math.isnan(v)], bounds, "ordering_verdict")
+        status = bound_status(ivs, bounds, ceiling_tol)
+        if status:
+            return status
+    if x[1] == x[2]:
+        return NO_SPREAD
     sep = [intervals_separate(x, o) for o in others]
     if all(sep) and all(right):
-        return "held" if extra_ok else "direction only"
+        return HELD if extra_ok else "direction only"
     if all(sep) and not any(right):
         return "reversed"
     return "not separated"
+
+
+def detects(positive: Interval, larger: bool | None = None) -> bool:
+    """True when a positive control's interval excludes zero (in the expected direction, if given)."""
+    m, lo, hi = _interval(positive, "detects")
+    if math.isnan(lo):
+        return False
+    if larger is None:
+        return lo > 0 or hi < 0
+    return lo > 0 if larger else hi < 0
+
+
+def null_verdict(eq: Equivalence, positive: Interval | None, larger: bool | None = None) -> str:
+    """The verdict of a "no effect" claim, worded so that a test without power never reads as a null.
+
+    `eq` is the claim's `tost_equivalence`; `positive` is the interval (same unit) of the SAME
+    pipeline run on a planted effect of the margin's size, or on a known-positive case the chapter
+    names. 'equivalent (no effect)' only if the TOST passes AND the positive control is detected
+    (its interval excludes 0, in direction `larger` if given); 'inconclusive (the test could not
+    detect an effect of the margin)' if the TOST passes but the positive control is missed or
+    missing; 'not shown equivalent' otherwise."""
+    if not isinstance(eq, Equivalence):
+        raise StatsError(f"null_verdict: eq must be the Equivalence from tost_equivalence, got {type(eq).__name__}")
+    if eq.verdict != "equivalent":
+        return NOT_EQUIVALENT
+    if positive is None or not detects(positive, larger):
+        return INCONCLUSIVE
+    return EQUIVALENT
+
+
+# ------------------------------------------------------- selection on held-out data
+def discovery_test_split(n: int, seed: int, frac: float = 0.5, groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """(discovery indices, test indices) of n items, split at random by `seed`.
+
+    `groups` (length n): the unit that could leak (episode, prompt, level, board orbit); whole
+    groups go to one side, so no group is in both. Pick the best head, layer, unit, concept or scale
+    on the discovery side and report it on the test side (`select_on_discovery`)."""
+    if int(n) != n or n < 2:
+        raise StatsError(f"discovery_test_split: needs n >= 2 items, got {n}")
+    if not 0 < frac < 1:
+        raise StatsError(f"discovery_test_split: frac must lie in (0, 1), got {frac}")
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(int(n))
+        k = min(max(1, round(frac * n)), n - 1)
+        return np.sort(perm[:k]), np.sort(perm[k:])
+    g = _np(groups) if not isinstance(groups, (list, tuple)) else np.asarray(groups)
+    if g.shape != (n,):
+        raise StatsError(f"discovery_test_split: groups must have length n={n}, got shape {g.shape}")
+    uniq = np.unique(g)
+    if uniq.size < 2:
+        raise StatsError("discovery_test_split: needs at least 2 groups to split by group")
+    order = rng.permutation(uniq.size)
+    k = min(max(1, round(frac * uniq.size)), uniq.size - 1)
+    disc_groups = uniq[order[:k]]
+    mask = np.isin(g, disc_groups)
+    return np.nonzero(mask)[0], np.nonzero(~mask)[0]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What `select_on_discovery` picked: the key, its discovery score, its test value, and how
+    many candidates it was picked from (state the multiplicity beside the test value)."""
+
+    best: object
+    discovery_score: float
+    test_value: object
+    n_candidates: int
+
+    def __str__(self) -> str:
+        return (f"{self.best} (picked on discovery data among {self.n_candidates} candidates, "
+                f"discovery score {self.discovery_score:.3g})")
+
+
+def select_on_discovery(discovery: Mapping, test: Mapping, larger: bool = True) -> Selection:
+    """Pick the candidate with the best discovery score and return its TEST value: the number to
+    report. `discovery` maps candidate -> score on discovery data; `test` maps the same candidates
+    -> the value measured on test data (a number, an interval or per-seed values)."""
+    if not discovery:
+        raise StatsError("select_on_discovery: no candidates")
+    missing = [k for k in discovery if k not in test]
+    if missing:
+        raise StatsError(f"select_on_discovery: test values missing for {missing[:3]}")
+    scores = {k: float(v) for k, v in discovery.items()}
+    if any(not math.isfinite(v) for v in scores.values()):
+        raise StatsError("select_on_discovery: a discovery score is NaN or infinite")
+    best = (max if larger else min)(scores, key=scores.get)
+    return Selection(best, scores[best], test[best], len(scores))
