@@ -133,10 +133,11 @@ class VerdictTable:
     # ------------------------------------------------------------------ rendering
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.cells()) + "</tr>"
-                       for r in self.rows)
-        return (f'<table class="verdict-table"><caption>{html.escape(self.title)}</caption>'
-                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        # one row per line, so line-based scans (../shared/tools/verdict_scan.py) read row by row
+        body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.cells()) + "</tr>"
+                         for r in self.rows)
+        return (f'<table class="verdict-table"><caption>{html.escape(self.title)}</caption>\n'
+                f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>")
 
     def _repr_markdown_(self) -> str:
         def esc(s: str) -> str:
