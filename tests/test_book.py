@@ -7,8 +7,11 @@ saved under _build/screenshots/.
 
 The site is built from the papermill-executed notebooks in _build/executed/ when every
 ready chapter has one (after `python -m utils.course run`), else from the committed
-notebooks (no outputs; CI). COURSE_SITE_EXECUTED=1 requires the executed ones, =0 forces
-the committed ones.
+notebooks (no outputs; CI) with one chapter (RENDER_CHAPTER) executed here in the smoke
+profile, so that the site test always sees real outputs: its verdict table must be an HTML
+<table> with the rows the run produced, and no page may show raw Markdown table text.
+COURSE_SITE_EXECUTED=1 requires the executed ones, =0 forces the committed ones (and the one
+smoke execution).
 """
 import base64
 import fcntl
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -36,6 +40,7 @@ from utils.course.setup_cell import repository
 
 SCREENSHOTS = REPO_ROOT / "_build" / "screenshots"
 EXECUTED = REPO_ROOT / "_build" / "executed"
+RENDER_CHAPTER = "00_orientation"   # executed in smoke for the site when the others are not
 
 
 def _use_executed() -> bool:
@@ -46,10 +51,29 @@ def _use_executed() -> bool:
     return have and want != "0"
 
 
+def _one_chapter_executed(tmp: Path) -> Path:
+    """A folder of notebooks for the build: RENDER_CHAPTER executed now in the smoke profile
+    (papermill, as `python -m utils.course run` does), every other chapter as committed."""
+    from utils.course.run import run_notebook
+    folder = tmp / "executed"
+    folder.mkdir()
+    for ch in ready_chapters():
+        if ch.id != RENDER_CHAPTER:
+            shutil.copy2(REPO_ROOT / "solutions" / f"{ch.id}.ipynb", folder / f"{ch.id}.ipynb")
+    result = run_notebook(REPO_ROOT / "solutions" / f"{RENDER_CHAPTER}.ipynb", folder / f"{RENDER_CHAPTER}.ipynb",
+                          "smoke", RENDER_CHAPTER, timeout=600)
+    assert result.status == "ok", f"{RENDER_CHAPTER} failed in the smoke profile: {result.error}"
+    return folder
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    executed = _use_executed()
-    index = build(REPO_ROOT, build_dir=tmp_path_factory.mktemp("site"), executed=executed, executed_dir=EXECUTED)
+    build_dir = tmp_path_factory.mktemp("site")
+    if _use_executed():
+        index = build(REPO_ROOT, build_dir=build_dir, executed=True, executed_dir=EXECUTED)
+    else:
+        folder = _one_chapter_executed(build_dir)
+        index = build(REPO_ROOT, build_dir=build_dir, executed=True, executed_dir=folder)
     return index.parent
 
 
@@ -280,6 +304,12 @@ _MEASURE = r"""(() => {
                   || o.textContent.includes('Traceback (most recent call last)')).length
                 + (text.includes('An Exception was encountered at') ? 1 : 0),  // papermill's banner
     folded, setupVisible, codeCut,
+    rawTables: (text.match(/\|\s*:?-{3,}:?\s*\|/g) || []).length,
+    rawTableSample: (text.match(/.{0,60}\|\s*:?-{3,}:?\s*\|.{0,20}/) || [''])[0],
+    verdictTables: [...article.querySelectorAll('table.verdict-table')].map(t => ({
+      headers: [...t.querySelectorAll('thead th')].map(th => th.textContent.trim()),
+      claims: [...t.querySelectorAll('tbody tr')].map(tr => tr.querySelector('td').textContent.trim()),
+      verdicts: [...t.querySelectorAll('tbody tr')].map(tr => tr.lastElementChild.textContent.trim())})),
     sidebar: !!document.querySelector('.bd-sidebar-primary, #pst-primary-sidebar'),
     title: document.title,
   };
@@ -331,6 +361,8 @@ def check_page(browser: Browser, site: Path, page: str) -> tuple[dict, list[str]
                         f"{m['widgetsRendered']} rendered")
     if m["tracebacks"]:
         problems.append(f"{m['tracebacks']} Python traceback(s) in the outputs")
+    if m["rawTables"]:
+        problems.append(f"raw Markdown table text on the page (not rendered as a table), e.g. {m['rawTableSample']!r}")
     if page.startswith("solutions/"):
         setup_caption = FOLD_CAPTIONS["setup"]
         setup = [f for f in m["folded"] if f["caption"].startswith(setup_caption)]
@@ -385,3 +417,33 @@ def test_chapter_page_in_headless_chromium(site, browser):
     assert "Open the exercises in Colab" in dom and "Open the solutions in Colab" in dom
     assert ch.title.split(":")[0] in dom and "What you will do" in dom
     assert "sidebar" in dom  # the book theme rendered around the content
+
+
+def _verdict_rows_in_notebook(nb_path: Path) -> list[tuple[str, str]]:
+    """(claim, verdict) of every row of the verdict tables in an executed notebook's outputs."""
+    nb = nbformat.read(nb_path, as_version=4)
+    rows = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            h = out.get("data", {}).get("text/html", "")
+            h = "".join(h) if isinstance(h, list) else h
+            if 'class="verdict-table"' in h:
+                for tr in re.findall(r"<tr>(<td>.*?)</tr>", h):
+                    cells = [html_unescape(c) for c in re.findall(r"<td>(.*?)</td>", tr)]
+                    rows.append((cells[0], cells[-1]))
+    return rows
+
+
+def test_verdict_table_renders_from_an_executed_run(site, browser):
+    """The executed chapter's verdict table is a real <table> on its page, with the rows the run
+    produced (claims and verdicts), and the page shows no raw '| --- |' text."""
+    nb_path = site.parent / "site_src" / "solutions" / f"{RENDER_CHAPTER}.ipynb"
+    expected = _verdict_rows_in_notebook(nb_path)
+    assert len(expected) >= 3, f"the executed {RENDER_CHAPTER} should display a verdict table, found {expected}"
+    browser.open((site / "solutions" / f"{RENDER_CHAPTER}.html").as_uri())
+    m = browser.js(_MEASURE)
+    assert m["rawTables"] == 0, m["rawTableSample"]
+    tables = m["verdictTables"]
+    assert len(tables) == 1, f"expected one verdict table on the page, found {len(tables)}"
+    assert tables[0]["headers"][0] == "claim" and tables[0]["headers"][-1] == "verdict", tables[0]["headers"]
+    assert list(zip(tables[0]["claims"], tables[0]["verdicts"])) == expected
