@@ -6,7 +6,10 @@
 - `attribution`: `logit_diff` (the one logit-difference function), `direct_logit_attribution`;
 - `probes`: linear probes beside majority, shuffled-label and random-model baselines;
 - `attention`: attention mass on chosen keys and its uniform-head chance level;
-- `steering`: `add_hook`, `mean_difference`, `norm_matched_random` (the control);
+- `steering`: `add_hook`, `mean_difference`, `norm_matched_random` (an isotropic floor, not a
+  specific control);
+- `controls`: specificity controls for direction / subspace claims (`specificity_controls`,
+  `variance_matched_random`, `top_pcs`, `shuffled_labels`, `specificity_verdict`);
 - `adapters`: `adapt` wraps any policy network (nn.Module, Stable-Baselines3, CleanRL) as a hookable model.
 """
 from utils.interp.adapters import AdaptedPolicy, adapt
