@@ -118,7 +118,8 @@ def t_quantile(q: float, df: int) -> float:
 
 # --------------------------------------------------------------- intervals
 def bootstrap_ci(samples, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Interval:
-    """(mean, low, high): percentile bootstrap over ITEMS (the entries of a 1-D `samples`).
+    """(mean, low, high): percentile bootstrap over ITEMS (the entries of a 1-D `samples`), from
+    `scipy.stats.bootstrap`.
 
     Use for many independent items/episodes of one model. Not for seeds: with a few values the
     resampled means never leave [min, max] (use `seed_interval`); not for seeds x items pooled
@@ -126,9 +127,12 @@ def bootstrap_ci(samples, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
     x = _vector(samples, "bootstrap_ci", unit="items")
     _check_alpha(alpha, "bootstrap_ci")
     _check_n_boot(n_boot, "bootstrap_ci")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(1)
-    return float(x.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+    mean = float(x.mean())
+    if float(x.std()) == 0.0:   # every resample has the same mean (scipy would warn and return NaN)
+        return mean, mean, mean
+    res = _st.bootstrap((x,), np.mean, n_resamples=int(n_boot), confidence_level=1 - alpha, method="percentile",
+                        vectorized=True, rng=np.random.default_rng(seed))
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def wilson_ci(successes: int, n: int, z: float = 1.96) -> Interval:
@@ -301,8 +305,9 @@ def paired_difference(a, b, *, unit: str, alpha: float = 0.05, n_boot: int = 200
 
 def bootstrap_statistic(statistic: Callable[..., np.ndarray], *columns, n_boot: int = 2000, alpha: float = 0.05,
                         seed: int = 0) -> Interval:
-    """(value, low, high): percentile bootstrap of any statistic of paired columns, resampling ROWS
-    (row i of every column is one unit, e.g. one clean/corrupt/patched prompt pair).
+    """(value, low, high): percentile bootstrap (`scipy.stats.bootstrap`, paired) of any statistic of
+    paired columns, resampling ROWS (row i of every column is one unit, e.g. one clean/corrupt/patched
+    prompt pair).
 
     `statistic(*cols)` must reduce over the LAST axis: it gets 1-D columns for the estimate and
     [n_boot, n] arrays for the resamples, e.g. a fraction recovered:
@@ -315,13 +320,22 @@ def bootstrap_statistic(statistic: Callable[..., np.ndarray], *columns, n_boot: 
     _check_alpha(alpha, "bootstrap_statistic")
     _check_n_boot(n_boot, "bootstrap_statistic")
     value = float(statistic(*cols))
-    idx = np.random.default_rng(seed).integers(0, cols[0].size, (n_boot, cols[0].size))
-    boots = np.asarray(statistic(*(c[idx] for c in cols)), dtype=float)
-    if boots.shape != (n_boot,):
-        raise StatsError(f"bootstrap_statistic: statistic must reduce the last axis, got shape {boots.shape}")
-    if not math.isfinite(value) or np.isnan(boots).any():
+    if not math.isfinite(value):
         raise StatsError("bootstrap_statistic: the statistic is undefined (NaN) on the data or on some resamples")
-    return value, float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+    def stat(*resampled, axis=-1):   # scipy passes [..., n] arrays; the statistic reduces the last axis
+        out = np.asarray(statistic(*resampled), dtype=float)
+        if out.shape != resampled[0].shape[:-1]:
+            raise StatsError(f"bootstrap_statistic: statistic must reduce the last axis, got shape {out.shape} "
+                             f"from inputs of shape {resampled[0].shape}")
+        return out
+
+    with np.errstate(all="ignore"):
+        res = _st.bootstrap(tuple(cols), stat, n_resamples=int(n_boot), confidence_level=1 - alpha,
+                            method="percentile", paired=True, vectorized=True, rng=np.random.default_rng(seed))
+    boots = np.asarray(res.bootstrap_distribution, dtype=float)
+    if np.isnan(boots).any():
+        raise StatsError("bootstrap_statistic: the statistic is undefined (NaN) on the data or on some resamples")
+    return value, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def fraction_recovered_ci(patched, clean, corrupt, n_boot: int = 1000, seed: int = 0) -> Interval:
