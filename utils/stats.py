@@ -583,7 +583,13 @@ def null_verdict(eq: Equivalence, positive: Interval | None, larger: bool | None
     names. 'equivalent (no effect)' only if the TOST passes AND the positive control is detected
     (its interval excludes 0, in direction `larger` if given); 'inconclusive (the test could not
     detect an effect of the margin)' if the TOST passes but the positive control is missed or
-    missing; 'not shown equivalent' otherwise."""
+    missing; 'not shown equivalent' otherwise.
+
+    What counts as a positive control: the effect is put in UPSTREAM of the measurement (an
+    intervention known to matter, a model known to differ, an effect planted in the data or the
+    weights) and the whole pipeline is run again. Adding the margin to the measured values is not
+    one: whenever the TOST passes, values + margin are detected almost by construction, so such a
+    "control" proves nothing about power."""
     if not isinstance(eq, Equivalence):
         raise StatsError(f"null_verdict: eq must be the Equivalence from tost_equivalence, got {type(eq).__name__}")
     if eq.verdict != "equivalent":

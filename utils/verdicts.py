@@ -31,6 +31,7 @@ from typing import Mapping
 from utils.core import CourseError
 from utils.stats import HELD, INCONCLUSIVE, EQUIVALENT, Interval, check_in_range, fmt_interval
 
+_PLACEHOLDERS = {"", "-", "--", "\u2014", "\u2013", "none", "n/a", "na", "no control", "nan"}
 COLUMNS = ("claim", "measured", "unit", "control(s)", "positive control", "verdict")
 
 
@@ -93,8 +94,9 @@ class VerdictTable:
             raise VerdictError(f"VerdictTable.add: '{claim[:50]}' needs the unit of its interval (e.g. 'training seeds')")
         if isinstance(control, Mapping):
             control = "; ".join(f"{k} {_text(v, self.digits)}" for k, v in control.items())
-        if control is None or not str(control).strip():
-            raise VerdictError(f"VerdictTable.add: '{claim[:50]}' has no control; every claim is measured next to one")
+        if control is None or str(control).strip().lower().strip(".") in _PLACEHOLDERS:
+            raise VerdictError(f"VerdictTable.add: '{claim[:50]}' has no control; every claim is measured next to one "
+                               "(name it and give its number)")
         interval = None
         if isinstance(measured, tuple):
             if len(measured) != 3:
@@ -109,7 +111,7 @@ class VerdictTable:
                 raise VerdictError(f"VerdictTable.add: '{claim[:50]}' is 'held' with a zero-width interval; "
                                    "decide it with ordering_verdict (no spread / at ceiling)")
         if _is_null(verdict):
-            if positive_control is None or not str(positive_control).strip():
+            if positive_control is None or str(positive_control).strip().lower().strip(".") in _PLACEHOLDERS:
                 raise VerdictError(f"VerdictTable.add: '{claim[:50]}' is a null ({verdict}) without a positive "
                                    "control; run the same test on a planted effect (utils.stats.null_verdict)")
         if verdict.startswith("equivalent") and verdict != EQUIVALENT:
