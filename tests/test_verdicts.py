@@ -196,12 +196,16 @@ def test_table_refuses_rows_that_break_the_standard():
     t = VerdictTable("test")
     t.add("A beats B", (0.8, 0.7, 0.9), unit="training seeds", control={"B": (0.3, 0.2, 0.4)}, verdict=HELD,
           bounds=RATE, n=3)
-    with pytest.raises(VerdictError, match="no control"):
-        t.add("A beats B", (0.8, 0.7, 0.9), unit="seeds", control="", verdict=HELD)
+    for placeholder in ("", "-", " none ", "N/A"):
+        with pytest.raises(VerdictError, match="no control"):
+            t.add("A beats B", (0.8, 0.7, 0.9), unit="seeds", control=placeholder, verdict=HELD)
     with pytest.raises(VerdictError, match="positive"):
         t.add("no effect", (0.0, -0.01, 0.01), unit="seeds", control="x", verdict=EQUIVALENT)
     with pytest.raises(VerdictError, match="positive"):
         t.add("no effect", (0.0, -0.01, 0.01), unit="seeds", control="x", verdict=INCONCLUSIVE)
+    with pytest.raises(VerdictError, match="positive"):
+        t.add("no effect", (0.0, -0.01, 0.01), unit="seeds", control="x", verdict=INCONCLUSIVE,
+              positive_control="-")
     with pytest.raises(VerdictError, match="null_verdict"):
         t.add("no effect", (0.0, -0.01, 0.01), unit="seeds", control="x", verdict="equivalent",
               positive_control="planted 0.1")
