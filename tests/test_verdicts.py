@@ -86,13 +86,16 @@ def test_null_verdict_needs_a_detected_positive_control():
     none = rng.normal(0.0, 0.01, 5)
     eq = tost_equivalence(none, margin=0.1)
     assert eq.verdict == "equivalent"
-    planted = seed_interval(none + 0.1)                   # the same pipeline with an effect of the margin
+    planted = seed_interval(rng.normal(0.1, 0.01, 5))    # the pipeline re-run with an effect of the margin
     assert null_verdict(eq, planted, larger=True) == EQUIVALENT
+    # the measured values shifted by the margin are detected by construction: refused
+    with pytest.raises(StatsError, match="by construction"):
+        null_verdict(eq, seed_interval(none + 0.1))
     # the planted effect is missed (e.g. the pipeline learned nothing): inconclusive, not a null
     missed = seed_interval(rng.normal(0.0, 0.05, 5))
     assert null_verdict(eq, missed) == INCONCLUSIVE
     assert null_verdict(eq, None) == INCONCLUSIVE
-    assert null_verdict(eq, seed_interval(none + 0.1), larger=False) == INCONCLUSIVE   # wrong direction
+    assert null_verdict(eq, planted, larger=False) == INCONCLUSIVE   # wrong direction
     assert null_verdict(tost_equivalence(none + 0.5, margin=0.1), planted) == NOT_EQUIVALENT
     with pytest.raises(StatsError):
         null_verdict("equivalent", planted)

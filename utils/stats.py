@@ -592,6 +592,12 @@ def null_verdict(eq: Equivalence, positive: Interval | None, larger: bool | None
     "control" proves nothing about power."""
     if not isinstance(eq, Equivalence):
         raise StatsError(f"null_verdict: eq must be the Equivalence from tost_equivalence, got {type(eq).__name__}")
+    if positive is not None:
+        pm = _interval(positive, "null_verdict")[0]
+        if any(abs(pm - (eq.mean + sign * eq.margin)) <= 1e-9 * max(1.0, abs(pm)) for sign in (1, -1)):
+            raise StatsError("null_verdict: the positive control is the measured effect plus the margin, which the "
+                             "test detects by construction; run the pipeline on an effect put in upstream (an "
+                             "intervention, a model or data known to differ) instead")
     if eq.verdict != "equivalent":
         return NOT_EQUIVALENT
     if positive is None or not detects(positive, larger):
