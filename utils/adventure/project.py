@@ -12,11 +12,15 @@ rules (tests/test_adventure.py proves it). It is not committed: it is written wh
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Sequence
 
 import nbformat
 
 from utils.core import CourseError
+from utils.stats import fmt_interval, ordering_verdict, paired_difference, seed_summary
+from utils.verdicts import Row, VerdictTable
 
 SECTIONS = ("## 0. The question", "## 1. The agent", "## 2. Adapt it", "## 3. Collect and define the variable",
             "## 4. Probe", "## 5. Counterfactual pairs and patching", "## 6. Steering",
@@ -53,8 +57,10 @@ _IMPORTS = """import torch
 from utils import select_profile, set_seed
 from utils.adventure.harness import (collect, counterfactual_pairs, gym_env, label, patch_pairs,
                                      probe_variable, steer_variable)
+from utils.adventure.project import add_finding_row
 from utils.interp.adapters import adapt
-from utils.stats import fmt_interval, ordering_verdict, seed_summary
+from utils.stats import RATE, fmt_interval, null_verdict, ordering_verdict, seed_summary, tost_equivalence
+from utils.verdicts import VerdictTable
 
 S = select_profile(SIZES, PROFILE)
 SEEDS = S["seeds"]
@@ -86,11 +92,63 @@ _CELLS = [
     ("## 6. Steering", "Add the variable's direction; compare with a norm-matched random direction.",
      "# steers = {seed: steer_variable(agents[seed], data[seed], labels[seed], pairs[seed], HOOK)\n"
      "#           for seed in SEEDS}"),
-    ("## 7. Over training seeds", "Every claim as an interval over training seeds (`seed_summary`), beside its "
-     "control, and a verdict from `ordering_verdict`.", "# rows = ..."),
-    ("## 8. Verdict and what would change my mind", "Print the verdict table from the run (no numbers typed by hand), "
-     "then write what you would test next.", None),
+    ("## 7. Over training seeds", "Every claim as one row of a `VerdictTable`: `add_finding_row` turns the "
+     "harness's per-seed findings into the paired difference (claim minus control) over training seeds, with its "
+     "unit and its control; pass `bounds=RATE` for an accuracy or a rate, so a saturated metric reads 'at "
+     "ceiling', never 'held'. A 'no effect' row goes through `null_verdict` with a positive control.",
+     "TABLE = VerdictTable(\"My project: verdicts (this run)\")\n"
+     "# add_finding_row(TABLE, \"probe X at HOOK beats chance\", [probes[s] for s in SEEDS], bounds=RATE)\n"
+     "# add_finding_row(TABLE, \"probe X beats the random-init agent\", [probes[s] for s in SEEDS],\n"
+     "#                 control=\"random-init agent\", bounds=RATE)\n"
+     "# add_finding_row(TABLE, \"steering along X beats random directions\", [steers[s] for s in SEEDS])"),
+    ("## 8. Verdict and what would change my mind", "The verdict table from the run (no numbers typed by hand), "
+     "then write what you would test next.", "TABLE"),
 ]
+
+
+def add_finding_row(table: VerdictTable, claim: str, findings: Sequence, control: str | None = None,
+                    bounds: tuple[float, float] | None = None) -> Row:
+    """One verdict row from the harness's findings, one `Finding` per training seed: the claim is
+    "the finding's value exceeds its control" (`control=None`: the finding's own control; a name:
+    one of its `other_controls`, e.g. "random-init agent").
+
+    With >= 2 seeds the row is the paired difference value - control over seeds
+    (`paired_difference`, kept inside (lo - hi, hi - lo) when the metric has `bounds`, e.g. RATE
+    for a probe accuracy), decided by `ordering_verdict` against 0 with the two levels behind it,
+    so a saturated metric reads "at ceiling" / "at floor", never "held". With one seed it is the
+    finding's within-run interval of the difference (unit: the finding's, e.g. held-out pairs of one
+    agent) when it has one, else "one seed, untested"."""
+    if not findings:
+        raise CourseError(f"add_finding_row: '{claim[:50]}' got no findings (one per training seed)")
+    def ctrl_of(f):
+        if control is None:
+            return f.control
+        if control not in f.other_controls:
+            raise CourseError(f"add_finding_row: the finding has no control '{control}'; it has "
+                              f"{[f.control_name, *f.other_controls]}")
+        return f.other_controls[control]
+    values = [float(f.value[0]) for f in findings]
+    controls = [float(ctrl_of(f)[0]) for f in findings]
+    name = findings[0].control_name if control is None else control
+    diff_bounds = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    level_a, level_b = seed_summary(values, bounds), seed_summary(controls, bounds)
+    text = f"{name} {fmt_interval(level_b)} (claim side {fmt_interval(level_a)})"
+    if len(findings) >= 2:
+        iv = paired_difference(values, controls, unit="seeds", bounds=bounds)
+        verdict = ordering_verdict(iv, [(0.0, 0.0, 0.0)], bounds=bounds,
+                                   levels=None if bounds is None else [level_a, level_b])
+        unit = "training seeds (paired difference)"
+    elif control is None and findings[0].difference is not None:
+        f = findings[0]
+        iv = tuple(float(v) for v in f.difference)
+        verdict = ordering_verdict(iv, [(0.0, 0.0, 0.0)])
+        unit = f"{f.unit} of one agent (within-run difference)"
+        text = f"{name} {fmt_interval(f.control)} (claim side {fmt_interval(f.value)})"
+    else:
+        iv = (values[0] - controls[0], math.nan, math.nan)
+        verdict = "one seed, untested" + ("" if iv[0] > 0 else " (opposite direction)")
+        unit = "training seeds (paired difference)"
+    return table.add(claim, iv, unit=unit, n=len(findings), control=text, verdict=verdict, bounds=diff_bounds)
 
 _WRITEUP = """# <Project title>
 
