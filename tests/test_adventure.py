@@ -147,3 +147,31 @@ def test_project_template_passes_the_notebook_checks(tmp_path):
     assert all(h in w.read_text() for h in project.WRITEUP_HEADINGS)
     with pytest.raises(CourseError, match="exists"):
         project.write_project_notebook(path)
+
+
+def test_add_finding_row_pairs_seeds_bounds_and_reports_ceilings():
+    """The project kit's verdict row: a paired difference over seeds inside its range, decided
+    against 0; a saturated metric reads 'at ceiling'; one seed uses the within-run difference."""
+    from utils.adventure.harness import Finding
+    from utils.adventure.project import add_finding_row
+    from utils.stats import AT_CEILING, HELD, RATE
+    from utils.verdicts import VerdictTable
+
+    def f(v, c, diff=None):
+        return Finding("probe", (v, v - 0.02, v + 0.02), "shuffled labels", (c, c - 0.02, c + 0.02),
+                       "held-out states", difference=diff, other_controls={"random-init agent": (0.6, 0.55, 0.65)})
+
+    t = VerdictTable()
+    row = add_finding_row(t, "probe beats shuffled labels", [f(0.9, 0.5), f(0.85, 0.52), f(0.88, 0.49)], bounds=RATE)
+    assert row.verdict == HELD and row.unit.startswith("training seeds") and -1 <= row.interval[1] <= row.interval[2] <= 1
+    sat = add_finding_row(t, "saturated", [f(1.0, 1.0), f(1.0, 0.995), f(1.0, 1.0)], bounds=RATE)
+    assert sat.verdict == AT_CEILING
+    worse = add_finding_row(t, "no better than random init", [f(0.6, 0.5), f(0.62, 0.5), f(0.61, 0.5)],
+                            control="random-init agent", bounds=RATE)
+    assert worse.verdict != HELD and "random-init agent" in worse.controls
+    one = add_finding_row(t, "one seed", [f(0.9, 0.5, diff=(0.4, 0.35, 0.45))])
+    assert one.verdict == HELD and "within-run" in one.unit
+    with pytest.raises(CourseError):
+        add_finding_row(t, "unknown control", [f(0.9, 0.5)], control="nope")
+    with pytest.raises(CourseError):
+        add_finding_row(t, "nothing", [])

@@ -152,6 +152,19 @@ def test_spearman_rows():
     assert I.spearman_rows(a, -a) == pytest.approx(-1.0)
 
 
+def test_spearman_rows_averages_ties_and_its_bootstrap_contains_the_estimate():
+    """Ties get their average rank (scipy's Spearman); breaking them by order made a bootstrap
+    resample's repeated rows look correlated, and the estimate fell outside its own interval."""
+    from scipy.stats import spearmanr
+    from utils.stats import bootstrap_statistic
+    rng = np.random.default_rng(0)
+    a = np.round(rng.normal(size=200), 0)          # heavy ties, as attribution on few objects has
+    e = np.round(rng.normal(size=200), 0)          # independent of a: the true correlation is 0
+    assert I.spearman_rows(a, e) == pytest.approx(spearmanr(a, e)[0], abs=1e-9)
+    r, lo, hi = bootstrap_statistic(lambda x, y: I.spearman_rows(x, y), a, e, n_boot=1000, seed=0)
+    assert lo <= r <= hi and lo < 0 < hi
+
+
 def test_shipped_agents_load_and_beat_random():
     from utils.vision_agents.agents import SEEDS, evaluate_returns, load_agent, make_agent_env
     env = make_agent_env("breakout_ppo", 16, seed=7)

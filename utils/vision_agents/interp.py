@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from scipy.stats import rankdata
 import torch
 from torch import Tensor
 
@@ -115,13 +116,13 @@ def intervention_effects(net, state: dict[str, np.ndarray], shift: int = 2) -> d
     return out
 
 
-def _rank(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x, axis=-1), axis=-1).astype(float)
-
-
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of a and b along the last axis (ties broken by order)."""
-    ra, rb = _rank(a), _rank(b)
+    """Spearman correlation of a and b along the last axis, ties given their average rank
+    (`scipy.stats.rankdata`). Breaking ties by order would bias a bootstrap: a resample repeats
+    rows, and each repeated (a, b) pair would get adjacent ranks in both columns, a spurious
+    positive correlation that can push the bootstrap interval off the estimate."""
+    ra = rankdata(a, axis=-1).astype(float)
+    rb = rankdata(b, axis=-1).astype(float)
     ra -= ra.mean(-1, keepdims=True)
     rb -= rb.mean(-1, keepdims=True)
     return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1) + 1e-12)
