@@ -121,6 +121,15 @@ def test_chapter_pages_link_to_colab(site):
         assert f"../../solutions/{ch.id}.html" in html  # the solution notebook's page on the site
 
 
+def test_every_page_shows_the_licence(site):
+    from utils.course.book import licence_footer
+
+    pages = [p for p in site.rglob("*.html") if "_static" not in p.parts and p.name not in ("search.html", "genindex.html")]
+    missing = [str(p.relative_to(site)) for p in pages if "course-licence" not in p.read_text(errors="replace")]
+    assert pages and not missing, f"pages without the licence footer: {missing[:10]}"
+    assert "CC BY 4.0" in licence_footer() and "MIT License" in (site / "index.html").read_text()
+
+
 def test_bibliography_renders(site):
     html = (site / "book" / "references.html").read_text().lower()
     assert "concrete open problems" in html and "transformerlens" in html

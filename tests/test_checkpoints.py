@@ -116,3 +116,45 @@ def test_missing_or_empty_manifest_is_an_error_for_loading(tmp_path):
 def test_restore_hint_works_from_any_directory():
     hint = _restore_hint(REPO_ROOT / "data" / "manifest.json")
     assert f"git -C {REPO_ROOT} checkout -- data/manifest.json" in hint
+
+
+# ---------------------------------------------------------------- licences
+def _entries(manifest: dict):
+    """(section, name, entry) of every entry in every section of a manifest."""
+    for section, entries in manifest.items():
+        assert isinstance(entries, dict), f"manifest section {section!r} is not a mapping of entries"
+        for name, entry in entries.items():
+            yield section, name, entry
+
+
+def test_every_manifest_entry_states_its_licence():
+    from utils.checkpoints import ARTIFACT_LICENCE
+
+    manifest = json.loads((REPO_ROOT / "data" / "manifest.json").read_text())
+    missing = [f"{s}/{n}" for s, n, e in _entries(manifest) if not str(e.get("licence", "")).strip()]
+    assert not missing, f"manifest entries without a licence field (the course's own: {ARTIFACT_LICENCE!r}; a " \
+                        f"released model: its card's licence, or 'none stated'): {missing}"
+    # the course's own artifacts carry the course's licence
+    assert {e["licence"] for e in manifest["artifacts"].values()} == {ARTIFACT_LICENCE}
+
+
+def test_released_models_are_listed_with_the_loaders_licences():
+    from utils.lm import api
+
+    released = json.loads((REPO_ROOT / "data" / "manifest.json").read_text())["released"]
+    assert released == api.RELEASED  # the manifest repeats the loaders' table
+    names = set(api.HUB_MODELS) | {info["sae_release"] for info in api.HUB_MODELS.values()}
+    assert names <= set(released), f"released models the loaders use but the manifest lacks: {names - set(released)}"
+    for name, entry in released.items():
+        assert entry["source"].startswith("https://") and entry["licence"], name
+        # the licence is also in the docstring of the module that loads it
+        assert entry["licence"].split(" (")[0].replace("CC-BY-4.0", "CC BY 4.0") in api.__doc__, name
+
+
+def test_a_new_artifact_gets_the_course_licence(tmp_path):
+    from utils.checkpoints import ARTIFACT_LICENCE
+
+    assert _save(tmp_path)["licence"] == ARTIFACT_LICENCE
+    (tmp_path / "extra.bin").write_bytes(b"x")
+    assert register_artifact(tmp_path / "extra.bin", "extra", {}, "make extra", {}, data_dir=tmp_path)["licence"] \
+        == ARTIFACT_LICENCE

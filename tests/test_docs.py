@@ -48,3 +48,34 @@ def test_config_sets_repository_once():
     cfg = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
     assert cfg["repository"]["url"].startswith("https://github.com/")
     assert cfg["execute"]["execute_notebooks"] == "off"
+
+
+def test_licence_files_and_citation():
+    """Code under MIT (LICENSE), prose and notebooks under CC BY 4.0 (LICENSE-CONTENT), and a
+    CITATION.cff with CFF 1.2.0's required keys (validated with `cffconvert --validate` too)."""
+    lic = (REPO_ROOT / "LICENSE").read_text()
+    assert lic.startswith("MIT License") and "Permission is hereby granted, free of charge" in lic
+    content = (REPO_ROOT / "LICENSE-CONTENT").read_text()
+    assert "CC BY 4.0" in content and "https://creativecommons.org/licenses/by/4.0/legalcode" in content
+    for covered in ("utils/", "book/", "solutions/", "notebooks/", "data/"):
+        assert covered in content, covered
+    cff = yaml.safe_load((REPO_ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["message"] and cff["title"]
+    assert cff["authors"] and all("name" in a or "family-names" in a for a in cff["authors"])
+    assert set(cff["license"]) == {"MIT", "CC-BY-4.0"}
+    assert cff["repository-code"] == yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def test_every_site_page_states_the_licence(tmp_path):
+    """The staged site config carries the licence footer (Jupyter Book's html.extra_footer), with
+    links built from the repository URL (tests/test_book.py checks it on the built pages)."""
+    from utils.course.book import licence_footer, stage
+
+    url = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["repository"]["url"]
+    footer = licence_footer()
+    for link in (f"{url}/blob/main/LICENSE", f"{url}/blob/main/LICENSE-CONTENT", f"{url}/blob/main/CITATION.cff",
+                 "https://creativecommons.org/licenses/by/4.0/"):
+        assert f'href="{link}"' in footer, link
+    assert "MIT License" in footer and "CC BY 4.0" in footer
+    staged = yaml.safe_load((stage(REPO_ROOT, tmp_path, executed=False) / "_config.yml").read_text())
+    assert staged["html"]["extra_footer"] == footer

@@ -1,7 +1,10 @@
 """Checkpoints and artifacts in data/, listed in data/manifest.json.
 
 Every artifact has an entry: file, sha256, size, the config it was made with, the
-command that regenerates it, and the metrics it reached. Loading verifies the sha256,
+command that regenerates it, the metrics it reached, and its licence (the course's own
+artifacts: ARTIFACT_LICENCE, the course's code licence, see LICENSE-CONTENT). The manifest's
+"released" section lists the released models the course downloads (utils/lm/api.py), each
+with its source and licence. Loading verifies the sha256,
 so a missing or corrupted file gives one clear line that says how to get it back.
 Writes go to a temporary file and are renamed into place, so an interrupted save
 never leaves a half-written artifact or manifest behind.
@@ -24,6 +27,8 @@ from utils.core import CourseError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 MANIFEST = "manifest.json"
+# the licence of every artifact the course makes and ships in data/ (LICENSE-CONTENT says why)
+ARTIFACT_LICENCE = "MIT"
 
 
 class CheckpointError(CourseError):
@@ -88,7 +93,7 @@ def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 def _entry(path: Path, data_dir: Path, digest: str, size: int, config, command: str, metrics) -> dict[str, Any]:
     return {"file": str(path.resolve().relative_to(data_dir.resolve())), "sha256": digest, "bytes": size,
-            "config": config, "command": command, "metrics": metrics,
+            "config": config, "command": command, "metrics": metrics, "licence": ARTIFACT_LICENCE,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

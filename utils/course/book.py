@@ -6,7 +6,8 @@ book/ and the solution notebooks: the committed ones (no outputs) or, with
 real outputs while jupyter-book itself never executes anything. Staging folds the
 plumbing cells (setup, parameters, papermill's injected parameters) behind one-line
 captions (`utils.course.notebooks.fold_plumbing`), and points the site's MathJax cache at
-_build/mathjax so the pinned MathJax copy (book/_ext/site_assets.py) is fetched once.
+_build/mathjax so the pinned MathJax copy (book/_ext/site_assets.py) is fetched once, and
+puts the licence (LICENSE, LICENSE-CONTENT) in every page's footer.
 """
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ from utils.course.chapters import ready_chapters
 from utils.course.notebooks import fold_plumbing
 
 
+def licence_footer(root: Path = REPO_ROOT) -> str:
+    """The licence line on every page of the site (Jupyter Book's html.extra_footer): code under
+    MIT (LICENSE), prose and notebooks under CC BY 4.0 (LICENSE-CONTENT), with links built from
+    the repository URL in _config.yml."""
+    from utils.course.setup_cell import repository
+
+    url, branch = repository(root)
+    blob = f"{url}/blob/{branch}"
+    return (f'<p class="course-licence">Code: <a href="{blob}/LICENSE">MIT License</a>. Text and notebooks: '
+            f'<a href="https://creativecommons.org/licenses/by/4.0/">CC BY 4.0</a> '
+            f'(<a href="{blob}/LICENSE-CONTENT">what each licence covers</a>; '
+            f'<a href="{blob}/CITATION.cff">how to cite the course</a>).</p>')
+
+
 def stage(root: Path, build_dir: Path, executed: bool, executed_dir: Path | None = None) -> Path:
     src = build_dir / "site_src"
     if src.exists():
@@ -32,6 +47,7 @@ def stage(root: Path, build_dir: Path, executed: bool, executed_dir: Path | None
     shutil.copy2(root / "_toc.yml", src / "_toc.yml")
     config = yaml.safe_load((root / "_config.yml").read_text())
     config.setdefault("sphinx", {}).setdefault("config", {})["offline_mathjax_cache"] = str(root.resolve() / "_build" / "mathjax")
+    config.setdefault("html", {})["extra_footer"] = licence_footer(root)
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns("__pycache__"))
     (src / "solutions").mkdir()

@@ -10,6 +10,13 @@
     sae = load_sae("gpt2", layer=8)      # gpt2-small-res-jb, blocks.8.hook_resid_pre
     sae = load_sae("gemma-2-2b", layer=12)  # Gemma Scope 16k canonical, layer 12
 
+Licences: the embedded models and SAEs are the course's own (MIT, data/manifest.json). The
+released ones keep theirs, listed in RELEASED below and in the manifest's "released" section:
+GPT-2 small (openai-community/gpt2): MIT; Gemma-2-2B and -it (google/gemma-2-2b[-it]): the
+Gemma Terms of Use, gated (accept them on the model page); the GPT-2 small residual SAEs
+(gpt2-small-res-jb, jbloom/GPT2-Small-SAEs-Reformatted): MIT; Gemma Scope
+(google/gemma-scope-2b-pt-res): CC BY 4.0.
+
 Local artifacts are verified against data/manifest.json (sha256) before loading. A hub
 name fails at once when the hub cannot be used (HF_HUB_OFFLINE set, or huggingface.co
 not reachable within a couple of seconds) and the files are not already cached, with a
@@ -47,6 +54,22 @@ HUB_MODELS: dict[str, dict[str, Any]] = {
                       "tl_form": "bridge"},
 }
 _HUB_IDS = {"gpt2": "gpt2", "gemma-2-2b": "google/gemma-2-2b", "gemma-2-2b-it": "google/gemma-2-2b-it"}
+
+# The released models and SAEs these loaders download, with the licence on each model card
+# (data/manifest.json "released" repeats this table; tests/test_checkpoints.py holds them equal).
+_GEMMA_TERMS = "Gemma Terms of Use (https://ai.google.dev/gemma/terms); gated: accept them on the model page"
+RELEASED: dict[str, dict[str, str]] = {
+    "gpt2": {"kind": "model", "source": "https://huggingface.co/openai-community/gpt2", "licence": "MIT",
+             "loader": "utils.lm.load_model('gpt2')"},
+    "gemma-2-2b": {"kind": "model", "source": "https://huggingface.co/google/gemma-2-2b", "licence": _GEMMA_TERMS,
+                   "loader": "utils.lm.load_model('gemma-2-2b')"},
+    "gemma-2-2b-it": {"kind": "model", "source": "https://huggingface.co/google/gemma-2-2b-it", "licence": _GEMMA_TERMS,
+                      "loader": "utils.lm.load_model('gemma-2-2b-it')"},
+    "gpt2-small-res-jb": {"kind": "sae", "source": "https://huggingface.co/jbloom/GPT2-Small-SAEs-Reformatted",
+                          "licence": "MIT", "loader": "utils.lm.load_sae('gpt2', layer)"},
+    "gemma-scope-2b-pt-res-canonical": {"kind": "sae", "source": "https://huggingface.co/google/gemma-scope-2b-pt-res",
+                                        "licence": "CC-BY-4.0", "loader": "utils.lm.load_sae('gemma-2-2b', layer)"},
+}
 
 
 def model_artifact(name: str) -> str:
@@ -170,8 +193,8 @@ def local_dir(artifact: str, data_dir: str | os.PathLike = DATA_DIR) -> tuple[Pa
 
 
 def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike = DATA_DIR) -> LM:
-    """The LM `name`: an embedded model (tiny-reviews, tiny-ttt, tiny-qa) or a hub model
-    (gpt2, gemma-2-2b, gemma-2-2b-it)."""
+    """The LM `name`: an embedded model (tiny-reviews, tiny-ttt, tiny-qa; the course's, MIT) or a
+    hub model: gpt2 (MIT), gemma-2-2b and gemma-2-2b-it (the Gemma Terms of Use, gated)."""
 
     dev = get_device(device)
     if name in LOCAL_MODELS:
@@ -205,7 +228,8 @@ def load_sae(name: str, layer: int | None = None, width: str = "16k", device: st
     """The residual-stream SAE of model `name` at `layer` (a `sae_lens.SAE`). Embedded models:
     blocks.{layer}.hook_resid_pre (layer 1 by default). gpt2: gpt2-small-res-jb
     (blocks.{layer}.hook_resid_pre, default 8). gemma-2-2b: Gemma Scope canonical
-    (layer_{layer}/width_{width}, default 12)."""
+    (layer_{layer}/width_{width}, default 12). Licences: the embedded SAEs are the course's (MIT),
+    gpt2-small-res-jb is MIT, Gemma Scope is CC BY 4.0 (RELEASED)."""
 
 
     dev = str(get_device(device))
