@@ -4,6 +4,8 @@
 # with python3.12, python3.11 or python3 (whichever is 3.11 or 3.12), so a Debian/Ubuntu
 # system Python (PEP 668, "externally-managed-environment") is never pip-installed into.
 # Inside an active venv or conda env, with CI set, or with PY=... given, that Python is used.
+# Whichever it is, `make test`, `make book` and the other targets install requirements.txt into
+# it first (once per environment), so either command works alone in a fresh clone.
 PROFILE ?= cpu
 CHAPTERS ?=
 JOBS ?=
@@ -18,8 +20,16 @@ ifeq ($(origin PY),undefined)
   endif
 endif
 
-# pip runs again only when requirements.txt changes (or with `make install`'s stamp removed)
-STAMP := $(if $(VENV),$(VENV)/.installed,_build/.installed-$(subst /,_,$(PY)))
+# Every target that runs the course's code first installs requirements.txt into the Python it
+# uses (`make test` and `make book` alone work in a fresh clone, inside a venv or not), once: a
+# stamp keyed to that Python's environment (sys.prefix) makes pip run again only when
+# requirements.txt changes, or for another environment (`make install` with the stamp removed).
+ifdef VENV
+  STAMP := $(VENV)/.installed
+else
+  PY_PREFIX := $(shell $(PY) -c 'import sys; print(sys.prefix)' 2>/dev/null)
+  STAMP := _build/.installed/$(or $(subst /,_,$(PY_PREFIX)),$(subst /,_,$(PY)))
+endif
 RUN_FLAGS := --profile $(PROFILE)$(if $(JOBS), --jobs $(JOBS))$(if $(FORCE), --force)
 
 .PHONY: help install book test notebooks check run smoke site bench clean rehearse
@@ -27,7 +37,7 @@ RUN_FLAGS := --profile $(PROFILE)$(if $(JOBS), --jobs $(JOBS))$(if $(FORCE), --f
 help:
 	@echo "make book       install what is missing, execute every chapter (cpu profile) in parallel, build the site"
 	@echo "                (chapters whose inputs did not change are not re-run; FORCE=1 re-runs, JOBS=N sets workers)"
-	@echo "make test       the full test suite (what CI runs)"
+	@echo "make test       install what is missing, then the full test suite (what CI runs)"
 	@echo "make notebooks  regenerate notebooks/ (exercises) from solutions/"
 	@echo "make check      fast rules: notebooks in sync, no outputs, parameters and setup cells"
 	@echo "make run PROFILE=smoke CHAPTERS=00_orientation   execute chapters with papermill"
@@ -55,26 +65,26 @@ install: $(STAMP)
 book: $(STAMP)
 	$(PY) -m utils.course run $(RUN_FLAGS) $(CHAPTERS) && $(PY) -m utils.course book --executed
 
-# CI installs first and passes PY=python3; a fresh .venv is installed into before testing
-test: $(if $(VENV),$(STAMP))
+# CI installs first (.ci/run) and passes PY=python3: the install here then finds everything there
+test: $(STAMP)
 	COURSE_PROFILE=smoke HF_HUB_OFFLINE=1 $(PY) -m pytest tests solutions --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider --durations=15
 
-notebooks: $(if $(VENV),$(STAMP))
+notebooks: $(STAMP)
 	$(PY) -m utils.course notebooks
 
-check: $(if $(VENV),$(STAMP))
+check: $(STAMP)
 	$(PY) -m utils.course check
 
-run: $(if $(VENV),$(STAMP))
+run: $(STAMP)
 	$(PY) -m utils.course run $(RUN_FLAGS) $(CHAPTERS)
 
-smoke: $(if $(VENV),$(STAMP))
+smoke: $(STAMP)
 	$(PY) -m utils.course run --profile smoke$(if $(JOBS), --jobs $(JOBS))$(if $(FORCE), --force) $(CHAPTERS)
 
-site: $(if $(VENV),$(STAMP))
+site: $(STAMP)
 	$(PY) -m utils.course book
 
-bench: $(if $(VENV),$(STAMP))
+bench: $(STAMP)
 	$(PY) scripts/bench_ppo.py
 	$(PY) scripts/bench_distil.py
 	$(PY) scripts/bench_mcts.py
@@ -86,7 +96,7 @@ bench: $(if $(VENV),$(STAMP))
 	$(PY) scripts/bench_adapter.py
 
 # the gpu profile on CPU, offline, against hub-shaped fixtures in _build/hub-fixtures (CHAPTERS=... for some)
-rehearse: $(if $(VENV),$(STAMP))
+rehearse: $(STAMP)
 	$(PY) -m utils.lm.rehearse$(if $(CHAPTERS), --only $(CHAPTERS))
 
 clean:

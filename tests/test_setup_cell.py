@@ -303,8 +303,100 @@ def test_make_uses_a_venv_unless_one_is_active_or_ci_or_py_is_given(tmp_path):
         assert f"{py} -m utils.course run --profile cpu" in dry.stdout and f"{py} -m pytest" in dry.stdout, (extra, dry.stdout)
         assert ("-m venv .venv" in dry.stdout) == (py == ".venv/bin/python")
         assert f"{py} -m pip install -q -r requirements.txt" in dry.stdout  # once, before the first target needing it
-    # CI passes PY=python3 after installing: `make test` then installs nothing
-    assert "pip install" not in _make("-n", "test", "PY=python3", cwd=tmp_path).stdout
+    # every target that runs code installs first, whichever Python (CI's PY=python3 included: its
+    # own install ran before, so this one finds everything there)
+    for target in ("test", "book", "check", "run", "notebooks", "rehearse"):
+        assert "-m pip install -q -r requirements.txt" in _make("-n", target, "PY=python3", cwd=tmp_path).stdout, target
+
+
+# A stand-in for pip, put into a fresh, empty venv: it logs each call (with the Python's sys.prefix)
+# and "installs" stand-ins for pytest and `utils.course` that log their calls, so the Makefile's
+# real dependency chain runs offline in seconds.
+_FAKE_PIP = """import os, sys
+from pathlib import Path
+log = Path(os.environ["FAKE_PIP_LOG"])
+with log.open("a") as f:
+    f.write(f"{sys.prefix} pip {' '.join(sys.argv[1:])}\\n")
+if sys.argv[1:2] == ["install"] and "-r" in sys.argv:
+    site = Path(__file__).resolve().parent.parent
+    for name in ("pytest", "utils.course"):
+        d = site.joinpath(*name.split("."))
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "__init__.py").write_text("")
+        (d / "__main__.py").write_text(
+            "import os, sys\\nwith open(os.environ['FAKE_PIP_LOG'], 'a') as f:\\n"
+            f"    f.write(sys.prefix + ' {name} ' + ' '.join(sys.argv[1:]) + '\\\\n')\\n")
+    (site / "utils" / "__init__.py").write_text("")
+"""
+
+
+def _empty_venv(path: Path) -> Path:
+    """A fresh venv with nothing installed but the logging pip stand-in."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    (site,) = path.glob("lib/python3*/site-packages")
+    (site / "pip").mkdir()
+    (site / "pip" / "__init__.py").write_text("")
+    (site / "pip" / "__main__.py").write_text(_FAKE_PIP)
+    return path
+
+
+def _calls(log: Path, prefix: Path) -> list[str]:
+    """The logged calls ("pip install -q", "pytest tests solutions", ...), each made by `prefix`'s Python."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    assert all(Path(line.split()[0]).resolve() == prefix.resolve() for line in lines), lines
+    return [" ".join(line.split()[1:4]) for line in lines]
+
+
+def test_make_test_and_make_book_alone_install_first_in_a_fresh_venv(tmp_path):
+    """The README's two commands, each alone and in either order, inside an active empty venv and
+    with no venv at all (the .venv path): each installs requirements.txt into the Python it uses,
+    once, then runs. pip and what it installs are logging stand-ins (offline, seconds)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy2(REPO_ROOT / name, repo / name)
+    log = tmp_path / "calls.log"
+    install, test, run, book = ("pip install -q", "pytest tests solutions", "utils.course run --profile",
+                                "utils.course book --executed")
+
+    for order in (("test", "book"), ("book", "test")):
+        venv = _empty_venv(tmp_path / f"venv-{order[0]}")
+        absent = subprocess.run([str(venv / "bin" / "python"), "-c", "import pytest"], capture_output=True)
+        assert absent.returncode != 0  # nothing installed
+        active = {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "FAKE_PIP_LOG": str(log)}
+        first, second = (_make(target, env_extra=active, cwd=repo) for target in order)
+        assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+        want = {"test": [test], "book": [run, book]}
+        assert _calls(log, venv) == [install, *want[order[0]], *want[order[1]]]  # once, before the first
+        assert _make("test", env_extra=active, cwd=repo).returncode == 0 and _calls(log, venv) == [test]
+        (repo / "requirements.txt").touch()  # a changed requirements.txt installs again
+        assert _make("test", env_extra=active, cwd=repo).returncode == 0 and _calls(log, venv) == [install, test]
+
+    # no venv: make creates .venv (python3.12 here is a wrapper that makes an empty venv with the pip stand-in)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "python3.12"
+    fake_pip = _empty_venv(tmp_path / "template") / "lib"
+    (fake_pip,) = fake_pip.glob("python3*/site-packages/pip")
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+          {sys.executable} -m venv --without-pip "$3" && cp -r {fake_pip} "$3"/lib/python3*/site-packages/
+          exit $?
+        fi
+        exec {sys.executable} "$@"
+    """))
+    wrapper.chmod(0o755)
+    for order in (("test", "book"), ("book", "test")):
+        shutil.rmtree(repo / ".venv", ignore_errors=True)
+        plain = {"PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_PIP_LOG": str(log)}
+        done = [_make(target, env_extra=plain, cwd=repo) for target in order]
+        assert all(d.returncode == 0 for d in done), [d.stderr for d in done]
+        assert "make: creating .venv with python3.12" in done[0].stdout
+        want = {"test": [test], "book": [run, book]}
+        assert _calls(log, repo / ".venv") == [install, *want[order[0]], *want[order[1]]]
+    assert (repo / ".venv" / ".installed").exists()
 
 
 def _fake_python(bindir: Path, name: str, version: tuple[int, int]):
