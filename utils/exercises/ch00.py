@@ -11,14 +11,16 @@ import torch
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from utils.envs.cue_corridor import LEFT, RIGHT, encode, flip_cue
+from utils.envs.cue_corridor import LEFT, RIGHT, CueCorridor, encode, flip_cue
 from utils.exercises import ExerciseFailed, check
-from utils.interp.attribution import logit_diff
+from utils.interp.attribution import direct_logit_attribution, logit_diff
 from utils.interp.hooks import cache_activations
 from utils.interp.patching import fraction_recovered, patch_each_unit, replace_hook
 from utils.interp.probes import ProbeReport, train_probe
 from utils.interp.steering import mean_difference
 from utils.models.mlp_policy import HookedMLPPolicy
+from utils.rl.evaluate import run_corridor_episodes
+from utils.stats import tost_equivalence
 
 
 # ------------------------------------------------------------------ helpers
@@ -262,6 +264,136 @@ def check_steering_directions(steering_directions) -> None:
         raise ExerciseFailed("the control is the same for seeds 4 and 5: draw it from a generator seeded with `seed`")
 
 
+# ------------------------------------------------------------------ exercise 7 (attribution)
+def _reference_attribution(policy, obs, a, b):
+    name = f"layers.{len(policy.layers) - 1}.hook_post"
+    h = cache_activations(policy, obs, [name])[name]
+    n = len(obs)
+    return direct_logit_attribution(h, policy.actor.weight.detach(), torch.full((n,), a),
+                                    torch.full((n,), b))
+
+
+@check
+def check_unit_attribution(unit_attribution) -> None:
+    """unit_attribution(policy, obs, a, b) -> [batch, d_last] contributions to logit[a] - logit[b]."""
+    g = torch.Generator().manual_seed(9)
+    for hidden, n_actions, (a, b) in (((12, 10), 2, (RIGHT, LEFT)), ((8, 6, 9), 3, (0, 2)),
+                                      ((8, 6, 9), 3, (2, 1))):
+        with torch.random.fork_rng(devices=[]):
+            policy = HookedMLPPolicy(11, n_actions, hidden)
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.7)
+        policy.eval()
+        obs = torch.randn(7, 11, generator=g)
+        before = obs.clone()
+        got = unit_attribution(policy, obs, a, b)
+        _unchanged(before, obs, "obs")
+        want = _reference_attribution(policy, obs, a, b)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            raise ExerciseFailed(f"expected a tensor of shape {tuple(want.shape)} ([batch, units of the "
+                                 f"LAST hidden layer]), got {getattr(got, 'shape', type(got).__name__)}")
+        got = got.detach().float()
+        if torch.allclose(got, -want, atol=1e-5) and not torch.allclose(want, 0 * want):
+            raise ExerciseFailed(f"a={a}, b={b}: the signs are reversed; the contribution is to "
+                                 "logit[a] - logit[b], so use W[a] - W[b]")
+        if not torch.allclose(got, want, atol=1e-5):
+            total = got.sum(-1)
+            target = logit_diff(policy(obs), a, b) - (policy.actor.bias[a] - policy.actor.bias[b])
+            hint = ("the rows sum to the logit difference INCLUDING the bias: leave the bias out, it "
+                    "belongs to no unit" if torch.allclose(total, target + (policy.actor.bias[a]
+                                                         - policy.actor.bias[b]), atol=1e-4)
+                    else "use the post-ReLU activations of the last hidden layer (the actor's input) "
+                    "times W[a] - W[b] of the actor's weight")
+            raise ExerciseFailed(f"hidden={hidden}, a={a}, b={b}: values differ from h * (W[a] - W[b]); {hint}")
+
+
+# ------------------------------------------------------------------ exercise 9 (evaluation)
+def _go_right(logits, hook):
+    out = logits.clone()
+    out[:, RIGHT] = out[:, LEFT] + 5.0
+    return out
+
+
+@check
+def check_run_episodes(run_episodes) -> None:
+    """run_episodes(policy, env, fwd_hooks) -> success / wrong_end / timeout fractions, one episode
+    per environment, greedy actions."""
+    cases = [(11, 16, 6, 0.6, 3, ()), (6, 5, 2, 0.0, 4, ()), (11, 16, 6, 0.6, 5, [("hook_logits", _go_right)])]
+    for length, max_steps, n_noise, cue_noise, seed, hooks in cases:
+        policy = _policy(seed, obs_dim=length + 2 + n_noise, hidden=(8, 8))
+
+        def env():
+            return CueCorridor(64, length, max_steps, seed=seed, n_noise=n_noise, cue_noise=cue_noise)
+
+        want = run_corridor_episodes(policy, env(), hooks)
+        state = torch.get_rng_state()
+        try:
+            got = run_episodes(policy, env(), list(hooks))
+            drew = not torch.equal(state, torch.get_rng_state())
+        finally:
+            torch.set_rng_state(state)
+        if drew:
+            raise ExerciseFailed("your loop drew from the global random generator: act greedily "
+                                 "(argmax of the logits), do not sample")
+        if not isinstance(got, dict) or not {"success", "wrong_end", "timeout"} <= set(got):
+            raise ExerciseFailed("return a dict with keys 'success', 'wrong_end' and 'timeout'")
+        vals = {k: float(got[k]) for k in ("success", "wrong_end", "timeout")}
+        if abs(sum(vals.values()) - 1) > 1e-5:
+            raise ExerciseFailed(f"the three fractions should sum to 1 (each environment's first episode ends "
+                                 f"one way), got {sum(vals.values()):.3f}: count every episode once")
+        bad = {k: (vals[k], want[k]) for k in vals if abs(vals[k] - want[k]) > 1e-6}
+        if bad:
+            which = "with a hook that makes the agent go right, " if hooks else ""
+            extra = (" Did you pass fwd_hooks to policy.run_with_hooks?" if hooks else
+                     " The env resets an environment as soon as its episode ends: stop counting an "
+                     "environment after its FIRST episode ends (keep an `active` mask), and count a "
+                     "timeout (truncated) as neither end.")
+            k, (g_, w_) = next(iter(bad.items()))
+            raise ExerciseFailed(f"length={length}, {which}'{k}': expected {w_:.3f}, got {g_:.3f}.{extra}")
+
+
+# ------------------------------------------------------------------ exercise 10 (TOST)
+@check
+def check_tost(tost) -> None:
+    """tost(diffs, margin, alpha) -> (low, high, p): the (1 - 2 alpha) t-interval and the TOST p."""
+    cases = [(np.array([0.004, -0.006, 0.01]), 0.02, 0.05), (np.array([0.03, 0.012, 0.05, 0.02]), 0.02, 0.05),
+             (np.array([-0.01, 0.002, -0.004, 0.001, -0.003]), 0.02, 0.1),
+             (np.array([0.0, 0.05, -0.02]), 0.1, 0.05), (np.array([-0.08, -0.07, -0.09]), 0.1, 0.05)]
+    for diffs, margin, alpha in cases:
+        before = diffs.copy()
+        got = tost(diffs, margin, alpha)
+        if not np.array_equal(before, diffs):
+            raise ExerciseFailed("your function changed `diffs` in place; work on a copy")
+        want = tost_equivalence(diffs, margin, alpha)
+        try:
+            low, high, p = (float(v) for v in got)
+        except (TypeError, ValueError):
+            raise ExerciseFailed("return a tuple (low, high, p) of three numbers") from None
+        n = len(diffs)
+        if abs(p - want.p_value) > 1e-6:
+            lo_p, hi_p = _one_sided_ps(diffs, margin)
+            hint = ("you took the SMALLER of the two one-sided p-values; equivalence needs BOTH "
+                    "tests to reject, so p is the larger" if abs(p - min(lo_p, hi_p)) < 1e-6 else
+                    "p is max(p of H0: mean <= -margin, p of H0: mean >= +margin), each a one-sided "
+                    f"t-test with {n - 1} degrees of freedom and the standard error s / sqrt(n) "
+                    "(s with ddof=1)")
+            raise ExerciseFailed(f"diffs={diffs.tolist()}, margin={margin}: expected p = {want.p_value:.4g}, "
+                                 f"got {p:.4g}; {hint}")
+        if abs(low - want.low) > 1e-6 or abs(high - want.high) > 1e-6:
+            raise ExerciseFailed(f"diffs={diffs.tolist()}, alpha={alpha}: expected the interval "
+                                 f"[{want.low:.4f}, {want.high:.4f}], got [{low:.4f}, {high:.4f}]; TOST at "
+                                 f"level alpha goes with the {100 * (1 - 2 * alpha):.0f}% interval, "
+                                 f"mean +/- t(1 - alpha, df={n - 1}) * s / sqrt(n)")
+
+
+def _one_sided_ps(diffs, margin):
+    from scipy import stats as _st
+    n, m = len(diffs), float(np.mean(diffs))
+    se = float(np.std(diffs, ddof=1)) / np.sqrt(n)
+    return (float(_st.t.sf((m + margin) / se, n - 1)), float(_st.t.sf((margin - m) / se, n - 1)))
+
+
 CHECKS = {
     "get_hidden": check_get_hidden,
     "counterfactual_obs": check_counterfactual_obs,
@@ -270,6 +402,9 @@ CHECKS = {
     "patch_each_unit": check_patch_each_unit,
     "probe_report": check_probe_report,
     "steering_directions": check_steering_directions,
+    "unit_attribution": check_unit_attribution,
+    "run_episodes": check_run_episodes,
+    "tost": check_tost,
 }
 
 
@@ -451,6 +586,108 @@ def _negated_control(acts, goal_right, seed):
     return d, -d
 
 
+# unit_attribution
+def _attr_pre_relu(policy, obs, a, b):
+    _, cache = policy.run_with_cache(obs)
+    h = cache[f"layers.{len(policy.layers) - 1}.hook_pre"]
+    return h * (policy.actor.weight[a] - policy.actor.weight[b]).detach()
+
+
+def _attr_with_bias(policy, obs, a, b):
+    _, cache = policy.run_with_cache(obs)
+    h = cache[f"layers.{len(policy.layers) - 1}.hook_post"]
+    W, bias = policy.actor.weight.detach(), policy.actor.bias.detach()
+    return h * (W[a] - W[b]) + (bias[a] - bias[b]) / h.shape[-1]
+
+
+def _attr_always_right_left(policy, obs, a, b):
+    _, cache = policy.run_with_cache(obs)
+    h = cache[f"layers.{len(policy.layers) - 1}.hook_post"]
+    return h * (policy.actor.weight[RIGHT] - policy.actor.weight[LEFT]).detach()
+
+
+def _attr_layer_1(policy, obs, a, b):
+    _, cache = policy.run_with_cache(obs)
+    h = cache["layers.1.hook_post"]
+    return h * (policy.actor.weight[a] - policy.actor.weight[b]).detach()[: h.shape[-1]]
+
+
+# run_episodes
+@torch.no_grad()
+def _counts_every_episode(policy, env, fwd_hooks=()):
+    obs, ends = env.reset(), {"success": 0, "wrong_end": 0, "timeout": 0}
+    for _ in range(env.max_steps):
+        obs, reward, term, trunc, _ = env.step(policy.run_with_hooks(obs, fwd_hooks=list(fwd_hooks)).argmax(-1))
+        ends["success"] += int((term & (reward > 0)).sum())
+        ends["wrong_end"] += int((term & (reward < 0)).sum())
+        ends["timeout"] += int(trunc.sum())
+    total = sum(ends.values())
+    return {k: v / total for k, v in ends.items()}
+
+
+@torch.no_grad()
+def _samples_actions(policy, env, fwd_hooks=()):
+    n = env.n_envs
+    active, succ, wrong = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    obs = env.reset()
+    for _ in range(env.max_steps):
+        logits = policy.run_with_hooks(obs, fwd_hooks=list(fwd_hooks))
+        obs, reward, term, trunc, _ = env.step(torch.distributions.Categorical(logits=logits).sample())
+        done = term | trunc
+        succ |= active & done & (reward > 0); wrong |= active & done & (reward < 0); active &= ~done
+    s, w = succ.float().mean().item(), wrong.float().mean().item()
+    return {"success": s, "wrong_end": w, "timeout": 1 - s - w}
+
+
+@torch.no_grad()
+def _ignores_hooks(policy, env, fwd_hooks=()):
+    return run_corridor_episodes(policy, env, ())
+
+
+@torch.no_grad()
+def _no_active_mask(policy, env, fwd_hooks=()):
+    n = env.n_envs
+    succ, wrong = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    obs = env.reset()
+    for _ in range(env.max_steps):
+        obs, reward, term, trunc, _ = env.step(policy.run_with_hooks(obs, fwd_hooks=list(fwd_hooks)).argmax(-1))
+        succ |= term & (reward > 0); wrong |= term & (reward < 0)
+    s, w = succ.float().mean().item(), (wrong & ~succ).float().mean().item()
+    return {"success": s, "wrong_end": w, "timeout": 1 - s - w}
+
+
+# tost
+def _tost_95_interval(diffs, margin, alpha=0.05):
+    from scipy import stats as _st
+    n, m = len(diffs), float(np.mean(diffs))
+    se = float(np.std(diffs, ddof=1)) / np.sqrt(n)
+    half = _st.t.ppf(1 - alpha / 2, n - 1) * se
+    return m - half, m + half, max(_one_sided_ps(diffs, margin))
+
+
+def _tost_min_p(diffs, margin, alpha=0.05):
+    want = tost_equivalence(diffs, margin, alpha)
+    return want.low, want.high, min(_one_sided_ps(diffs, margin))
+
+
+def _tost_normal(diffs, margin, alpha=0.05):
+    from scipy import stats as _st
+    n, m = len(diffs), float(np.mean(diffs))
+    se = float(np.std(diffs, ddof=1)) / np.sqrt(n)
+    p = max(float(_st.norm.sf((m + margin) / se)), float(_st.norm.sf((margin - m) / se)))
+    half = _st.norm.ppf(1 - alpha) * se
+    return m - half, m + half, p
+
+
+def _tost_ddof0(diffs, margin, alpha=0.05):
+    from scipy import stats as _st
+    n, m = len(diffs), float(np.mean(diffs))
+    se = float(np.std(diffs)) / np.sqrt(n)
+    p = max(float(_st.t.sf((m + margin) / se, n - 1)), float(_st.t.sf((margin - m) / se, n - 1)))
+    half = _st.t.ppf(1 - alpha, n - 1) * se
+    return m - half, m + half, p
+
+
 WRONG_ANSWERS = {
     "get_hidden": [_pre_activation, _next_layer, _first_row_only],
     "counterfactual_obs": [_flip_in_place, _always_goal_left, _hard_coded_length, _mirror_position, _drop_distractors],
@@ -459,4 +696,7 @@ WRONG_ANSWERS = {
     "patch_each_unit": [_corrupt_into_clean, _raw_metric, _first_clean_row, _ignores_make_hook],
     "probe_report": [_no_groups, _random_baseline_on_trained, _shuffles_rows_together, _shuffles_caller_labels],
     "steering_directions": [_reversed, _unit_norm_control, _global_generator, _sums, _negated_control],
+    "unit_attribution": [_attr_pre_relu, _attr_with_bias, _attr_always_right_left, _attr_layer_1],
+    "run_episodes": [_counts_every_episode, _samples_actions, _ignores_hooks, _no_active_mask],
+    "tost": [_tost_95_interval, _tost_min_p, _tost_normal, _tost_ddof0],
 }

@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from utils.core import check_fields, torch_threads
-from utils.envs.cue_corridor import CueCorridor
+from utils.envs.cue_corridor import CUE_NOISE, LENGTH, N_NOISE, CueCorridor
 from utils.models.mlp_policy import HookedMLPPolicy
 
 
@@ -25,8 +25,9 @@ class A2CConfig:
     gamma: float = 0.9
     entropy_coef: float = 0.01
     hidden: tuple[int, ...] = (32, 32)
-    length: int = 7      # the corridor's length
-    n_noise: int = 6     # distractor inputs
+    length: int = LENGTH         # the corridor's length
+    n_noise: int = N_NOISE       # distractor inputs
+    cue_noise: float = CUE_NOISE  # noise on the cue reading (one draw per episode)
     seed: int = 0
 
     def __post_init__(self):
@@ -84,6 +85,6 @@ def train_cue_agent(cfg: A2CConfig, progress: bool = True) -> tuple[HookedMLPPol
     """The orientation agent: A2C on the cue corridor. Returns the policy and its training log."""
     with torch_threads(1):  # a tiny network: one thread is fastest
         torch.manual_seed(cfg.seed)
-        env = CueCorridor(cfg.n_envs, cfg.length, seed=cfg.seed, n_noise=cfg.n_noise)
+        env = CueCorridor(cfg.n_envs, cfg.length, seed=cfg.seed, n_noise=cfg.n_noise, cue_noise=cfg.cue_noise)
         policy = HookedMLPPolicy(env.obs_dim, 2, cfg.hidden)
         return policy, train_a2c(cfg, env, policy, progress)

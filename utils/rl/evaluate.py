@@ -13,24 +13,31 @@ import torch
 
 from utils.core import CourseError
 from utils.envs.colour_goal import BLUE, RED, ColourGoalGrid
-from utils.envs.cue_corridor import CueCorridor
+from utils.envs.cue_corridor import CUE_NOISE, LENGTH, N_NOISE, CueCorridor
 from utils.envs.gym_vec import GymVecEnv
 from utils.models.mlp_policy import HookedMLPPolicy
 
 
 @torch.no_grad()
-def evaluate_corridor(policy: HookedMLPPolicy, n_episodes: int = 500, length: int = 7, seed: int = 123, greedy: bool = True,
-             fwd_hooks=None, n_noise: int = 6) -> dict[str, float]:
-    """Outcomes over `n_episodes` run in parallel (optionally with hooks): the fraction that
-    reached the cued end ("success"), the other end ("wrong_end") and neither ("timeout")."""
-    env = CueCorridor(n_episodes, length, seed=seed, n_noise=n_noise)
-    active = torch.ones(n_episodes, dtype=torch.bool)
-    success = torch.zeros(n_episodes, dtype=torch.bool)
-    wrong = torch.zeros(n_episodes, dtype=torch.bool)
+def run_corridor_episodes(policy: HookedMLPPolicy, env: CueCorridor, fwd_hooks=(), greedy: bool = True,
+                          generator: torch.Generator | None = None) -> dict[str, float]:
+    """Run the first episode of every environment of a freshly made `env` (reset here) with
+    `policy` (greedy by default; sampled actions draw from `generator`, never the global RNG),
+    with `fwd_hooks` active. Each environment counts once, at its first episode's end (the env
+    auto-resets, so later episodes are ignored). Returns the fractions that reached the cued end
+    ("success"), the other end ("wrong_end") and neither ("timeout")."""
+    n = env.n_envs
+    active = torch.ones(n, dtype=torch.bool)
+    success = torch.zeros(n, dtype=torch.bool)
+    wrong = torch.zeros(n, dtype=torch.bool)
     obs = env.reset()
     for _ in range(env.max_steps):
-        logits = policy.run_with_hooks(obs, fwd_hooks=fwd_hooks or [])
-        action = logits.argmax(-1) if greedy else torch.distributions.Categorical(logits=logits).sample()
+        logits = policy.run_with_hooks(obs, fwd_hooks=list(fwd_hooks))
+        if greedy:
+            action = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits.float(), -1)
+            action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         obs, reward, term, trunc, _ = env.step(action)
         done = term | trunc
         success |= active & done & (reward > 0)
@@ -42,7 +49,18 @@ def evaluate_corridor(policy: HookedMLPPolicy, n_episodes: int = 500, length: in
     return {"success": s, "wrong_end": w, "timeout": 1.0 - s - w}
 
 
-def corridor_random_success(n_episodes: int = 2000, length: int = 7, seed: int = 7) -> float:
+def evaluate_corridor(policy: HookedMLPPolicy, n_episodes: int = 500, length: int = LENGTH, seed: int = 123,
+                      greedy: bool = True, fwd_hooks=None, n_noise: int = N_NOISE, cue: int | None = None,
+                      cue_noise: float = CUE_NOISE) -> dict[str, float]:
+    """Outcomes over `n_episodes` run in parallel (optionally with hooks): the fraction that
+    reached the cued end ("success"), the other end ("wrong_end") and neither ("timeout").
+    Sampled actions (greedy=False) draw from a generator seeded with `seed`."""
+    env = CueCorridor(n_episodes, length, seed=seed, n_noise=n_noise, cue=cue, cue_noise=cue_noise)
+    return run_corridor_episodes(policy, env, fwd_hooks or (), greedy,
+                                 torch.Generator().manual_seed(seed + 1))
+
+
+def corridor_random_success(n_episodes: int = 2000, length: int = LENGTH, seed: int = 7) -> float:
     """Chance level: the success rate of a policy that moves left or right at random."""
     g = torch.Generator().manual_seed(seed)
     env = CueCorridor(n_episodes, length, seed=seed, n_noise=0)
