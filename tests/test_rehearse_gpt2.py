@@ -169,6 +169,29 @@ def test_t4_estimate():
     # a 2.6B model trained in fp32 with Adam does not fit a T4
     assert not G.t4_estimate(2_614_341_888, 26, 2304, 256000, batch=8, seq=128, bytes_per_param=2,
                              trainable=True)["fits"]
+    # chapter 04's Part A on Gemma-2-2B (frozen, batch 32 x 64 tokens, a 16k SAE): float16 on a T4
+    # fits with room; float32 (what transformers 5 loads from the config) needs twice the weights
+    sae = 16384 * 2304 * 2 * 4 / gib
+    half, full = (G.t4_estimate(2_614_341_888, 26, 2304, 256000, batch=32, seq=64, bytes_per_param=b,
+                                extra_gib=sae) for b in (2, 4))
+    assert half["fits"] and half["gpu_gib"] < G.T4_GPU_GIB - 4 and half["host_gib"] < G.T4_HOST_GIB - 4
+    assert full["parts_gib"]["gpu model"] == pytest.approx(2 * half["parts_gib"]["gpu model"], abs=0.01)
+    # the budgets are GiB: the T4's memory as torch reports it, a free Colab's RAM as psutil does
+    assert G.T4_GPU_GIB < 15360 / 1024 and G.T4_HOST_GIB == pytest.approx(13.6e9 / 2**30, abs=0.01)
+
+
+def test_report_says_gib_of_the_t4s_usable_memory(capsys, tmp_path):
+    from utils.lm import rehearse as R
+
+    est = G.t4_estimate(124_439_808, 12, 768, 50257, batch=16, seq=80)
+    G.report_t4("03", "cpu", est)
+    assert capsys.readouterr().out == ""   # only the gpu profile reports
+    G.report_t4("03", "gpu", est)
+    out = capsys.readouterr().out
+    assert f"of the {G.T4_GPU_GIB:g} GiB torch sees on a T4" in out and f"Colab's {G.T4_HOST_GIB:g} GiB" in out
+    row = dict(part="04_steering_with_rl", seconds=10, peak_cpu_gib=1.5, t4_gib=7.8, t4_fits=True, status="ok")
+    header = R.report_table([row], Path("/fx"), tmp_path).splitlines()[0]
+    assert f"GiB: GPU of the {G.T4_GPU_GIB:g} torch sees on a T4, RAM of a free Colab's {G.T4_HOST_GIB:g}" in header
 
 
 def test_delta_store_round_trip(tmp_path):
@@ -257,7 +280,8 @@ json.dump({"type": type(tl).__name__, "bos_first": int(ids[0, 0]) == lm.tokenize
            "resid_equal": bool(torch.equal(cache[hook], out.hidden_states[13])),
            "logits_equal": bool(torch.allclose(logits.float(), out.logits.float(), atol=1e-2)),
            "steer_changes": float((steered - logits).abs().max()) > 0,
-           "same_weights": getattr(tl, "original_model", None) is lm.hf},
+           "same_weights": getattr(tl, "original_model", None) is lm.hf, "dtype": str(lm.hf.dtype),
+           "finite": bool(torch.isfinite(logits).all())},
           open(sys.argv[1], "w"))
 """
 
@@ -273,10 +297,30 @@ def test_gemma_hub_path_goes_through_the_bridge_without_a_weight_copy(tmp_path):
     out, script = tmp_path / "bridge.json", tmp_path / "probe.py"
     script.write_text(_BRIDGE_PROBE)
     env = dict(os.environ, **F.env_for(home), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
-    assert res["type"] == "TransformerBridge" and res["bos_first"]
-    assert res["resid_equal"] and res["logits_equal"] and res["steer_changes"]
-    assert res["same_weights"], "the bridge must wrap lm.hf itself (no second copy of the weights)"
+    env.pop("COURSE_REHEARSE", None)
+    # on the CPU in float32; in a rehearsal of the gpu profile in the T4's float16 (gpu_check.T4_DTYPE)
+    for rehearse, dtype in (("0", "torch.float32"), ("1", "torch.float16")):
+        proc = subprocess.run([sys.executable, str(script), str(out)], env={**env, "COURSE_REHEARSE": rehearse},
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        res = json.loads(out.read_text())
+        assert res["type"] == "TransformerBridge" and res["bos_first"] and res["dtype"] == dtype
+        assert res["resid_equal"] and res["logits_equal"] and res["steer_changes"] and res["finite"]
+        assert res["same_weights"], "the bridge must wrap lm.hf itself (no second copy of the weights)"
+
+
+def test_hub_models_load_in_float16_on_a_t4(monkeypatch):
+    """Gemma (frozen) loads in float16 on a T4 (compute capability 7.5, no native bfloat16), in
+    bfloat16 on newer GPUs, float32 on the CPU; GPT-2, which chapter 03 fine-tunes, in float32."""
+    from utils.lm.api import hub_dtype
+
+    monkeypatch.delenv("COURSE_REHEARSE", raising=False)
+    cuda = torch.device("cuda", 0)
+    for capability, want in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
+        assert hub_dtype("gemma-2-2b", cuda) == want and hub_dtype("gemma-2-2b-it", cuda) == want
+        assert hub_dtype("gpt2", cuda) == torch.float32
+    assert G.T4_DTYPE == torch.float16
+    assert hub_dtype("gemma-2-2b", "cpu") == torch.float32
+    monkeypatch.setenv("COURSE_REHEARSE", "1")
+    assert hub_dtype("gemma-2-2b", "cpu") == torch.float16 and hub_dtype("gpt2", "cpu") == torch.float32

@@ -244,12 +244,17 @@ def test_colab_simulation_in_a_fresh_venv(course_repo, tmp_path):
 
 @pytest.fixture
 def no_hub(monkeypatch, tmp_path):
+    """gpu_check with the hub client faked: no token unless HF_TOKEN is set, and any call to the
+    hub's auth-check endpoint fails the test unless a test fakes it."""
+    import huggingface_hub
+
     from utils.course import gpu_check
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(gpu_check, "hf_token", lambda: os.environ.get("HF_TOKEN"))
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "auth_check", lambda *a, **k: pytest.fail(f"asked the hub: {a}"))
     return gpu_check
 
 
@@ -258,6 +263,8 @@ def _gpu(monkeypatch, gpu_check, gib):
 
 
 def test_gpu_check_only_in_the_gpu_profile_and_one_line_with_what_to_do(no_hub, monkeypatch):
+    import huggingface_hub
+
     check = no_hub.check_gpu_profile
     _gpu(monkeypatch, no_hub, None)
     check("cpu", ["google/gemma-2-2b"], gpu_gib=14)
@@ -265,8 +272,8 @@ def test_gpu_check_only_in_the_gpu_profile_and_one_line_with_what_to_do(no_hub, 
     cases = [
         (None, {}, "needs a CUDA GPU with about 14 GiB: in Colab choose Runtime > Change runtime type"),
         (8.0, {}, "needs about 14 GiB of GPU memory and this Tesla T4 has 8.0 GiB"),
-        (14.6, {}, "google/gemma-2-2b, a gated model: accept its licence at https://huggingface.co/google/gemma-2-2b"),
-        (14.6, {"HF_HUB_OFFLINE": "1"}, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),
+        (14.56, {}, "google/gemma-2-2b, a gated model, and this session has no Hugging Face token"),
+        (14.56, {"HF_HUB_OFFLINE": "1"}, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),
     ]
     for gib, env, msg in cases:
         _gpu(monkeypatch, no_hub, gib)
@@ -276,13 +283,91 @@ def test_gpu_check_only_in_the_gpu_profile_and_one_line_with_what_to_do(no_hub, 
             with pytest.raises(CourseError) as err:
                 check("gpu", ["google/gemma-2-2b"], gpu_gib=14)
         assert msg in str(err.value) and 'PROFILE = "cpu"' in str(err.value) and "\n" not in str(err.value)
-    _gpu(monkeypatch, no_hub, 14.6)
+    _gpu(monkeypatch, no_hub, 14.56)
+    monkeypatch.setattr(huggingface_hub, "auth_check", lambda repo, token=None: None)
     monkeypatch.setenv("HF_TOKEN", "hf_x")
-    check("gpu", ["google/gemma-2-2b"], gpu_gib=14)  # token present, enough memory: go
+    check("gpu", ["google/gemma-2-2b"], gpu_gib=14)  # a token with access, enough memory: go
     monkeypatch.delenv("HF_TOKEN")
-    check("gpu", ["gpt2"], gpu_gib=8)  # not gated: downloads without a token
+    monkeypatch.setattr(huggingface_hub, "auth_check", lambda *a, **k: pytest.fail("asked the hub"))
+    check("gpu", ["gpt2"], gpu_gib=8)  # not gated: downloads without a token, no question to the hub
     monkeypatch.setattr(no_hub, "is_cached", lambda repo: True)
     check("gpu", ["google/gemma-2-2b"], gpu_gib=14)  # already downloaded: no token needed
+
+
+def _hub_error(cls, status: int):
+    """A huggingface_hub HTTP error as its client raises it (a fake response, no network)."""
+    response = SimpleNamespace(status_code=status, headers={}, request=None, url="https://huggingface.co/api")
+    return cls(f"{status} Client Error", response=response)
+
+
+def test_gated_model_check_tells_no_token_no_licence_and_ok_apart(no_hub, monkeypatch, capsys):
+    """The three cases of chapter 04's gpu profile, with the hub client faked: each is one line
+    that says what to do. No token: notebook_login() (no restart), and that a Colab secret added
+    mid-session needs a restart. A token whose account has not accepted the licence: the licence
+    page, before any download. Access: the chapter goes on, saying so."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    repo, asked = "google/gemma-2-2b", []
+    _gpu(monkeypatch, no_hub, 14.56)
+
+    def hub_says(error):
+        def auth_check(repo_id, token=None, **kw):
+            asked.append((repo_id, token))
+            if error is not None:
+                raise error
+        monkeypatch.setattr(huggingface_hub, "auth_check", auth_check)
+
+    # 1. no token (no HF_TOKEN, no login, no Colab secret read): the hub is not even asked
+    with pytest.raises(CourseError) as err:
+        no_hub.check_gpu_profile("gpu", [repo], gpu_gib=14)
+    line = str(err.value)
+    assert "\n" not in line and "has no Hugging Face token" in line and f"https://huggingface.co/{repo}" in line
+    assert "notebook_login()" in line and "no restart needed" in line
+    assert "a Colab secret HF_TOKEN added after the session started is read only after Runtime > Restart" in line
+    assert 'PROFILE = "cpu"' in line and not asked
+
+    # 2. a token (here from `notebook_login()`'s token file, read by get_token) without the licence
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_login")
+    hub_says(_hub_error(GatedRepoError, 403))
+    with pytest.raises(CourseError) as err:
+        no_hub.check_gpu_profile("gpu", [repo], gpu_gib=14)
+    line = str(err.value)
+    assert "\n" not in line and "has not accepted its licence" in line and f"https://huggingface.co/{repo}" in line
+    assert 'PROFILE = "cpu"' in line and asked == [(repo, "hf_login")]
+
+    # a token the hub refuses (expired, or fine-grained without gated-repo access)
+    hub_says(_hub_error(HfHubHTTPError, 401))
+    status, line = no_hub.gated_access(repo)
+    assert status == "bad-token" and "HTTP 401" in line and "notebook_login()" in line and "\n" not in line
+    # no connection: says so, rather than a traceback from deep inside the download
+    hub_says(ConnectionError("no route to host"))
+    status, line = no_hub.gated_access(repo)
+    assert status == "unreachable" and "internet access" in line and 'PROFILE = "cpu"' in line
+
+    # 3. ok: one line, and the chapter goes on
+    hub_says(None)
+    capsys.readouterr()
+    no_hub.check_gpu_profile("gpu", [repo], gpu_gib=14)
+    assert capsys.readouterr().out.strip() == f"{repo}: this session's Hugging Face token may download it " \
+                                              f"(licence accepted)"
+
+
+def test_load_model_checks_a_gated_model_before_any_download(no_hub, monkeypatch):
+    """load_model('gemma-2-2b') online, not cached, without the licence: the same one line, and
+    transformers is never asked to download."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    from utils.lm import api
+
+    monkeypatch.setattr(api, "_hub_mode", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_login")
+    monkeypatch.setattr(huggingface_hub, "auth_check",
+                        lambda *a, **k: (_ for _ in ()).throw(_hub_error(GatedRepoError, 403)))
+    monkeypatch.setattr(api.AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("downloaded"))
+    with pytest.raises(CourseError, match="has not accepted its licence: accept it at https://huggingface.co/google"):
+        api.load_model("gemma-2-2b", device="cpu")
 
 
 # ---------------------------------------------------------------- the Makefile's Python

@@ -3,18 +3,23 @@
 With CUDA present the default profile is `gpu`, and some chapters then load hub models that
 are large or gated (Gemma-2-2B needs a Hugging Face token and a licence click). A chapter
 calls `check_gpu_profile` right after selecting its sizes, so a learner finds out in one
-line, before any training, how to get what is missing or to set PROFILE = "cpu":
+line, before any training or download, how to get what is missing or to set PROFILE = "cpu":
 
     check_gpu_profile(PROFILE, hub_models=["google/gemma-2-2b"], gpu_gib=14)
 
-Other profiles return at once; nothing here downloads or contacts the hub.
+Other profiles return at once. Nothing here downloads: for a gated model that is not in the
+local cache, one request to the hub's auth-check endpoint tells apart "no token" (log in with
+`notebook_login()`, no restart needed; a Colab secret added mid-session is read only after a
+restart, because huggingface_hub reads the Colab secret once per session), "a token without
+the licence accepted" and "ok".
 """
 from __future__ import annotations
 
 import os
 
+import huggingface_hub as hub
 import torch
-from huggingface_hub import get_token, try_to_load_from_cache
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
 from utils import CourseError
 
@@ -25,13 +30,13 @@ _CPU = 'or set PROFILE = "cpu" in the parameters cell (the chapter\'s offline mo
 
 
 def hf_token() -> str | None:
-    """The Hugging Face token this session would use: HF_TOKEN, a `huggingface-cli login` /
-    `notebook_login()`, or (in Colab) the secret named HF_TOKEN."""
+    """The Hugging Face token this session would use: HF_TOKEN, a `hf auth login` /
+    `notebook_login()` (read from the token file at every call), or, in Colab, the secret named
+    HF_TOKEN (huggingface_hub reads it once per session: one added later needs a restart)."""
     if os.environ.get("HF_TOKEN"):
         return os.environ["HF_TOKEN"]
     try:
-
-        return get_token()
+        return hub.get_token()
     except Exception:  # an old huggingface_hub, or Colab's secrets not granted to the notebook
         return None
 
@@ -39,10 +44,45 @@ def hf_token() -> str | None:
 def is_cached(repo_id: str) -> bool:
     """True when the model's config is already in the local Hugging Face cache."""
     try:
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        return isinstance(hub.try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:
         return False
+
+
+_LOGIN = ("run `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste a read token "
+          "(https://huggingface.co/settings/tokens), then run this cell again (no restart needed; a Colab secret "
+          "HF_TOKEN added after the session started is read only after Runtime > Restart session)")
+
+
+def gated_access(repo: str) -> tuple[str, str]:
+    """(status, one line saying what to do) for downloading the gated `repo` in this session,
+    asking the hub's auth-check endpoint (no download). status: "ok", "no-token" (log in),
+    "no-licence" (the token's account has not accepted the model's licence), "bad-token" (the
+    hub refused the token) or "unreachable" (the hub could not be asked)."""
+    page = f"https://huggingface.co/{repo}"
+    token = hf_token()
+    if not token:
+        return "no-token", (f"the gpu profile needs {repo}, a gated model, and this session has no Hugging Face "
+                            f"token: accept its licence at {page} (signed in to Hugging Face), then {_LOGIN}, {_CPU}")
+    try:
+        hub.auth_check(repo, token=token)
+    except GatedRepoError:
+        return "no-licence", (f"the gpu profile needs {repo}, a gated model, and the account of this session's "
+                              f"Hugging Face token has not accepted its licence: accept it at {page} (signed in as "
+                              f"that account; access is granted at once), then run this cell again (no restart "
+                              f"needed), {_CPU}")
+    except HfHubHTTPError as e:
+        code = getattr(getattr(e, "response", None), "status_code", None)
+        why = f"HTTP {code}" if code else type(e).__name__
+        return "bad-token", (f"the gpu profile needs {repo}, and the hub refused this session's Hugging Face token "
+                             f"for it ({why}): make a read token at https://huggingface.co/settings/tokens (a "
+                             f"fine-grained token needs read access to public gated repositories), then {_LOGIN}, "
+                             f"{_CPU}")
+    except Exception as e:  # noqa: BLE001 - no connection, DNS, timeout: the hub could not be asked
+        return "unreachable", (f"the gpu profile needs {repo}, and huggingface.co could not be asked whether this "
+                               f"session's token may download it ({type(e).__name__}): check this runtime's internet "
+                               f"access and run this cell again, {_CPU}")
+    return "ok", f"{repo}: this session's Hugging Face token may download it (licence accepted)"
 
 
 def gpu_memory_gib() -> tuple[str, float] | None:
@@ -77,16 +117,41 @@ def check_gpu_profile(profile: str, hub_models: list[str] | tuple[str, ...] = ()
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
             raise CourseError(f"the gpu profile needs {repo}, which is not in the local Hugging Face cache, and "
                               f"HF_HUB_OFFLINE is set: unset it where the hub is reachable, {_CPU}")
-        if repo.startswith(GATED_PREFIXES) and not hf_token():
-            raise CourseError(f"the gpu profile needs {repo}, a gated model: accept its licence at "
-                              f"https://huggingface.co/{repo}, then log in (a Colab secret named HF_TOKEN, or "
-                              f"`from huggingface_hub import notebook_login; notebook_login()`), {_CPU}")
+        if repo.startswith(GATED_PREFIXES):
+            status, line = gated_access(repo)
+            if status != "ok":
+                raise CourseError(line)
+            print(line)
+
+
+# ------------------------------------------------------------------ the hub switch
+HUB_ENV = "COURSE_HUB"
+
+
+def hub_opted_in(profile: str, use_hub: bool = False) -> bool:
+    """Whether a chapter runs its released (hub) agents: always in the `gpu` profile; in `cpu` when
+    the learner opts in, with USE_HUB = True in the parameters cell or COURSE_HUB=1 in the
+    environment (the same switch in every chapter); never in `smoke` (CI stays offline)."""
+    if profile == "gpu":
+        return True
+    env = os.environ.get(HUB_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return profile == "cpu" and (bool(use_hub) or env)
 
 
 # ------------------------------------------------------------------ rehearsal (utils/lm/rehearse.py)
 REHEARSE_ENV = "COURSE_REHEARSE"
-T4_GPU_GIB = 15.0    # a 16 GB T4 as Colab reports it, less the CUDA context
-T4_HOST_GIB = 12.0   # a Colab T4 runtime's system RAM (12.7 GB), less the notebook server
+# Memory in GiB (2**30 bytes) throughout. A T4 has 15360 MiB (nvidia-smi; Colab's meter shows
+# "15.0 GB"), of which torch sees less: torch.cuda.get_device_properties(0).total_memory, as Colab's
+# own out-of-memory messages print it, was 14.75 GiB in 2023 (googlecolab/colabtools#3814), 14.74 GiB
+# in 2025-03 (zai-org/CogVideo#741) and 14.56 GiB in 2026-04 (facebookresearch/tribev2#28, a newer
+# driver). The budget is the smallest of these; the estimate counts the CUDA context separately.
+T4_GPU_GIB = 14.56
+# A free Colab runtime's RAM as psutil reports it: 13.6e9 bytes (googlecolab/colabtools#2290) =
+# 12.67 GiB, which Colab's meter shows as "12.7 GB". The estimate counts this process (1.5 GiB).
+T4_HOST_GIB = 12.67
+# The dtype a frozen hub model loads in on a T4 (compute capability 7.5): float16. The T4 has
+# float16 tensor cores and no native bfloat16, so bfloat16 is emulated there (slow).
+T4_DTYPE = torch.float16
 
 
 def rehearsing(profile: str | None = None) -> bool:
@@ -162,12 +227,14 @@ def t4_estimate(n_params: int, n_layers: int, d_model: int, d_vocab: int, batch:
                 bytes_per_param: int = 4, trainable: bool = False, ref_model: bool = False,
                 extra_models: int = 0, kept_params: int = 0, host_params: int = 0, extra_gib: float = 0.0,
                 on_gpu: bool = True) -> dict:
-    """GiB a run needs on a T4 runtime, from its shapes. GPU: the model (+ `extra_models` copies,
-    e.g. the TransformerLens form or a tuned copy; + a frozen reference model), gradients and
-    Adam state in fp32 when `trainable`, activations (about 34 * d_model values per token per
-    layer kept for the backward pass, or 2 per forward only) and the float32 logits (x3 when
-    training: softmax and its gradient) at `batch` x `seq`, `extra_gib` (e.g. SAEs), and the CUDA context (0.5). Host: the
-    process (1.5), one model copy for loading, and `host_params` float32 values kept in RAM
+    """GiB (2**30 bytes) a run needs on a Colab T4 runtime, from its shapes, against T4_GPU_GIB
+    and T4_HOST_GIB. `bytes_per_param`: 2 for a frozen hub model (it loads in T4_DTYPE). GPU: the
+    model (+ `extra_models` copies, e.g. the TransformerLens form or a tuned copy; + a frozen
+    reference model), gradients and Adam state in fp32 when `trainable`, activations (about 34 *
+    d_model values per token per layer kept for the backward pass, or 2 per forward only) and the
+    float32 logits (x3 when training: softmax and its gradient) at `batch` x `seq`, `extra_gib`
+    (e.g. SAEs), and the CUDA context (0.5). Host: the process (1.5), one model copy for loading,
+    and `host_params` float32 values kept in RAM
     (e.g. weight deltas). `kept_params` are float32 values kept on the GPU. A chapter that
     computes on the CPU even in the gpu profile (`on_gpu=False`) puts all of it in RAM."""
     g = 2**30
@@ -194,9 +261,9 @@ def report_t4(chapter: str, profile: str, estimate: dict) -> None:
     if profile != "gpu":
         return
     e = estimate
-    print(f"{chapter} gpu profile on a T4: about {e['gpu_gib']:.1f} GiB GPU (of {T4_GPU_GIB:g}) and "
-          f"{e['host_gib']:.1f} GiB RAM (of {T4_HOST_GIB:g}) -> {'fits' if e['fits'] else 'DOES NOT FIT'}; "
-          f"parts: {e['parts_gib']}")
+    print(f"{chapter} gpu profile on a T4 (an estimate from the shapes): about {e['gpu_gib']:.1f} GiB of GPU "
+          f"memory (of the {T4_GPU_GIB:g} GiB torch sees on a T4) and {e['host_gib']:.1f} GiB of RAM (of a free "
+          f"Colab's {T4_HOST_GIB:g} GiB) -> {'fits' if e['fits'] else 'DOES NOT FIT'}; parts (GiB): {e['parts_gib']}")
     path = os.environ.get("COURSE_REHEARSE_REPORT")
     if path and rehearsing(profile):
         import json

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
@@ -43,13 +44,15 @@ from utils.lm.tokenizer import load_tokenizer
 LOCAL_MODELS = ("tiny-reviews", "tiny-ttt", "tiny-qa")
 DEFAULT_SAE_LAYER = 1   # blocks.1.hook_resid_pre: the middle of the 2-layer models
 
+# "frozen": a model the chapters only run (Gemma, chapter 04) loads in half precision on a GPU
+# (hub_dtype); GPT-2 is fine-tuned by chapter 03 (TRL, Adam), so it stays float32 everywhere.
 HUB_MODELS: dict[str, dict[str, Any]] = {
-    "gpt2": {"local": "tiny-reviews", "sae_release": "gpt2-small-res-jb",
+    "gpt2": {"local": "tiny-reviews", "sae_release": "gpt2-small-res-jb", "frozen": False,
              "sae_id": "blocks.{layer}.hook_resid_pre", "default_layer": 8, "tl_name": "gpt2"},
-    "gemma-2-2b": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical",
+    "gemma-2-2b": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical", "frozen": True,
                    "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b",
                    "tl_form": "bridge"},
-    "gemma-2-2b-it": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical",
+    "gemma-2-2b-it": {"local": "tiny-qa", "sae_release": "gemma-scope-2b-pt-res-canonical", "frozen": True,
                       "sae_id": "layer_{layer}/width_{width}/canonical", "default_layer": 12, "tl_name": "gemma-2-2b-it",
                       "tl_form": "bridge"},
 }
@@ -192,9 +195,37 @@ def local_dir(artifact: str, data_dir: str | os.PathLike = DATA_DIR) -> tuple[Pa
     return main.parent, entry
 
 
-def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike = DATA_DIR) -> LM:
+def hub_dtype(name: str, device) -> torch.dtype:
+    """The dtype hub model `name` loads in on `device`. A frozen model (Gemma): on a GPU with native
+    bfloat16 (compute capability 8.0+) bfloat16, on older GPUs such as the T4 (7.5) float16
+    (gpu_check.T4_DTYPE: bfloat16 is emulated there); on the CPU float32, except in a rehearsal
+    of the gpu profile (COURSE_REHEARSE=1), which loads the T4's float16 so that its dtype paths
+    and memory estimate are the T4's. A model a chapter fine-tunes (GPT-2): float32 everywhere."""
+    from utils.course.gpu_check import T4_DTYPE, rehearsing
+
+    if not HUB_MODELS[name].get("frozen"):
+        return torch.float32
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else T4_DTYPE
+    return T4_DTYPE if rehearsing("gpu") else torch.float32
+
+
+def _gated_check(hub_id: str) -> None:
+    """Before downloading a gated model that is not cached: one line if this session cannot."""
+    from utils.course.gpu_check import GATED_PREFIXES, gated_access, is_cached
+
+    if hub_id.startswith(GATED_PREFIXES) and not is_cached(hub_id):
+        status, line = gated_access(hub_id)
+        if status != "ok":
+            raise CourseError(line)
+
+
+def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike = DATA_DIR,
+               dtype: torch.dtype | None = None) -> LM:
     """The LM `name`: an embedded model (tiny-reviews, tiny-ttt, tiny-qa; the course's, MIT) or a
-    hub model: gpt2 (MIT), gemma-2-2b and gemma-2-2b-it (the Gemma Terms of Use, gated)."""
+    hub model: gpt2 (MIT), gemma-2-2b and gemma-2-2b-it (the Gemma Terms of Use, gated). Hub models
+    load in `dtype`, by default `hub_dtype(name, device)` (float16 for Gemma on a T4)."""
 
     dev = get_device(device)
     if name in LOCAL_MODELS:
@@ -207,9 +238,13 @@ def load_model(name: str, device: str | None = None, data_dir: str | os.PathLike
         online = _hub_mode()
 
         hub_id = _HUB_IDS[name]
+        if online:
+            _gated_check(hub_id)   # no token, or the licence not accepted: one line before any download
+        dtype = dtype or hub_dtype(name, dev)
         try:
             tok = AutoTokenizer.from_pretrained(hub_id, local_files_only=not online)
-            model = AutoModelForCausalLM.from_pretrained(hub_id, local_files_only=not online).to(dev).eval()
+            model = AutoModelForCausalLM.from_pretrained(hub_id, local_files_only=not online, dtype=dtype)
+            model = model.to(dev).eval()
         except Exception as e:  # noqa: BLE001 - any failure here is "the hub model is not available"
             if online:
                 raise CourseError(f"could not load hub model {name!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "

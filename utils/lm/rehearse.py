@@ -8,8 +8,9 @@ the fixtures (`HF_HOME=<fixtures> HF_HUB_OFFLINE=1`: the libraries read these at
 `COURSE_PROFILE=gpu COURSE_REHEARSE=1`: the chapters' gpu branch, with the step counts and batch
 sizes that `utils.course.gpu_check.rehearse_sizes` cuts. The report gives, per part: seconds,
 peak CPU memory (the subprocess tree's max RSS), the memory the FULL gpu profile would need on a
-16 GB T4 (`utils.course.gpu_check.t4_estimate`, from the shapes the rehearsal ran with), and
-the status. It is written to _build/rehearse/report.md. Each part's latest result is kept in
+T4, in GiB against the T4's usable memory as torch reports it (`utils.course.gpu_check.t4_estimate`,
+from the shapes the rehearsal ran with; hub models load in the T4's float16 here too), and the
+status. It is written to _build/rehearse/report.md. Each part's latest result is kept in
 _build/rehearse/results.json, so `--only PART` reruns one part and the table still lists every
 part (each with the time of its own run).
 """
@@ -217,8 +218,10 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     store.write_text(json.dumps(results, indent=1))
     order = ["gpt2", *CHAPTERS]
     parts = sorted(results, key=lambda p: (order.index(p) if p in order else len(order), p))
-    md = ["| chapter | seconds | peak CPU memory (GiB) | estimated T4 memory (GiB: GPU of 15, RAM of 12) | status | "
-          "run at |", "|---|---|---|---|---|---|"]
+    from utils.course.gpu_check import T4_GPU_GIB, T4_HOST_GIB
+
+    md = [f"| chapter | seconds | peak CPU memory (GiB) | estimated T4 memory (GiB: GPU of the {T4_GPU_GIB:g} torch "
+          f"sees on a T4, RAM of a free Colab's {T4_HOST_GIB:g}) | status | run at |", "|---|---|---|---|---|---|"]
     for part in parts:
         r = results[part]
         host = "" if r.get("t4_host_gib") is None else f", RAM {r['t4_host_gib']:.1f}"
