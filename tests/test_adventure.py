@@ -175,3 +175,85 @@ def test_add_finding_row_pairs_seeds_bounds_and_reports_ceilings():
         add_finding_row(t, "unknown control", [f(0.9, 0.5)], control="nope")
     with pytest.raises(CourseError):
         add_finding_row(t, "nothing", [])
+
+
+def test_pairs_matched_on_a_nuisance_and_specific_steering_controls(data):
+    """Pairs matched on step count differ in it by at most max_gap; steering_controls measures the
+    nuisance directions, shuffled labels and variance-matched random directions on the SAME held-out
+    pairs as the claim, and the has-angle direction beats shuffled labels and random directions."""
+    from utils.interp.controls import SHUFFLED, VARIANCE_MATCHED
+
+    agent, d = data
+    y = H.label(d, lambda info, obs: info["angle"] > 0)
+    matched = H.counterfactual_pairs(d, y, match=d.step, max_gap=3)
+    gap = (d.step[matched["clean_idx"]] - d.step[matched["corrupt_idx"]]).abs()
+    assert len(gap) > 8 and int(gap.max()) <= 3
+    loose = H.counterfactual_pairs(d, y)
+    assert (d.step[loose["clean_idx"]] - d.step[loose["corrupt_idx"]]).abs().max() > 3
+    steer = H.steer_variable(agent, d, y, matched, "1.hook_out", scales=(1.0, 3.0))
+    late = (d.step > d.step.float().median()).long()
+    ctrl = H.steering_controls(agent, d, y, matched, "1.hook_out", steer, scales=(1.0, 3.0),
+                               nuisance={"late in the episode": late, "constant": torch.zeros(len(d), dtype=torch.long)})
+    assert set(ctrl) == {"nuisance: late in the episode", SHUFFLED, VARIANCE_MATCHED, H.ISOTROPIC}
+    assert all(isinstance(v, float) for v in ctrl.values())
+    assert steer.value[0] > ctrl[SHUFFLED] and steer.value[0] > ctrl[VARIANCE_MATCHED]
+    assert ctrl[H.ISOTROPIC] == steer.control[0]
+
+
+def test_episode_probe_splits_by_episode():
+    """A label constant within each episode, activations that only identify the episode: a split by
+    step would memorise episodes (near 1); the split by episode is near chance."""
+    g = torch.Generator().manual_seed(0)
+    n_ep, per = 40, 10
+    codes = torch.randn(n_ep, 6, generator=g)
+    episodes = torch.arange(n_ep).repeat_interleave(per)
+    obs = codes[episodes] + 0.01 * torch.randn(n_ep * per, 6, generator=g)
+    labels = torch.randint(0, 2, (n_ep,), generator=g)[episodes]
+    agent = adapt(nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 2)), example_obs=obs[:1])
+    acc = H.episode_probe(agent, obs, labels, episodes, "1.hook_out", seed=0)
+    leaky = float(__import__("utils.interp.probes", fromlist=["x"]).train_probe(
+        agent.run_with_cache(obs)[1]["1.hook_out"], labels, test_frac=0.5, seed=0).test_acc)
+    assert acc < 0.75 < leaky
+
+
+def test_hub_agent_loads_offline_from_a_fixture_in_the_cache_layout(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from utils.adventure import hub
+
+    summary = hub.write_hub_fixture(tmp_path / "hub")
+    assert summary["files"] == ["ppo-MiniGrid-DoorKey-5x5-v0.zip", "vec_normalize.pkl"]
+    snap = tmp_path / "hub" / "models--sb3--ppo-MiniGrid-DoorKey-5x5-v0" / "snapshots"
+    assert len(list(snap.iterdir())) == 1 and (snap.parent / "refs" / "main").exists()
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("TRUST_REMOTE_CODE", raising=False)
+    agent = hub.load_hub_agent()
+    import os
+    assert "TRUST_REMOTE_CODE" not in os.environ                      # set for the loader's own call only
+    assert agent.is_fixture and agent.n_char_codes == 28 and agent.normalize is not None
+    adapted = agent.adapt()
+    env = agent.make_env()
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2835,) and adapted.kind == "sb3_actor_critic"
+    with torch.no_grad():
+        want = agent.model.policy.action_net(agent.model.policy.mlp_extractor(
+            agent.model.policy.extract_features(agent.normalize(torch.as_tensor(obs)[None])))[0])
+        assert torch.equal(adapted(obs), want)
+    a, _ = agent.model.predict(agent.normalize(obs).numpy(), deterministic=True)
+    assert int(adapted(obs).argmax()) == int(a)
+    stats = agent.normalize.stats
+    assert stats["mean"].shape == (2835,) and stats["clip_obs"] == 10.0
+    d = H.collect(adapted, agent.make_env, 2, seed=0, progress=False, max_steps=1000)
+    assert d.obs.shape[1] == 2835
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CourseError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set") as e:
+        hub.load_hub_agent()
+    assert "\n" not in str(e.value) and 'PROFILE = "cpu"' in str(e.value)
+
+
+def test_hub_switch():
+    from utils.course.gpu_check import hub_opted_in
+
+    assert hub_opted_in("gpu") and not hub_opted_in("smoke", True) and not hub_opted_in("cpu")
+    assert hub_opted_in("cpu", True)

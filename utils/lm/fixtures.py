@@ -29,6 +29,7 @@ the gpu profile skips its claim asserts on such a model with one printed line.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -54,6 +55,9 @@ GEMMA_FULL = dict(hidden_size=2304, intermediate_size=9216, num_attention_heads=
                   head_dim=256)
 GEMMA_REDUCED = dict(hidden_size=256, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4,
                      head_dim=32)
+# Released RL agents' fixture writers, (module, function(hub_cache, seed=...) -> summary): each lives
+# beside its loader; write_fixtures (and so `make rehearse`) writes them all
+AGENT_FIXTURES = (("utils.adventure.hub", "write_hub_fixture"),)   # chapter 12: sb3/ppo-MiniGrid-DoorKey-5x5-v0
 DEFAULT_GPT2_LAYERS = (2, 5, 8, 11)     # chapter 03's gpu sites
 DEFAULT_GEMMA_LAYERS = (12,)            # chapter 04's gpu site
 
@@ -331,6 +335,8 @@ def write_fixtures(out: str | os.PathLike, gpt2_layers=DEFAULT_GPT2_LAYERS, gemm
         g = write_gemma(hub, gemma, seed)
         # Gemma Scope at its full shape (d_in 2304, 0.3 GB a layer): SAELens' loader hard-codes d_in
         done += [g, write_gemma_scope(hub, GEMMA_FULL["hidden_size"], tuple(gemma_layers), seed)]
+    for module, fn in AGENT_FIXTURES:   # released RL agents, written by the writer beside their loader
+        done.append(getattr(importlib.import_module(module), fn)(hub, seed=seed))
     (home / "FIXTURES.json").write_text(json.dumps({FIXTURE_MARKER: MARKER_TEXT, "repos": done}, indent=1))
     return {"hf_home": str(home), "repos": done, "seconds": round(time.time() - t0, 1)}
 
