@@ -7,10 +7,14 @@ notebook and `check` fails on any notebook whose setup cell differs.
 In Colab the cell clones the course once (reusing a complete clone, replacing an
 incomplete one), then loads *this file on its own* from the clone and calls
 `colab_install`: it installs requirements-colab.txt (the packages the notebooks import at
-run time, pinned as in requirements.txt) with a constraint that holds the installed torch,
-skips pip when every pin is already there, and says in one line when a package that was
-already imported changed version (restart needed). So this module imports only the
-standard library at the top: `utils/__init__` would import torch and numpy before pip runs.
+run time) with a constraint that holds the installed torch, skips pip when every requirement
+is already met, and says in one line when a package that was already imported changed
+version (restart needed). The packages Colab ships (numpy, transformers, PyYAML, ...) have a
+compatible range there, from requirements.txt's pin up to the next major version, so a fresh
+Colab runtime keeps its own newer versions: nothing is downgraded and no restart is needed.
+The others are pinned exactly, as in requirements.txt. This module imports only the standard
+library at the top (and pip's own `packaging` when it compares versions): `utils/__init__`
+would import torch and numpy before pip runs.
 """
 from __future__ import annotations
 
@@ -126,7 +130,8 @@ def setup_cell_source(root: Path | None = None) -> str:
 # ---------------------------------------------------------------- the Colab install
 
 def read_pins(path: Path) -> list[str]:
-    """The `name==version` lines of a requirements file, comments dropped."""
+    """The requirement lines of a requirements file (`name==version` or `name>=low,<high`),
+    comments dropped."""
     pins = [line.split("#")[0].strip() for line in Path(path).read_text().splitlines()]
     return [p for p in pins if p]
 
@@ -142,9 +147,25 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def _specifier(pin: str):
+    """The version specifier of a requirement line, with the `packaging` library, or the copy
+    inside pip (always there where pip runs) when `packaging` itself is not installed."""
+    try:
+        from packaging.specifiers import SpecifierSet
+    except ImportError:  # pragma: no cover - every runtime with pip has the vendored copy
+        from pip._vendor.packaging.specifiers import SpecifierSet
+    return SpecifierSet(pin[len(_name(pin)):].strip())
+
+
+def requirement_met(pin: str) -> bool:
+    """True when the installed version of the pin's package satisfies it (`==`, or a range)."""
+    have = installed_version(_name(pin))
+    return have is not None and _specifier(pin).contains(have, prereleases=True)
+
+
 def missing_pins(pins: list[str]) -> list[str]:
-    """The pins whose exact version is not installed."""
-    return [p for p in pins if installed_version(_name(p)) != p.split("==", 1)[-1]]
+    """The requirements that the installed packages do not meet (absent, or outside the range)."""
+    return [p for p in pins if not requirement_met(p)]
 
 
 def imported_versions() -> dict[str, str]:
@@ -168,7 +189,7 @@ def colab_install(root: Path, run=subprocess.run, write=print) -> list[str]:
     missing = missing_pins(pins)
     torch = installed_version("torch")
     if not missing:
-        write(f"course setup: the course's {len(pins)} pinned packages are installed (torch {torch})")
+        write(f"course setup: the course's {len(pins)} packages are installed at compatible versions (torch {torch})")
         return []
     before = imported_versions()
     constraints = root / "_build" / "colab-constraints.txt"
