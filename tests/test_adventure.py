@@ -257,3 +257,18 @@ def test_hub_switch():
 
     assert hub_opted_in("gpu") and not hub_opted_in("smoke", True) and not hub_opted_in("cpu")
     assert hub_opted_in("cpu", True)
+
+
+def test_paired_specificity_verdict():
+    from utils.interp.controls import paired_specificity_verdict
+    from utils.stats import HELD
+
+    claim = [1.0, 1.1, 0.9]
+    v, failed, diffs = paired_specificity_verdict(claim, {"nuisance: a": [0.2, 0.3, 0.1], "shuffled labels": [0, 0.1, 0],
+                                                          "isotropic random (a floor)": [1.2, 1.3, 1.1]})
+    assert v == HELD and failed == [] and diffs["nuisance: a"][1] > 0      # the floor is reported, not required
+    v, failed, _ = paired_specificity_verdict(claim, {"nuisance: a": [1.0, 1.2, 0.8], "shuffled labels": [0, 0, 0]})
+    assert v == "not separated" and failed == ["nuisance: a"]
+    assert paired_specificity_verdict([1.0], {"shuffled labels": [0.1]})[0] == "one seed, untested"
+    with pytest.raises(CourseError, match="specific control"):
+        paired_specificity_verdict(claim, {"isotropic random (a floor)": [0, 0, 0]})

@@ -128,10 +128,11 @@ def blank_model(seed: int = 0):
 
 
 @torch.no_grad()
-def greedy_success(policy, n_episodes: int, seed: int) -> np.ndarray:
+def greedy_success(policy, n_episodes: int, seed: int, make_env=None) -> np.ndarray:
     """[n_episodes] bool: greedy episodes (of an adapted policy or anything returning logits)
-    that reach the goal, on environment seeds seed, seed + 1, ..."""
-    env = make_doorkey()
+    that reach the goal, on environment seeds seed, seed + 1, ... (`make_env`: another DoorKey
+    observation, e.g. a hub agent's; default `make_doorkey`)."""
+    env = (make_env or make_doorkey)()
     out = np.zeros(n_episodes, bool)
     for ep in range(n_episodes):
         obs, _ = env.reset(seed=seed + ep)

@@ -154,35 +154,85 @@ def check_tensor_output_paths(fn) -> None:
             raise ExerciseFailed(f"{what}: list the paths in the order their forward finishes: expected {want}, got {got}")
 
 
-# ------------------------------------------------------------------ 4. the random-init control
+# ------------------------------------------------------------------ 4. image observations in the policy's layout
 @check
 @_quiet
-def check_reinitialise_module(fn) -> None:
-    """reinitialise_module(module, seed) -> a re-drawn deep copy; original and global RNG untouched."""
-    net = _net(3)
-    before = copy.deepcopy(net.state_dict())
+def check_to_policy_layout(fn) -> None:
+    """to_policy_layout(obs, chw) -> ([batch, C, H, W], "CHW" | "HWC")."""
+    g = torch.Generator().manual_seed(0)
+    chw = (3, 5, 7)
+    hwc_batch = torch.randint(0, 256, (4, 5, 7, 3), generator=g, dtype=torch.uint8)
+    want_chw = hwc_batch.permute(0, 3, 1, 2)
+    cases = [("a batch [4, H, W, C] as the env returns it", hwc_batch, want_chw, "HWC"),
+             ("a batch already [4, C, H, W]", want_chw.clone(), want_chw, "CHW"),
+             ("one frame [H, W, C]", hwc_batch[0], want_chw[:1], "HWC"),
+             ("one frame [C, H, W]", want_chw[1].clone(), want_chw[1:2], "CHW")]
+    for what, obs, want, layout in cases:
+        arg = obs.clone()
+        out = fn(arg, chw)
+        assert_unchanged("obs", obs, arg)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise ExerciseFailed("return a tuple (observations [batch, C, H, W], layout)")
+        got, lay = out
+        got = torch.as_tensor(got)
+        if tuple(got.shape) != tuple(want.shape):
+            raise ExerciseFailed(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)} (one frame gets a "
+                                 "batch axis in front; channels go before height and width)")
+        if not torch.equal(got, want):
+            raise ExerciseFailed(f"{what}: the shape is right but the pixels are scrambled: move the channel axis with "
+                                 "permute / movedim, not reshape or view (those keep the memory order)")
+        if lay != layout:
+            raise ExerciseFailed(f"{what}: layout should be {layout!r}, got {lay!r}")
+
+
+# ------------------------------------------------------------------ 5. the agent's own initialisation
+def _sb3_ppo_policy(seed: int):
+    import gymnasium as gym
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    torch.manual_seed(seed)
+    return ActorCriticPolicy(gym.spaces.Box(-1.0, 1.0, (6,)), gym.spaces.Discrete(4), lambda _: 1e-3,
+                             net_arch=dict(pi=[32, 32], vf=[16]))
+
+
+@check
+@_quiet
+def check_sb3_fresh_init(fn) -> None:
+    """sb3_fresh_init(policy, seed) -> a new policy built by SB3's own constructor (seeded)."""
+    policy = _sb3_ppo_policy(3)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.5)                            # "trained": far from any initialisation
+    before = copy.deepcopy(policy.state_dict())
     rng = torch.get_rng_state()
-    a = fn(net, 11)
+    fresh = fn(policy, 11)
     if not torch.equal(rng, torch.get_rng_state()):
-        raise ExerciseFailed("your function changed the caller's global random state: seed inside "
-                             "torch.random.fork_rng() (or use a local torch.Generator)")
-    if a is net or not isinstance(a, nn.Module):
-        raise ExerciseFailed("return a new module (a deep copy), not the original")
-    if any(not torch.equal(before[k], v) for k, v in net.state_dict().items()):
-        raise ExerciseFailed("the original module's weights changed: re-draw the weights of a deep copy")
-    want = A.reinitialise_module(net, 11)
-    for (k, v), (_, w) in zip(a.state_dict().items(), want.state_dict().items()):
-        if torch.equal(v, before[k]):
-            raise ExerciseFailed(f"parameter {k} was not re-drawn: reset every submodule that has reset_parameters, "
-                                 "including nested ones (module.modules() walks them all)")
-        if not torch.equal(v, w):
-            raise ExerciseFailed(f"parameter {k} differs from the reference: seed with torch.manual_seed(seed) inside "
-                                 "fork_rng, then call reset_parameters on each submodule in module.modules() order")
-    if not torch.equal(fn(net, 11)[0].weight, a[0].weight) or torch.equal(fn(net, 12)[0].weight, a[0].weight):
+        raise ExerciseFailed("your function changed the caller's global random state: build the policy inside "
+                             "torch.random.fork_rng(devices=[])")
+    if fresh is policy or not isinstance(fresh, nn.Module):
+        raise ExerciseFailed("return a new policy, not the original")
+    if any(not torch.equal(before[k], v) for k, v in policy.state_dict().items()):
+        raise ExerciseFailed("the original policy's weights changed: build a new one")
+    if type(fresh) is not type(policy):
+        raise ExerciseFailed(f"return a {type(policy).__name__} (type(policy)(**...)), got {type(fresh).__name__}")
+    want = A.sb3_fresh_init(policy, 11)
+    head, ref = float(fresh.action_net.weight.detach().std()), float(want.action_net.weight.detach().std())
+    if abs(head / ref - 1) > 0.5:
+        raise ExerciseFailed(f"action_net's weights have std {head:.4f}; SB3 initialises them orthogonally with gain "
+                             f"0.01 (std {ref:.4f}): build the policy with SB3's own "
+                             "constructor, type(policy)(**policy._get_constructor_parameters()), rather than "
+                             "reset_parameters (PyTorch's defaults)")
+    for (k, v), (_, w) in zip(fresh.state_dict().items(), want.state_dict().items()):
+        if v.shape != w.shape or not torch.equal(v, w):
+            raise ExerciseFailed(f"{k} differs from the reference: seed with torch.manual_seed(seed) right before "
+                                 "calling the constructor (inside fork_rng), and build nothing else in between")
+    again, other = fn(policy, 11), fn(policy, 12)
+    if not torch.equal(again.action_net.weight, fresh.action_net.weight) or torch.equal(
+            other.action_net.weight, fresh.action_net.weight):
         raise ExerciseFailed("the same seed must give the same weights and another seed other weights")
 
 
-# ------------------------------------------------------------------ 5. nearest counterfactual
+# ------------------------------------------------------------------ 7. nearest counterfactual
 @check
 @_quiet
 def check_nearest_counterfactual(fn) -> None:
@@ -217,7 +267,7 @@ def check_nearest_counterfactual(fn) -> None:
             raise ExerciseFailed(f"{what}: expected distances {want_d.tolist()}, got {gd.tolist()}")
 
 
-# ------------------------------------------------------------------ 6. steering hits
+# ------------------------------------------------------------------ 9. steering hits
 @check
 @_quiet
 def check_steering_hits(fn) -> None:
@@ -246,13 +296,117 @@ def check_steering_hits(fn) -> None:
                                  "STEERED logits with target")
 
 
+# ------------------------------------------------------------------ 6. a probe split by episode, end to end
+def _xor_agent():
+    """Hidden units that compute |x0 + x1| and |x0 - x1| (a ReLU layer): XOR(sign x0, sign x1) is linear
+    in them and not in the observation."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 1, 0, 0], [-1, -1, 0, 0], [1, -1, 0, 0], [-1, 1, 0, 0]]))
+        net[0].bias.zero_()
+        net[2].weight.normal_(0, 1)
+        net[2].bias.zero_()
+    return A.adapt(net, example_obs=torch.zeros(1, 4))
+
+
+def _probe_cases():
+    g = torch.Generator().manual_seed(3)
+    # (a) an episode-identifying code, the label constant within each episode: a split by step memorises
+    n_ep, per = 40, 10
+    episodes = torch.arange(n_ep).repeat_interleave(per)
+    codes = torch.randn(n_ep, 4, generator=g) * 3
+    obs_a = codes[episodes] + 0.01 * torch.randn(n_ep * per, 4, generator=g)
+    y_a = torch.randint(0, 2, (n_ep,), generator=g)[episodes]
+    agent_a = A.adapt(nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 2)), example_obs=obs_a[:1])
+    # (b) XOR of two signs: linear in the hidden layer, not in the observation or the logits
+    obs_b = torch.randn(600, 4, generator=g)
+    y_b = ((obs_b[:, 0] > 0) ^ (obs_b[:, 1] > 0)).long()
+    return [("episodes whose label is constant and whose activations identify the episode", agent_a, obs_a, y_a,
+             episodes, "1.hook_out"),
+            ("a variable computed by the hidden layer (XOR of two signs)", _xor_agent(), obs_b, y_b,
+             torch.arange(600) // 6, "1.hook_out")]
+
+
+@check
+@_quiet
+def check_episode_probe(fn) -> None:
+    """episode_probe(agent, obs, labels, episodes, hook, seed) -> held-out accuracy (test episodes)."""
+    for what, agent, obs, labels, episodes, hook in _probe_cases():
+        args = (obs.clone(), labels.clone(), episodes.clone())
+        got = fn(agent, *args, hook, seed=0)
+        for name, b, c in zip(("obs", "labels", "episodes"), (obs, labels, episodes), args):
+            assert_unchanged(name, b, c)
+        if any(len(p.fwd_hooks) for p in agent.hook_dict.values()):
+            raise ExerciseFailed("a hook is still on the agent: use run_with_cache or cache_activations")
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            raise ExerciseFailed(f"return the held-out accuracy as a float, got {type(got).__name__}") from None
+        want = H.episode_probe(agent, obs, labels, episodes, hook, seed=0)
+        if abs(got - want) > 0.08:
+            hint = ("a random split of the STEPS puts steps of one episode on both sides, so the probe memorises "
+                    "episodes; keep every episode on one side (and report accuracy on the test episodes, not the "
+                    "training ones)" if got > want else
+                    f"probe the activations at {hook!r} (cache them), not the observation or the logits")
+            raise ExerciseFailed(f"{what}: held-out accuracy {got:.3f}, the reference gets {want:.3f}: {hint}")
+
+
+# ------------------------------------------------------------------ 8. held-out patching, end to end
+def _patch_case(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    agent = A.adapt(net, example_obs=torch.zeros(1, 5))
+    clean = torch.randn(40, 5, generator=g)
+    corrupt = clean + torch.randn(40, 5, generator=g)
+    with torch.no_grad():
+        a_clean, a_corrupt = agent(clean).argmax(-1), agent(corrupt).argmax(-1)
+    keep = a_clean != a_corrupt
+    pairs = {"clean": clean[keep], "corrupt": corrupt[keep], "a_clean": a_clean[keep], "a_corrupt": a_corrupt[keep]}
+    return agent, pairs
+
+
+@check
+@_quiet
+def check_heldout_patching(fn) -> None:
+    """heldout_patching(agent, pairs, hook, k, seed) -> (top-k fraction recovered, k random units' fraction)."""
+    for seed, k in ((1, 3), (4, 2)):
+        agent, pairs = _patch_case(seed)
+        if len(pairs["clean"]) < 8:  # pragma: no cover - the cases are fixed
+            raise RuntimeError("check case has too few pairs")
+        args = {key: v.clone() for key, v in pairs.items()}
+        got = fn(agent, args, "1.hook_out", k, seed)
+        for key in pairs:
+            assert_unchanged(f"pairs[{key!r}]", pairs[key], args[key])
+        if any(len(p.fwd_hooks) for p in agent.hook_dict.values()):
+            raise ExerciseFailed("a patching hook is still on the agent: use run_with_hooks (it removes them)")
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise ExerciseFailed("return a tuple (top-k fraction recovered, random-units fraction recovered)")
+        top, rand = (float(v) for v in got)
+        res = H.heldout_patching(agent, pairs, "1.hook_out", k, seed)
+        if abs(rand - res[1]) > 1e-4:
+            raise ExerciseFailed(f"random units (k={k}): {rand:.4f}, expected {res[1]:.4f}: draw them with "
+                                 "torch.randperm(n_units, generator=torch.Generator().manual_seed(seed + 1))[:k], patch "
+                                 "them on the TEST pairs, and score (mean patched - mean corrupt) / (mean clean - mean "
+                                 "corrupt) of the logit difference, not the mean of per-pair fractions")
+        if abs(top - res[0]) > 1e-4:
+            raise ExerciseFailed(f"top units (k={k}): {top:.4f}, expected {res[0]:.4f}: rank the units by single-unit "
+                                 "patching on the DISCOVERY half (split_pairs(pairs, seed)[0]), highest first, then "
+                                 "patch the top k together on the test half")
+
+
 CHECKS = {
     "route_through": check_route_through,
     "sb3_actor_critic_forward": check_sb3_actor_critic_forward,
     "tensor_output_paths": check_tensor_output_paths,
-    "reinitialise_module": check_reinitialise_module,
+    "to_policy_layout": check_to_policy_layout,
+    "sb3_fresh_init": check_sb3_fresh_init,
     "nearest_counterfactual": check_nearest_counterfactual,
+    "episode_probe": check_episode_probe,
     "steering_hits": check_steering_hits,
+    "heldout_patching": check_heldout_patching,
 }
 
 
@@ -299,38 +453,50 @@ def _paths_every_module(module, call):
     return [p for p, _ in module.named_modules() if p]
 
 
-def _reinit_in_place(module, seed):
+def _layout_reshape(obs, chw):
+    if tuple(obs.shape[-3:]) == tuple(chw):
+        return (obs[None] if obs.ndim == 3 else obs), "CHW"
+    out = obs.reshape(*obs.shape[:-3], *chw)
+    return (out[None] if out.ndim == 3 else out), "HWC"
+
+
+def _layout_unbatched(obs, chw):
+    out, layout = A.to_policy_layout(obs, chw)
+    return (out[0] if obs.ndim == 3 else out), layout
+
+
+def _layout_always_permute(obs, chw):
+    x = obs[None] if obs.ndim == 3 else obs
+    return x.permute(0, 3, 1, 2), "HWC"
+
+
+def _layout_wrong_axes(obs, chw):
+    out, layout = A.to_policy_layout(obs, chw)
+    return (out.transpose(-1, -2).reshape(out.shape) if layout == "HWC" else out), layout
+
+
+def _fresh_pytorch_default(policy, seed):
+    return A.reinitialise_module(policy, seed)
+
+
+def _fresh_global_seed(policy, seed):
     torch.manual_seed(seed)
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return module
+    return type(policy)(**policy._get_constructor_parameters())
 
 
-def _reinit_unseeded(module, seed):
-    clone = copy.deepcopy(module)
-    for m in clone.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return clone
+def _fresh_unseeded(policy, seed):
+    with torch.random.fork_rng(devices=[]):
+        return type(policy)(**policy._get_constructor_parameters())
 
 
-def _reinit_global_seed(module, seed):
-    clone = copy.deepcopy(module)
-    torch.manual_seed(seed)
-    for m in clone.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return clone
-
-
-def _reinit_top_level(module, seed):
-    clone = copy.deepcopy(module)
+def _fresh_orthogonal_gain_one(policy, seed):
+    clone = copy.deepcopy(policy)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for m in clone.children():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        for m in clone.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight)
+                nn.init.zeros_(m.bias)
     return clone
 
 
@@ -369,11 +535,56 @@ def _steer_hook_left_on(agent, hook, obs, target, direction, scale):
     return (agent(obs).argmax(-1) == target).double()
 
 
+def _probe_split_by_step(agent, obs, labels, episodes, hook, seed=0):
+    from utils.interp.probes import train_probe
+    with torch.no_grad():
+        act = agent.run_with_cache(obs)[1][hook]
+    return train_probe(act.reshape(len(act), -1), labels, test_frac=0.5, seed=seed).test_acc
+
+
+def _probe_train_accuracy(agent, obs, labels, episodes, hook, seed=0):
+    from utils.interp.probes import train_probe
+    with torch.no_grad():
+        act = agent.run_with_cache(obs)[1][hook]
+    return train_probe(act.reshape(len(act), -1), labels, test_frac=0.5, seed=seed,
+                       groups=episodes.numpy()).train_acc
+
+
+def _probe_on_observations(agent, obs, labels, episodes, hook, seed=0):
+    return H.episode_probe(agent, obs, labels, episodes, "hook_obs", seed)
+
+
+def _probe_on_logits(agent, obs, labels, episodes, hook, seed=0):
+    return H.episode_probe(agent, obs, labels, episodes, "hook_logits", seed)
+
+
+def _patch_units_chosen_on_test(agent, pairs, hook, k, seed):
+    from utils.interp.patching import split_pairs
+    _, test = split_pairs(pairs, seed)
+    return H.heldout_patching(agent, {key: torch.cat([v, v]) for key, v in test.items()}, hook, k, seed)
+
+
+def _patch_mean_of_ratios(agent, pairs, hook, k, seed):
+    return H.heldout_patching(agent, pairs, hook, k, seed, ratio_of_means=False)
+
+
+def _patch_lowest_units(agent, pairs, hook, k, seed):
+    return H.heldout_patching(agent, pairs, hook, k, seed, descending=False)
+
+
+def _patch_random_seed(agent, pairs, hook, k, seed):
+    top, _ = H.heldout_patching(agent, pairs, hook, k, seed)
+    return top, H.heldout_patching(agent, pairs, hook, k, seed, random_seed=seed)[1]
+
+
 WRONG_ANSWERS = {
     "route_through": [_route_returns_none, _route_input, _route_no_handle],
     "sb3_actor_critic_forward": [_sb3_distribution_logits, _sb3_value_unsqueezed, _sb3_shared_only],
     "tensor_output_paths": [_paths_with_root, _paths_all_outputs, _paths_leaves_only, _paths_every_module],
-    "reinitialise_module": [_reinit_in_place, _reinit_unseeded, _reinit_global_seed, _reinit_top_level],
+    "to_policy_layout": [_layout_reshape, _layout_unbatched, _layout_always_permute, _layout_wrong_axes],
+    "sb3_fresh_init": [_fresh_pytorch_default, _fresh_global_seed, _fresh_unseeded, _fresh_orthogonal_gain_one],
     "nearest_counterfactual": [_nearest_any_action, _nearest_l2, _nearest_local_index],
+    "episode_probe": [_probe_split_by_step, _probe_train_accuracy, _probe_on_observations, _probe_on_logits],
     "steering_hits": [_steer_unsteered, _steer_no_scale, _steer_subtract, _steer_hook_left_on],
+    "heldout_patching": [_patch_units_chosen_on_test, _patch_mean_of_ratios, _patch_lowest_units, _patch_random_seed],
 }

@@ -17,6 +17,7 @@ the claim over seeds: held only if it beats (a)-(c) ((d) is reported, and also r
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping
 
 import torch
@@ -128,3 +129,43 @@ def specificity_verdict(claim: Interval, controls: Mapping[str, Interval], *, la
     failed = [k for k, v in required.items()
               if ordering_verdict(claim, [v], x_larger=larger, bounds=bounds) != HELD]
     return verdict, failed
+
+
+def paired_specificity_verdict(claim, controls: Mapping[str, object], *, larger: bool = True,
+                               require_pcs: bool = False) -> tuple[str, list[str], dict[str, Interval]]:
+    """`specificity_verdict` for a claim and controls measured on the SAME units: `claim` [n_seeds]
+    and each control [n_seeds] are per-training-seed values on the same held-out data (e.g. the gap
+    closed by steering along the claim's direction and along each control's, on the same pairs of
+    each seed). Each control is decided by the paired difference claim - control over seeds
+    (`paired_difference`, unit "seeds"), which removes the seed-to-seed variation both share.
+
+    Returns (verdict, the required controls not beaten, {control: interval of the difference}).
+    Held only if every required control's difference is held (the same rules as
+    `specificity_verdict`: the isotropic floor is reported, never required; the top PCs only with
+    `require_pcs`); 'reversed' if every required difference is reversed; one seed: 'one seed,
+    untested'; else 'not separated'."""
+    from utils.stats import paired_difference
+
+    required = [k for k in controls if not k.startswith("isotropic") and (require_pcs or k != TOP_PCS)]
+    if not any(k == VARIANCE_MATCHED or k == SHUFFLED or k.startswith("nuisance") for k in required):
+        raise CourseError("paired_specificity_verdict needs at least one specific control (variance-matched random, "
+                          "shuffled labels or a nuisance variable); an isotropic random direction is only a floor")
+    claim = [float(v) for v in claim]
+    if any(len(vals) != len(claim) for vals in controls.values()):
+        raise CourseError(f"every control needs one value per seed, like the claim ({len(claim)})")
+    if len(claim) < 2:   # one seed: the difference, no interval (ordering_verdict says 'one seed, untested')
+        diffs = {k: (claim[0] - float(vals[0]), math.nan, math.nan) for k, vals in controls.items()}
+    else:
+        diffs = {k: paired_difference(claim, [float(v) for v in vals], unit="seeds") for k, vals in controls.items()}
+    verdicts = {k: ordering_verdict(diffs[k], [(0.0, 0.0, 0.0)], x_larger=larger) for k in required}
+    failed = [k for k, v in verdicts.items() if v != HELD]
+    values = list(verdicts.values())
+    if any(v.startswith("one seed") for v in values):
+        verdict = "one seed, untested"
+    elif not failed:
+        verdict = HELD
+    elif all(v == "reversed" for v in values):
+        verdict = "reversed"
+    else:
+        verdict = "not separated"
+    return verdict, failed, diffs
