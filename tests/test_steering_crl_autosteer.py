@@ -104,3 +104,28 @@ def test_board_predicates():
     assert p["must block 2"] == 1 and p["cell 2 empty"] == 1 and p["X on 0"] == 1 and p["O on 3"] == 1
     assert AS.situation(board) == "must block"
     assert np.isclose(sum(AS.board_obs(board)), 1.0)
+
+
+def test_fixed_strengths_and_search_constant_pick_on_discovery_games():
+    import torch
+
+    from utils.core import CourseError
+    from utils.steering.autosteer import FixedStrengths, search_constant
+
+    fixed = FixedStrengths([0.5, -2.0, 0.0])
+    out = fixed.mean_action(torch.zeros(4, 9))
+    assert out.shape == (4, 3) and torch.equal(out[0], torch.tensor([0.5, -1.0, 0.0]))  # clamped
+    with pytest.raises(CourseError):
+        FixedStrengths([float("nan")])
+    calls = []
+
+    def rate(v, n, seed):  # a fake evaluation: the draw rate peaks at strengths (0.3, 0.3, 0.3)
+        calls.append((n, seed))
+        return 1.0 - float((torch.as_tensor(v) - 0.3).abs().sum())
+
+    cands = {"zero": torch.zeros(3), "near": torch.full((3,), 0.25), "far": torch.ones(3)}
+    name, vec, rates = search_constant(rate, cands, 100, 7)
+    assert name == "near" and torch.equal(vec, cands["near"]) and set(rates) == set(cands)
+    assert calls == [(100, 7)] * 3   # every candidate on the same discovery games
+    with pytest.raises(CourseError):
+        search_constant(rate, {}, 100, 7)

@@ -353,6 +353,33 @@ def play_condition(lm, sae, features: Sequence[int], condition: str, n_games: in
                              seed=seed, lm_side="O")
 
 
+class FixedStrengths:
+    """The same strengths [k] on every board: a constant-steering 'policy' for `play_condition`
+    (it has only `mean_action`, which is all evaluation uses)."""
+
+    def __init__(self, strengths):
+        v = torch.as_tensor(strengths, dtype=torch.float32).flatten()
+        if not torch.isfinite(v).all():
+            raise CourseError("FixedStrengths: strengths must be finite numbers")
+        self.strengths = v.clamp(-1, 1)
+
+    def mean_action(self, obs: Tensor) -> Tensor:
+        return self.strengths.expand(len(obs), -1)
+
+
+def search_constant(draw_rate, candidates: dict, n_games: int, seed: int) -> tuple[str, Tensor, dict]:
+    """The constant steering vector with the highest draw rate among `candidates` (name ->
+    strengths [k]), each played for `n_games` DISCOVERY games with game seed `seed`:
+    `draw_rate(strengths, n_games, seed) -> float`. Returns (best name, its strengths, every
+    candidate's discovery rate). Evaluate the winner on other games: its discovery rate is
+    biased upwards by the selection."""
+    if not candidates:
+        raise CourseError("search_constant needs at least one candidate vector")
+    rates = {name: float(draw_rate(v, n_games, seed)) for name, v in candidates.items()}
+    best = max(rates, key=rates.get)
+    return best, torch.as_tensor(candidates[best], dtype=torch.float32), rates
+
+
 def game_rates(records: Sequence[R.GameRecord]) -> dict[str, tuple[int, int]]:
     """(count, total) for the draw rate (per game) and the illegal-move rate (per LM move)."""
     return {"draw": (sum(r.outcome == "draw" for r in records), len(records)),
