@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--force", action="store_true", help="re-run chapters whose inputs have not changed since their last ok run")
     b = sub.add_parser("book", help="build the static site into _build/html")
     b.add_argument("--executed", action="store_true", help="use the notebooks executed by `run` (outputs shown)")
+    sub.add_parser("gpu-estimates", help="write book/gpu_estimates.json: each chapter's gpu profile on a T4, "
+                                         "estimated (the landing pages show it)")
     args = p.parse_args(argv)
 
     try:
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise _Usage(f"--jobs {args.jobs}: give 1 or more workers")
             results = run(chapters, profile, jobs=args.jobs, force=args.force)
             return 0 if succeeded(results) else 1
+        elif args.verb == "gpu-estimates":
+            from utils.course.gpu_estimate import write_estimates
+
+            print(f"wrote {write_estimates()}")
         elif args.verb == "book":
             index = build(executed=args.executed)
             print(f"site built: open {index}")
