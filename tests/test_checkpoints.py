@@ -142,13 +142,30 @@ def test_released_models_are_listed_with_the_loaders_licences():
     from utils.lm import api
 
     released = json.loads((REPO_ROOT / "data" / "manifest.json").read_text())["released"]
-    assert released == api.RELEASED  # the manifest repeats the loaders' table
+    assert {k: released.get(k) for k in api.RELEASED} == api.RELEASED  # the manifest repeats the LM loaders' table
     names = set(api.HUB_MODELS) | {info["sae_release"] for info in api.HUB_MODELS.values()}
     assert names <= set(released), f"released models the loaders use but the manifest lacks: {names - set(released)}"
     for name, entry in released.items():
         assert entry["source"].startswith("https://") and entry["licence"], name
-        # the licence is also in the docstring of the module that loads it
-        assert entry["licence"].split(" (")[0].replace("CC-BY-4.0", "CC BY 4.0") in api.__doc__, name
+    for name in api.RELEASED:   # the licence is also in the docstring of the module that loads it
+        assert released[name]["licence"].split(" (")[0].replace("CC-BY-4.0", "CC BY 4.0") in api.__doc__, name
+
+
+def test_released_rl_agents_are_listed_with_their_licence():
+    """Every released RL agent a loader downloads (the loaders beside utils.lm.fixtures.AGENT_FIXTURES'
+    writers) is in the manifest's "released" section, and its loader's docstring states the licence."""
+    import importlib
+
+    from utils.lm.fixtures import AGENT_FIXTURES
+
+    released = json.loads((REPO_ROOT / "data" / "manifest.json").read_text())["released"]
+    for module, _writer in AGENT_FIXTURES:
+        mod = importlib.import_module(module)
+        repo = mod.HUB_REPO
+        assert repo in released, f"{module} downloads {repo}: list it in data/manifest.json 'released' with its licence"
+        licence = released[repo]["licence"]
+        assert licence and " ".join(licence.split()) in " ".join(mod.__doc__.split()), \
+            f"{module}'s docstring does not state {repo}'s licence ({licence!r})"
 
 
 def test_a_new_artifact_gets_the_course_licence(tmp_path):

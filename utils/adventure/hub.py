@@ -4,7 +4,9 @@ Chapter 12's worked agents are trained here; this is the same task solved by som
 their choices: `sb3/ppo-MiniGrid-DoorKey-5x5-v0` (RL Baselines3 Zoo, Stable-Baselines3's training framework) sees
 minigrid's `FlatObsWrapper` observation (the 7x7x3 view flattened, then the mission string
 one-hot, 96 characters) behind a `VecNormalize` (running mean and variance of the observations,
-clipped), which the hub repository stores beside the model as `vec_normalize.pkl`.
+clipped), which the hub repository stores beside the model as `vec_normalize.pkl`. Licence: none
+stated (the model card, https://huggingface.co/sb3/ppo-MiniGrid-DoorKey-5x5-v0, names none; the
+course lists it so in data/manifest.json, "released").
 
     hub = load_hub_agent()          # the gpu profile; cpu with USE_HUB = True or COURSE_HUB=1
     agent = hub.adapt()             # adapt(policy, preprocess=hub.normalize): raw observations in
