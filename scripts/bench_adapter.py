@@ -1,6 +1,11 @@
-"""The adapter's overhead on a Stable-Baselines3 policy (chapter 12), side by side in one run:
-SB3's own forward path, the adapted forward, `run_with_cache` over every hook, and the
-library-free alternative (plain torch forward hooks recording every submodule's output).
+"""The adapter's overhead (chapter 12), side by side in one run:
+
+- a Stable-Baselines3 PPO policy: SB3's own forward path, the adapted forward, `run_with_cache`
+  over every hook, and the library-free alternative (plain torch forward hooks recording every
+  submodule's output);
+- an sb3-contrib RecurrentPPO policy, one step of a batch from a hidden state: sb3-contrib's own
+  path (`get_distribution`, what `predict` runs), the adapted `step`, and `run_with_cache` over
+  packed step inputs (every hook, the hidden state included).
 
     python scripts/bench_adapter.py [--batch 1024] [--reps 200]
 """
@@ -57,6 +62,28 @@ def main(argv=None) -> None:
         print(f"{name:<42}{t * 1e3:8.3f} ms   x{t / base:5.2f} of SB3's forward")
     ratio = rows["adapted run_with_cache (all hooks)"] / rows["plain torch forward hooks (all modules)"]
     print(f"run_with_cache / plain torch hooks: x{ratio:.2f}")
+
+    import warnings
+
+    from sb3_contrib import RecurrentPPO
+
+    from utils.adventure.doorkey import make_doorkey
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = RecurrentPPO("MlpLstmPolicy", make_doorkey(), n_steps=32, batch_size=32, seed=0, device="cpu",
+                           policy_kwargs=dict(lstm_hidden_size=64)).policy
+    rec_agent = adapt(rec)
+    state = rec_agent.initial_state(a.batch)
+    starts = torch.zeros(a.batch)
+    packed = rec_agent.pack(obs, state, starts)
+    rec_rows = {"sb3-contrib step (get_distribution)": timeit(
+                    lambda: rec.get_distribution(obs, state.pi, starts), a.reps),
+                "adapted step": timeit(lambda: rec_agent.step(obs, state, starts), a.reps),
+                "adapted run_with_cache (all hooks)": timeit(lambda: rec_agent.run_with_cache(packed), a.reps)}
+    base = rec_rows["sb3-contrib step (get_distribution)"]
+    print(f"recurrent (LSTM 64 units), batch {a.batch}")
+    for name, t in rec_rows.items():
+        print(f"{name:<42}{t * 1e3:8.3f} ms   x{t / base:5.2f} of sb3-contrib's step")
 
 
 if __name__ == "__main__":

@@ -716,7 +716,7 @@ def variance_matched_gap(agent, data: Episodes, pairs: dict[str, Tensor], hook: 
 @torch.no_grad()
 def steering_controls(agent, data: Episodes, labels: Tensor, pairs: dict[str, Tensor], hook: str,
                       finding: Finding, nuisance: Mapping[str, Tensor] | None = None,
-                      scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0), n_draws: int = 4, seed: int = 0) -> dict:
+                      scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0), n_draws: int = 16, seed: int = 0) -> dict:
     """The specific controls of a steering claim (`finding`, from `steer_variable` on the same
     pairs), each the fraction of the clean-vs-corrupt logit gap closed on the same held-out pairs:
 
@@ -724,7 +724,8 @@ def steering_controls(agent, data: Episodes, labels: Tensor, pairs: dict[str, Te
       discovery pairs) for each correlated variable in `nuisance` ({name: labels [N]}, e.g. door
       open, step count above its median);
     - "shuffled labels": the same method on the variable's labels shuffled;
-    - "variance-matched random": `variance_matched_gap` at the finding's norm and scale;
+    - "variance-matched random": `variance_matched_gap` at the finding's norm and scale, the mean
+      over `n_draws` directions (one draw at the claim's norm and scale can swing either way);
     - "isotropic random (a floor)": the finding's own norm-matched random control.
 
     A nuisance that takes one value on these steps is left out (it cannot be steered along).

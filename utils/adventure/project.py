@@ -56,10 +56,12 @@ _IMPORTS = """import torch
 
 from utils import select_profile, set_seed
 from utils.adventure.harness import (collect, counterfactual_pairs, gym_env, label, patch_pairs,
-                                     probe_variable, steer_variable)
+                                     probe_variable, steer_variable, steering_controls)
 from utils.adventure.project import add_finding_row
 from utils.interp.adapters import adapt
-from utils.stats import RATE, fmt_interval, null_verdict, ordering_verdict, seed_summary, tost_equivalence
+from utils.interp.controls import paired_specificity_verdict
+from utils.stats import (RATE, fmt_interval, null_verdict, ordering_verdict, seed_summary,
+                         tost_equivalence)
 from utils.verdicts import VerdictTable
 
 S = select_profile(SIZES, PROFILE)
@@ -86,12 +88,19 @@ _CELLS = [
      "HOOK = \"<a name from print_hooks>\"\n"
      "# probes = {seed: probe_variable(agents[seed], data[seed], labels[seed], HOOK) for seed in SEEDS}"),
     ("## 5. Counterfactual pairs and patching", "Pairs of nearby observations that differ in the variable and in "
-     "the action; patch the top units vs random units on held-out pairs.",
-     "# pairs = {seed: counterfactual_pairs(data[seed], labels[seed]) for seed in SEEDS}\n"
+     "the action, matched on what else differs with it (e.g. the step count); patch the top units vs random units "
+     "on held-out pairs.",
+     "# pairs = {seed: counterfactual_pairs(data[seed], labels[seed], match=data[seed].step, max_gap=2)\n"
+     "#          for seed in SEEDS}\n"
      "# patches = {seed: patch_pairs(agents[seed], pairs[seed], HOOK) for seed in SEEDS}"),
-    ("## 6. Steering", "Add the variable's direction; compare with a norm-matched random direction.",
+    ("## 6. Steering", "Add the variable's direction; a norm-matched random direction is only a floor: hold it to "
+     "the directions of correlated variables, shuffled labels and variance-matched random directions "
+     "(`steering_controls`, decided over seeds by `paired_specificity_verdict`).",
      "# steers = {seed: steer_variable(agents[seed], data[seed], labels[seed], pairs[seed], HOOK)\n"
-     "#           for seed in SEEDS}"),
+     "#           for seed in SEEDS}\n"
+     "# spec = {seed: steering_controls(agents[seed], data[seed], labels[seed], pairs[seed], HOOK,\n"
+     "#                                 steers[seed], nuisance={\"<correlated>\": <its labels>})\n"
+     "#         for seed in SEEDS}"),
     ("## 7. Over training seeds", "Every claim as one row of a `VerdictTable`: `add_finding_row` turns the "
      "harness's per-seed findings into the paired difference (claim minus control) over training seeds, with its "
      "unit and its control; pass `bounds=RATE` for an accuracy or a rate, so a saturated metric reads 'at "

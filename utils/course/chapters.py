@@ -30,7 +30,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("09_behavioural_cloning_and_dynamics", "Behavioural cloning and training dynamics", "8.19-8.20", "B-C", "6-7", "ready"),
     Chapter("10_rlhf_reward_model", "The RLHF pipeline in miniature, and its reward model opened", "8.10-8.12", "B-C", "6-8", "ready"),
     Chapter("11_agents_that_see", "Agents that see: MinAtar games and a gym task", "8.16-8.17", "B", "6", "ready"),
-    Chapter("12_choose_your_own_adventure", "Choose your own adventure: bring any agent into the toolkit", "8.21", "B-D", "2", "ready"),
+    Chapter("12_choose_your_own_adventure", "Choose your own adventure: bring any agent into the toolkit", "8.21", "B-D", "3", "ready"),
 )
 
 
