@@ -4,8 +4,9 @@
   over every hook, and the library-free alternative (plain torch forward hooks recording every
   submodule's output);
 - an sb3-contrib RecurrentPPO policy, one step of a batch from a hidden state: sb3-contrib's own
-  path (`get_distribution`, what `predict` runs), the adapted `step`, and `run_with_cache` over
-  packed step inputs (every hook, the hidden state included).
+  `forward` (actor and critic LSTMs, deterministic action), the adapted `step` (the same two LSTMs,
+  logits and value), and `run_with_cache` over packed step inputs (every hook, the hidden state
+  included).
 
     python scripts/bench_adapter.py [--batch 1024] [--reps 200]
 """
@@ -76,11 +77,11 @@ def main(argv=None) -> None:
     state = rec_agent.initial_state(a.batch)
     starts = torch.zeros(a.batch)
     packed = rec_agent.pack(obs, state, starts)
-    rec_rows = {"sb3-contrib step (get_distribution)": timeit(
-                    lambda: rec.get_distribution(obs, state.pi, starts), a.reps),
+    rec_rows = {"sb3-contrib step (forward)": timeit(
+                    lambda: rec.forward(obs, state, starts, deterministic=True), a.reps),
                 "adapted step": timeit(lambda: rec_agent.step(obs, state, starts), a.reps),
                 "adapted run_with_cache (all hooks)": timeit(lambda: rec_agent.run_with_cache(packed), a.reps)}
-    base = rec_rows["sb3-contrib step (get_distribution)"]
+    base = rec_rows["sb3-contrib step (forward)"]
     print(f"recurrent (LSTM 64 units), batch {a.batch}")
     for name, t in rec_rows.items():
         print(f"{name:<42}{t * 1e3:8.3f} ms   x{t / base:5.2f} of sb3-contrib's step")
