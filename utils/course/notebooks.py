@@ -37,7 +37,7 @@ STUB = 'raise NotImplementedError("Exercise: write this function body, then run 
 # folds it too (utils.course.book applies `fold_plumbing` to what it stages).
 FOLD_TAG = "hide-input"
 FOLD_CAPTIONS = {
-    SETUP_TAG: "Course setup: installs the pinned packages in Colab, makes utils importable",
+    SETUP_TAG: "Course setup: installs the course packages in Colab, makes utils importable",
     "parameters": "Parameters: PROFILE (smoke | cpu | gpu) and the sizes it selects",
     "injected-parameters": "Parameters papermill injected for this run",
 }

@@ -37,7 +37,8 @@ COLAB_SKIP = ("torch", "jupyter-book", "jupyterlab", "nbval", "papermill", "pyte
 _TEMPLATE = '''\
 # Course setup: identical in every notebook, written by `python -m utils.course notebooks`.
 # In Colab: clones the course once (an incomplete clone is replaced), installs the packages the
-# notebooks import, pinned, keeping Colab's torch, and puts utils/ on the path. Safe to re-run.
+# notebooks import (Colab's own at compatible versions, kept; torch is never touched), and puts
+# utils/ on the path. Safe to re-run.
 # Elsewhere: only makes `utils` importable (install with `make book`, see book/setup.md).
 import importlib.util
 import shutil
