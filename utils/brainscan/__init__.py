@@ -1,7 +1,7 @@
 """The RLHF brain scan: what RLOO, GRPO and DPO each do to a model's weights and SAE features.
 
-- `train`: the three TRL 1.16 trainers, matched in steps and learning rate, on a sentiment
-  and a detoxification task (`TASKS`), and `completion_scores` for behaviour.
+- `train`: the three TRL 1.16 trainers, matched in steps and learning rate, on a positive-
+  and a negative-sentiment task (`TASKS`; a detoxification task too, unused: no headroom), and `completion_scores` for behaviour.
 - `metrics`: effective rank (two labelled definitions), top-1 energy, direction alignment,
   rank-k truncation, recovery fraction, top-k Jaccard, firing-frequency shifts (intervals over seeds: `utils.stats`).
 - `analysis`: weight deltas, rank-k and norm-matched rebuilt models, SAE sites and feature statistics.

@@ -26,7 +26,7 @@ import datasets
 import torch
 from datasets import Dataset
 from torch import Tensor
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -42,6 +42,13 @@ METHODS = ("rloo", "grpo", "dpo")
 def sentiment_reward(completions, **kwargs) -> list[float]:
     """TRL reward: lexicon sentiment of each completion, in [-1, 1] (make reviews positive)."""
     return [sentiment_score(_text(c)) for c in completions]
+
+
+def negative_reward(completions, **kwargs) -> list[float]:
+    """TRL reward: minus the lexicon sentiment of each completion, in [-1, 1] (make reviews
+    negative). The base review model sits near 0 on both sentiment tasks, so either direction
+    leaves about 1 of headroom, and the reward moves gradually (a share of polar words)."""
+    return [-sentiment_score(_text(c)) for c in completions]
 
 
 def detox_reward(completions, **kwargs) -> list[float]:
@@ -60,13 +67,28 @@ class Task:
     score: Callable[[str], float]
     prompts: Callable[[int, int], list[str]]   # (n, seed) -> prompts
     description: str
+    best: float = 1.0           # the largest reward a completion can get (for the headroom check)
+    worst: float = -1.0         # the smallest
+
+    def headroom_used(self, base: float, tuned: float) -> float:
+        """(tuned - base) / (best - base): the share of the reward's remaining range a model
+        gained; near 1 means the task is at its ceiling and cannot separate methods."""
+        if not self.best > base:
+            raise CourseError(f"task {self.name!r}: the base reward {base:.3f} is already at its "
+                              f"maximum {self.best}: no headroom to measure a gain")
+        return (tuned - base) / (self.best - base)
 
 
 TASKS: dict[str, Task] = {
     "sentiment": Task("sentiment", sentiment_reward, sentiment_score, C.review_prompts,
                       "reward = lexicon sentiment of the completion (positive reviews)"),
+    "negative": Task("negative", negative_reward, lambda t: -sentiment_score(t), C.review_prompts,
+                     "reward = minus the lexicon sentiment of the completion (negative reviews)"),
+    # the tiny review model is almost never toxic (base reward about -0.02 of a range [-1, 0]):
+    # no headroom, so the chapter's profiles use "negative" as their second task
     "toxicity": Task("toxicity", detox_reward, lambda t: -toxicity_score(t), C.review_prompts,
-                     "reward = minus the lexicon toxicity of the completion (detoxify)"),
+                     "reward = minus the lexicon toxicity of the completion (detoxify)", best=0.0,
+                     worst=-1.0),
 }
 
 
@@ -164,13 +186,42 @@ def preference_pairs(lm, task: Task, cfg: BrainScanConfig, n_pairs: int) -> list
     return rows[:n_pairs]
 
 
-def train_method(lm, method: str, task: Task, cfg: BrainScanConfig) -> tuple[torch.nn.Module, dict]:
+class HeldOutCurve(TrainerCallback):
+    """The learning curve on held-out prompts, for every method alike (DPO logs no reward): at
+    each step in `steps`, the task score of one sampled completion per prompt (the same sampling
+    seed at every step, so steps are paired per prompt). Restores the model's train mode and the
+    torch RNG afterwards, so training draws the same random numbers as without it."""
+
+    def __init__(self, tokenizer, task: Task, prompts: Sequence[str], steps: Sequence[int],
+                 max_new_tokens: int, seed: int = 0):
+        self.tokenizer, self.task, self.prompts = tokenizer, task, list(prompts)
+        self.steps, self.max_new_tokens, self.seed = set(steps), max_new_tokens, seed
+        self.curve: dict[int, Tensor] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps and model is not None:
+            rng, was = torch.get_rng_state(), model.training
+            self.curve[state.global_step] = completion_scores(
+                model, self.tokenizer, self.task, self.prompts, self.max_new_tokens, seed=self.seed)
+            model.train(was)
+            torch.set_rng_state(rng)
+
+
+def train_method(lm, method: str, task: Task, cfg: BrainScanConfig, curve_prompts: Sequence[str] = (),
+                 curve_steps: Sequence[int] = ()) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of `lm.hf` with `method` (rloo | grpo | dpo) on `task`; returns
-    (tuned model in eval mode, {seconds, history: TRL's per-step logs, pairs (DPO only)})."""
+    (tuned model in eval mode, {seconds, history: TRL's per-step logs, pairs (DPO only),
+    curve: {step: task scores of `curve_prompts` after that step} for each of `curve_steps`}).
+    The curve's scores are comparable with `completion_scores(..., max_new_tokens=cfg.max_new_tokens)`
+    of the base model (seed 0)."""
 
     if method not in METHODS:
         raise CourseError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     cfg.check()
+    bad = [k for k in curve_steps if not 1 <= k <= cfg.steps]
+    if bad or (curve_steps and not curve_prompts):
+        raise CourseError(f"curve_steps must lie in 1..{cfg.steps} (got {list(curve_steps)}) and need "
+                          f"curve_prompts ({len(curve_prompts)} given)")
     t0 = time.time()
     set_seed(cfg.seed)
     model = copy.deepcopy(lm.hf).train()
@@ -195,10 +246,31 @@ def train_method(lm, method: str, task: Task, cfg: BrainScanConfig) -> tuple[tor
                               processing_class=tokenizer)
 
         trainer.remove_callback(PrinterCallback)   # disable_tqdm swaps the bar for a printer of every log
+        curve = HeldOutCurve(lm.tokenizer, task, curve_prompts, curve_steps, cfg.max_new_tokens)
+        if curve_steps:
+            trainer.add_callback(curve)
         trainer.train()
         history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
     model = trainer.model.eval()
-    return model, {"seconds": time.time() - t0, "history": history, **extra}
+    return model, {"seconds": time.time() - t0, "history": history, "curve": dict(sorted(curve.curve.items())),
+                   **extra}
+
+
+def late_slope(history: Sequence[dict], key: str = "reward", last: float = 0.5) -> float:
+    """Least-squares slope per step of `key` (an online trainer's batch-mean reward) over the
+    last `last` share of the logged steps: above 0 when the curve is still rising at the end of
+    training. Needs at least 3 logged values in that window."""
+    ys = [float(h[key]) for h in history if key in h]
+    if not 0 < last <= 1:
+        raise CourseError(f"last must be in (0, 1], got {last}")
+    tail = ys[len(ys) - max(int(round(last * len(ys))), 0):]
+    if len(tail) < 3:
+        raise CourseError(f"late_slope needs at least 3 logged {key!r} values in the last {last:g} of "
+                          f"training, got {len(tail)} (of {len(ys)}): log more steps")
+    x = torch.arange(len(tail), dtype=torch.float64)
+    y = torch.tensor(tail, dtype=torch.float64)
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
 
 
 # ---------------------------------------------------------------------- behaviour
