@@ -587,23 +587,23 @@ def _negated_control(acts, goal_right, seed):
 
 
 # unit_attribution
-def _attr_pre_relu(policy, obs, a, b):
+def _last_hidden(policy, obs, point="hook_post"):
     _, cache = policy.run_with_cache(obs)
-    h = cache[f"layers.{len(policy.layers) - 1}.hook_pre"]
-    return h * (policy.actor.weight[a] - policy.actor.weight[b]).detach()
+    return cache[f"layers.{len(policy.layers) - 1}.{point}"]
+
+
+def _attr_pre_relu(policy, obs, a, b):
+    return _last_hidden(policy, obs, "hook_pre") * (policy.actor.weight[a] - policy.actor.weight[b]).detach()
 
 
 def _attr_with_bias(policy, obs, a, b):
-    _, cache = policy.run_with_cache(obs)
-    h = cache[f"layers.{len(policy.layers) - 1}.hook_post"]
+    h = _last_hidden(policy, obs)
     W, bias = policy.actor.weight.detach(), policy.actor.bias.detach()
     return h * (W[a] - W[b]) + (bias[a] - bias[b]) / h.shape[-1]
 
 
 def _attr_always_right_left(policy, obs, a, b):
-    _, cache = policy.run_with_cache(obs)
-    h = cache[f"layers.{len(policy.layers) - 1}.hook_post"]
-    return h * (policy.actor.weight[RIGHT] - policy.actor.weight[LEFT]).detach()
+    return _last_hidden(policy, obs) * (policy.actor.weight[RIGHT] - policy.actor.weight[LEFT]).detach()
 
 
 def _attr_layer_1(policy, obs, a, b):
