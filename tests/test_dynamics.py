@@ -166,3 +166,105 @@ def test_policy_entropy_and_value_error_ranges():
     assert 0 <= policy_entropy(net, torch.rand(20, 77)) <= np.log(4) + 1e-6
     out = value_error(net, n_states=16, repeats=2, seed=0)
     assert out["mae"] >= 0 and set(out) == {"mae", "explained_variance"}
+
+
+# ---------------------------------------------------------------- issue 34: competence gating, nulls, resolution
+from utils.dynamics import metrics as M  # noqa: E402
+from utils.dynamics.cloning import fresh_copy  # noqa: E402
+from utils.envs.colour_goal import cue_pairs  # noqa: E402
+
+
+def test_first_competent_uses_the_wilson_lower_end():
+    chance = 0.2
+    assert M.first_competent([0.19, 0.21, 0.25, 0.6, 0.9], chance, 2000) == 2  # 0.21 of 2000: lower end < 0.2
+    assert M.first_competent([0.1, 0.15], chance, 2000) is None
+    assert M.first_competent([0.3, 0.9], chance, 10) == 1          # 3 of 10 is not above 0.2 with 10 episodes
+    with pytest.raises(CourseError):
+        M.first_competent([[0.1]], chance, 10)
+
+
+def test_count_vestigial_ignores_checkpoints_before_competence():
+    # unit 0 strong only at checkpoint 0 (before competence), unit 1 strong at 2 then inert, unit 2 causal
+    effects = torch.tensor([[1.0, 0.0, 0.2], [0.0, 0.1, 1.0], [0.0, 1.0, 0.9], [0.0, 0.01, 1.0]])
+    var = torch.ones(3)
+    assert M.count_vestigial(effects, var, start=0) == 2
+    assert M.count_vestigial(effects, var, start=1) == 1
+    assert M.count_vestigial(effects, var, start=3) == 0 and M.count_vestigial(effects, var, start=None) == 0
+
+
+def test_onset_verdict_reads_at_the_checkpoint_resolution():
+    assert M.onset_verdict([-0.5, -0.6, -0.55], 0.23)[1] == "held"
+    # the old chapter's "moves first" (-0.10 [-0.18, -0.03]) is inside one spacing of 0.23
+    assert M.onset_verdict([-0.1, -0.18, -0.03], 0.23)[1] == "within one checkpoint spacing (TOST)"
+    assert M.onset_verdict([0.5, 0.6, 0.55], 0.23)[1].startswith("reversed")
+    assert M.onset_verdict([-0.5, 0.6, 0.1], 0.23)[1] == "not separated"
+    assert M.onset_verdict([-0.5], 0.23)[1] == "one seed, untested"
+    with pytest.raises(CourseError):
+        M.onset_verdict([0.1, 0.2], 0.0)
+
+
+def test_circuit_share_is_the_units_share_of_the_layer():
+    e = torch.tensor([3.0, 1.0, 0.0, 0.0])
+    assert M.circuit_share(e, [0]) == pytest.approx(0.75)
+    assert M.circuit_share(torch.ones(8), [0, 1]) == pytest.approx(0.25)
+    assert np.isnan(M.circuit_share(torch.zeros(4), [0]))
+
+
+def test_value_ablation_effect_is_zero_for_units_the_critic_does_not_read():
+    net = _net(3, hidden=(6,))
+    with torch.no_grad():
+        net.critic.weight[:, 2] = 0.0
+    states = torch.randn(64, 77, generator=torch.Generator().manual_seed(0))
+    eff = M.value_ablation_effect(net, "layers.0.hook_post", states)
+    assert eff.shape == (6,) and float(eff[2]) == 0.0 and float(eff.max()) > 0
+    with pytest.raises(CourseError):
+        M.value_ablation_effect(HookedMLPPolicy(77, 4, (6,), value_head=False), "layers.0.hook_post", states)
+
+
+def test_clone_circuit_in_an_identical_teacher_is_the_teachers_own_top_units():
+    """A clone that IS the teacher: the matched units are its own top-k, so the matched recovery equals
+    held-out top-k patching, and beats random units of the same number."""
+    teacher = _net(5, hidden=(16, 16))
+    pairs = cue_pairs(teacher, 400, seed=1)
+    res = M.clone_circuit_in_teacher(teacher, teacher, pairs, "layers.0.hook_post", k=4, seed=0, n_random=10)
+    assert sorted(res["clone_units"].tolist()) == res["teacher_units"].tolist()
+    top = M.heldout_topk_recovery(teacher, pairs, "layers.0.hook_post", k=4, seed=0)[0]
+    assert res["matched"] == pytest.approx(top, abs=1e-6)
+    assert res["matched"] > res["random"]
+    rnd = M.random_units_recovery(teacher, pairs, "layers.0.hook_post", k=4, seed=0, n_sets=3)
+    assert -1 < rnd < res["matched"]
+
+
+def test_distil_leaves_the_global_rng_alone_and_keeps_its_history():
+    teacher = _net(2)
+    states = torch.randn(256, 77, generator=torch.Generator().manual_seed(1))
+    before = torch.get_rng_state()
+    s1, log = distil(teacher, states, hidden=(8,), steps=20, seed=4, checkpoint_steps=[0, 5, 20])
+    assert torch.equal(before, torch.get_rng_state())
+    s2, _ = distil(teacher, states, hidden=(8,), steps=20, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(s1.state_dict().values(), s2.state_dict().values()))
+    assert [step for step, _ in log["checkpoints"]] == [0, 5, 20]
+    assert not torch.equal(log["checkpoints"][0][1]["layers.0.linear.weight"], s1.layers[0].linear.weight)
+
+
+def test_cloning_works_on_another_course_environment_and_architecture():
+    """The protocol, not the colour-goal gridworld: a conv policy on the maze, student = fresh copy."""
+    from utils.goal_misgen.policy import ConvPolicy
+    from utils.envs import make_env
+
+    env = make_env("maze", 4, seed=0)
+    obs = env.reset(seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = ConvPolicy((3, 7, 7), 4, (4, 4), 16)
+    assert obs.shape[1] == teacher.obs_dim
+    data = collect_states(teacher, 256, seed=1, env="maze", n_envs=16)
+    assert set(data) == {"obs", "episode"} and data["obs"].shape == (256, teacher.obs_dim)
+    student, log = distil(teacher, data["obs"], steps=30, seed=0, dagger_rounds=1, dagger_states=64, env="maze")
+    assert isinstance(student, ConvPolicy) and log["n_states"] == [256, 320]
+    a, b = fresh_copy(teacher, 3), fresh_copy(teacher, 3)
+    assert torch.equal(a.fc.weight if hasattr(a, "fc") else next(a.parameters()),
+                       b.fc.weight if hasattr(b, "fc") else next(b.parameters()))
+    assert not torch.equal(next(a.parameters()), next(teacher.parameters()))
+    with pytest.raises(CourseError):
+        collect_states(teacher, 256, env=42)

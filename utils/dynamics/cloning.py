@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from utils.core import CourseError, set_seed
+from utils.core import CourseError
 from utils.envs.colour_goal import ColourGoalGrid
 from utils.models.mlp_policy import HookedMLPPolicy
 
@@ -40,52 +40,122 @@ def action_agreement(teacher_logits: Tensor, student_logits: Tensor) -> dict[str
     return {"agreement": float(agree), "tv": float(tv)}
 
 
+def _make_env(env, n_envs: int, seed: int):
+    """`env`: None (the colour-goal gridworld), a course environment name (utils.envs.make_env) or a
+    callable (n_envs, seed) -> BatchedEnv."""
+    if env is None:
+        return None
+    if isinstance(env, str):
+        from utils.envs import make_env
+        return make_env(env, n_envs, seed=seed)
+    if callable(env):
+        return env(n_envs, seed)
+    raise CourseError(f"env must be None, a course environment name or a callable (n_envs, seed) -> BatchedEnv, "
+                      f"got {type(env).__name__}")
+
+
 @torch.no_grad()
 def collect_states(policy, n_states: int, seed: int = 0, greedy: bool = False, n_envs: int = 64,
-                   size: int = 5) -> dict[str, Tensor]:
-    """Roll `policy` out in the colour-goal gridworld (sampled actions, or greedy) until `n_states`
-    observations are collected. Returns obs [n, obs_dim], the state (agent [n, 2], tiles [n, 2, 2],
-    goal [n]) for task variables, and `episode` [n]: an id per episode, the unit of grouped splits."""
+                   size: int = 5, env=None) -> dict[str, Tensor]:
+    """Roll `policy` out until `n_states` observations are collected (sampled actions from a local
+    generator, or greedy); the global random state is not touched.
+
+    `env=None`: the colour-goal gridworld; the result also holds its state (agent [n, 2], tiles
+    [n, 2, 2], goal [n]) for task variables. Any other environment of the course's protocol
+    (`utils.envs.base.BatchedEnv`: `reset(seed)` and `step(actions) -> (obs, reward, terminated,
+    truncated, info)` with auto-reset), given by name (`make_env`) or as a callable (n_envs, seed)
+    -> env: obs only. Always: obs [n, ...] and `episode` [n], an id per episode (the unit of
+    grouped splits)."""
     if n_states < n_envs:
         raise CourseError(f"n_states={n_states} is less than n_envs={n_envs}")
-    env = ColourGoalGrid(n_envs, size=size, seed=seed)
     g = torch.Generator().manual_seed(seed)
+    generic = _make_env(env, n_envs, seed)
+    if generic is None:
+        grid = ColourGoalGrid(n_envs, size=size, seed=seed)
+        obs = torch.from_numpy(grid.observe_np())
+        keys = ("obs", "agent", "tiles", "goal", "episode")
+    else:
+        obs = torch.as_tensor(generic.reset(seed=seed)).float()
+        keys = ("obs", "episode")
     ep = np.arange(n_envs)
     next_ep = n_envs
-    rows = {k: [] for k in ("obs", "agent", "tiles", "goal", "episode")}
+    rows = {k: [] for k in keys}
     total = 0
     while total < n_states:
-        obs = torch.from_numpy(env.observe_np())
-        for k, v in (("obs", obs), ("agent", env.agent.copy()), ("tiles", env.tiles.copy()),
-                     ("goal", env.goal.copy()), ("episode", ep.copy())):
-            rows[k].append(torch.as_tensor(v))
+        rows["obs"].append(obs)
+        rows["episode"].append(torch.as_tensor(ep.copy()))
+        if generic is None:
+            for k, v in (("agent", grid.agent), ("tiles", grid.tiles), ("goal", grid.goal)):
+                rows[k].append(torch.as_tensor(v.copy()))
         total += n_envs
         logits = policy(obs)
         a = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(-1)
-        _, _, term, trunc, _ = env.step_np(a.numpy())
+        if generic is None:
+            _, _, term, trunc, _ = grid.step_np(a.numpy())
+            obs = torch.from_numpy(grid.observe_np())
+        else:
+            obs, _, term, trunc, _ = generic.step(a)
+            obs = torch.as_tensor(obs).float()
+            term, trunc = np.asarray(term, bool), np.asarray(trunc, bool)
         done = term | trunc
         ep[done] = np.arange(next_ep, next_ep + int(done.sum()))
         next_ep += int(done.sum())
     return {k: torch.cat(v)[:n_states] for k, v in rows.items()}
 
 
+def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of `model`'s architecture with freshly initialised weights (each submodule's own
+    `reset_parameters`), drawn with the global generator forked and seeded `seed`: the caller's
+    random state is unchanged and the same seed gives the same network."""
+    import copy
+
+    new = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in new.modules():
+            if m is not new and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return new
+
+
+def _n_inputs(model) -> tuple:
+    obs_dim = getattr(model, "obs_dim", None)
+    return (obs_dim,) if isinstance(obs_dim, int) else tuple(getattr(model, "obs_shape", ()) or ())
+
+
 def distil(teacher, states: Tensor, hidden: Sequence[int] = (64, 64), steps: int = 1500, batch_size: int = 512,
-           lr: float = 3e-3, temperature: float = 1.0, seed: int = 0, student: HookedMLPPolicy | None = None,
+           lr: float = 3e-3, temperature: float = 1.0, seed: int = 0, student: torch.nn.Module | None = None,
            dagger_rounds: int = 0, dagger_states: int = 4096,
-           loss_fn: Callable[[Tensor, Tensor, float], Tensor] = distillation_loss) -> tuple[HookedMLPPolicy, dict]:
-    """Train a fresh HookedMLPPolicy (no value head) to match `teacher`'s logits on `states` by
-    minimising `loss_fn` (KL(teacher || student)) with Adam. With `dagger_rounds` > 0 the steps
-    are split into rounds; after each, `dagger_states` states visited by the STUDENT (sampled
-    actions) are labelled by the teacher and added to the data. Returns (student, log) with the
-    loss per step and the number of training states."""
-    if states.ndim != 2 or states.shape[1] != teacher.obs_dim:
-        raise CourseError(f"states must be [n, {teacher.obs_dim}] observations of the teacher's task, got {tuple(states.shape)}")
+           loss_fn: Callable[[Tensor, Tensor, float], Tensor] = distillation_loss,
+           checkpoint_steps: Sequence[int] = (), env=None) -> tuple[torch.nn.Module, dict]:
+    """Train a fresh student to match `teacher`'s logits on `states` by minimising `loss_fn`
+    (KL(teacher || student)) with Adam. The student: `student` if given; else, for an MLP teacher
+    (HookedMLPPolicy), a HookedMLPPolicy of width `hidden` without a value head; else a copy of
+    the teacher's architecture re-initialised (`fresh_copy`). Weights are drawn and minibatches
+    sampled from generators seeded `seed`; the global random state is not touched.
+
+    With `dagger_rounds` > 0 the steps are split into rounds; after each, `dagger_states` states
+    visited by the STUDENT (sampled actions, in `env`: see `collect_states`) are labelled by the
+    teacher and added to the data. `checkpoint_steps`: optimiser steps (0 = before training) at
+    which a copy of the student's weights is kept in log["checkpoints"] as (step, state_dict), the
+    clone's own training history. Returns (student, log) with the loss per step, the number of
+    training states and the checkpoints."""
+    want = _n_inputs(teacher)
+    if states.ndim < 2 or (want and tuple(states.shape[1:]) != want):
+        raise CourseError(f"states must be [n, {', '.join(map(str, want)) or '...'}] observations of the teacher's task, "
+                          f"got {tuple(states.shape)}")
     if student is None:
-        set_seed(seed)
-        student = HookedMLPPolicy(teacher.obs_dim, teacher.n_actions, hidden, value_head=False)
-    if student.n_actions != teacher.n_actions or student.obs_dim != teacher.obs_dim:
-        raise CourseError(f"the student acts in {student.n_actions} actions on {student.obs_dim} inputs but the teacher "
-                          f"in {teacher.n_actions} on {teacher.obs_dim}: distillation needs the same action space")
+        if isinstance(teacher, HookedMLPPolicy):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                student = HookedMLPPolicy(teacher.obs_dim, teacher.n_actions, hidden, value_head=False)
+        else:
+            student = fresh_copy(teacher, seed)
+    n_act_t = getattr(teacher, "n_actions", None)
+    n_act_s = getattr(student, "n_actions", None)
+    if (n_act_t is not None and n_act_s is not None and n_act_s != n_act_t) or _n_inputs(student) != _n_inputs(teacher):
+        raise CourseError(f"the student acts in {n_act_s} actions on inputs {_n_inputs(student)} but the teacher in "
+                          f"{n_act_t} on {_n_inputs(teacher)}: distillation needs the same action space")
     teacher.eval()
     data = states.float()
     with torch.no_grad():
@@ -93,7 +163,15 @@ def distil(teacher, states: Tensor, hidden: Sequence[int] = (64, 64), steps: int
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     rounds = dagger_rounds + 1
-    log = {"loss": [], "n_states": []}
+    keep = {int(s) for s in checkpoint_steps}
+    log = {"loss": [], "n_states": [], "checkpoints": []}
+
+    def snapshot(step):
+        if step in keep:
+            log["checkpoints"].append((step, {k: v.detach().clone() for k, v in student.state_dict().items()}))
+
+    snapshot(0)
+    step = 0
     for r in range(rounds):
         n_steps = steps // rounds + (steps % rounds if r == rounds - 1 else 0)
         for _ in range(n_steps):
@@ -102,14 +180,16 @@ def distil(teacher, states: Tensor, hidden: Sequence[int] = (64, 64), steps: int
             opt.zero_grad()
             loss.backward()
             opt.step()
+            step += 1
             log["loss"].append(loss.item())
+            snapshot(step)
         log["n_states"].append(len(data))
         if r < rounds - 1:
             student.eval()
-            new = collect_states(student, dagger_states, seed=seed * 1000 + r + 1)["obs"]
+            new = collect_states(student, dagger_states, seed=seed * 1000 + r + 1, env=env)["obs"]
             with torch.no_grad():
                 targets = torch.cat([targets, teacher(new)])
-            data = torch.cat([data, new])
+            data = torch.cat([data, new.float()])
             student.train()
     return student.eval(), log
 

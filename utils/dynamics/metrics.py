@@ -217,3 +217,155 @@ def dormant_fraction(acts: Tensor, tau: float = 0.1) -> float:
     if float(mean) == 0:
         return 1.0
     return float((score / mean <= tau).float().mean())
+
+
+# ---------------------------------------------------------------- competence, resolution, circuits
+def first_competent(success: Sequence[float], chance: float, n_eval: int, z: float = 1.96) -> int | None:
+    """Index of the first checkpoint whose greedy success rate (over `n_eval` episodes) has left
+    chance: the lower end of its Wilson interval lies above `chance`. None if no checkpoint does.
+    Vestigial organs are counted only from this checkpoint on: a unit that mattered while the agent
+    still played at chance was important to a policy that did not yet do the task."""
+    from utils.stats import wilson_ci
+
+    s = np.asarray(success, float)
+    if s.ndim != 1 or len(s) == 0 or not 0 <= chance < 1 or n_eval < 1:
+        raise CourseError(f"first_competent needs a 1-D success series, 0 <= chance < 1 and n_eval >= 1, got shape "
+                          f"{s.shape}, chance {chance}, n_eval {n_eval}")
+    for i, rate in enumerate(s):
+        if wilson_ci(int(round(rate * n_eval)), n_eval, z)[1] > chance:
+            return i
+    return None
+
+
+def count_vestigial(effects: Tensor, variance_final: Tensor, start: int, low: float = 0.1,
+                    high: float = 0.5) -> int:
+    """The number of vestigial units when only checkpoints `start`.. (the first competent one on)
+    count as "earlier": `vestigial_units(effects[start:], ...)`; 0 when fewer than two remain."""
+    effects = torch.as_tensor(effects).float()
+    if start is None or effects.shape[0] - start < 2:
+        return 0
+    return int(vestigial_units(effects[start:], variance_final, low, high).sum())
+
+
+def onset_verdict(diffs: Sequence[float], spacing: float, alpha: float = 0.05) -> tuple[tuple, str]:
+    """Onset differences (metric minus success, log10 env steps, one per training seed) read at
+    the checkpoint resolution, for the claim "the metric moves first". Returns (mean, low, high) of
+    the 95% t-interval over seeds and a verdict: "held" when the whole interval lies below
+    -spacing (first by more than one checkpoint spacing); "reversed (after by more than one
+    spacing)" when it lies above +spacing; "within one checkpoint spacing (TOST)" when a TOST at
+    margin `spacing` holds (the checkpoints cannot order them); else "not separated"."""
+    from utils.stats import HELD, seed_summary, tost_equivalence
+
+    d = np.asarray(diffs, float)
+    d = d[np.isfinite(d)]
+    if not spacing > 0:
+        raise CourseError(f"spacing must be > 0 (one checkpoint spacing in decades), got {spacing}")
+    if len(d) < 2:
+        iv = (float(d[0]) if len(d) else float("nan"), float("nan"), float("nan"))
+        return iv, "one seed, untested" if len(d) else "undefined"
+    iv = seed_summary(d)
+    if iv[2] < -spacing:
+        return iv, HELD
+    if iv[1] > spacing:
+        return iv, "reversed (after by more than one spacing)"
+    if tost_equivalence(d, spacing, alpha=alpha).verdict == "equivalent":
+        return iv, "within one checkpoint spacing (TOST)"
+    return iv, "not separated"
+
+
+def circuit_share(effects: Tensor, units: Sequence[int] | Tensor) -> float:
+    """A progress measure built from the final circuit: the share of a layer's total causal effect
+    (per-unit effects [d], e.g. mean-ablation KL at one checkpoint) carried by `units` (the final
+    circuit's units). k / d when effects are spread evenly; nan when the layer has no effect."""
+    e = torch.as_tensor(effects).double().clamp_min(0)
+    total = float(e.sum())
+    return float(e[torch.as_tensor(units, dtype=torch.long)].sum() / total) if total > 0 else float("nan")
+
+
+@torch.no_grad()
+def random_units_recovery(model: HookedRootModule, pairs: dict[str, Tensor], layer: str, k: int,
+                          seed: int = 0, n_sets: int = 1) -> float:
+    """The control of held-out top-k patching without a single-unit sweep: the mean fraction of the
+    logit difference recovered on the TEST half of `split_pairs(pairs, seed)` by `n_sets` sets of k
+    random units of `layer` (drawn from a local generator seeded `seed + 1`)."""
+    from utils.interp.attribution import logit_diff
+    from utils.interp.hooks import cache_activations
+    from utils.interp.patching import run_patched, split_pairs
+    from utils.stats import fraction_recovered_ci
+
+    _, test = split_pairs(pairs, seed)
+    act = cache_activations(model, test["clean"], [layer])[layer]
+    d = act.shape[-1]
+    if not 1 <= k <= d:
+        raise CourseError(f"k must be in 1..{d} for {layer}, got {k}")
+    g = torch.Generator().manual_seed(seed + 1)
+    metric = lambda lg: logit_diff(lg, test["a_clean"], test["a_corrupt"])  # noqa: E731
+    m_clean, m_corrupt = metric(model(test["clean"])), metric(model(test["corrupt"]))
+    out = []
+    for _ in range(n_sets):
+        units = torch.randperm(d, generator=g)[:k]
+        patched = metric(run_patched(model, test["corrupt"], layer, act, units.tolist()))
+        out.append(fraction_recovered_ci(patched, m_clean, m_corrupt, n_boot=2, seed=seed)[0])
+    return float(np.mean(out))
+
+
+@torch.no_grad()
+def clone_circuit_in_teacher(clone: HookedRootModule, teacher: HookedRootModule, pairs: dict[str, Tensor],
+                             layer: str, k: int = 4, seed: int = 0, n_random: int = 20) -> dict:
+    """Find the clone's circuit in the teacher (problem 8.19). On the DISCOVERY half of
+    `split_pairs(pairs, seed)`: the clone's k units of `layer` with the largest single-unit patching
+    score (clean -> corrupt, mean logit difference logit[a_clean] - logit[a_corrupt]); each is
+    matched to the teacher unit of `layer` whose activation correlates most (|Pearson r|,
+    `match_units`) over the discovery inputs (clean and corrupt stacked); duplicates merged. On
+    the TEST half: the fraction of the teacher's logit difference recovered by patching those
+    teacher units together (clean -> corrupt), and the mean over `n_random` sets of as many random
+    teacher units (local generator seeded `seed + 1`). Returns {"clone_units" [k], "teacher_units"
+    [m] (sorted), "matched": float, "random": float}."""
+    from utils.interp.attribution import logit_diff
+    from utils.interp.hooks import cache_activations
+    from utils.interp.patching import patching_sweep, run_patched, split_pairs
+    from utils.stats import fraction_recovered_ci
+
+    disc, test = split_pairs(pairs, seed)
+    ld = lambda p: lambda lg: logit_diff(lg, p["a_clean"], p["a_corrupt"])  # noqa: E731
+    score = ld(disc)
+    single = patching_sweep(clone, disc["clean"], disc["corrupt"], [layer], lambda lg: score(lg).mean(),
+                            per_unit=True)[layer]
+    if not 1 <= k <= len(single):
+        raise CourseError(f"k must be in 1..{len(single)} (the clone's width at {layer}), got {k}")
+    clone_units = torch.argsort(single, descending=True)[:k]
+    inputs = torch.cat([disc["clean"], disc["corrupt"]])
+    c_acts = cache_activations(clone, inputs, [layer])[layer][:, clone_units]
+    t_acts = cache_activations(teacher, inputs, [layer])[layer]
+    idx, _ = match_units(c_acts, t_acts)
+    teacher_units = torch.unique(idx)
+    act = cache_activations(teacher, test["clean"], [layer])[layer]
+    metric = ld(test)
+    m_clean, m_corrupt = metric(teacher(test["clean"])), metric(teacher(test["corrupt"]))
+
+    def frac(units):
+        patched = metric(run_patched(teacher, test["corrupt"], layer, act, units.tolist()))
+        return fraction_recovered_ci(patched, m_clean, m_corrupt, n_boot=2, seed=seed)[0]
+
+    g = torch.Generator().manual_seed(seed + 1)
+    d, m = t_acts.shape[1], len(teacher_units)
+    rand = [frac(torch.randperm(d, generator=g)[:m]) for _ in range(n_random)]
+    return {"clone_units": clone_units, "teacher_units": teacher_units, "matched": float(frac(teacher_units)),
+            "random": float(np.mean(rand))}
+
+
+@torch.no_grad()
+def value_ablation_effect(model: HookedRootModule, layer: str, states: Tensor) -> Tensor:
+    """[d]: for each unit u of `layer` in a network with a value head (`forward_both`), the mean over
+    `states` of |V(s) - V_u(s)|, with unit u replaced by its mean activation over `states`: what
+    the critic reads from each unit (the value-side twin of `unit_ablation_effect`)."""
+    v = model.forward_both(states)[1] if hasattr(model, "forward_both") else None
+    if v is None:
+        raise CourseError("value_ablation_effect needs a network with a value head (forward_both returning a value)")
+    check_names(model, [layer])
+    mean = cache_activations(model, states, [layer])[layer].mean(0)
+    out = torch.zeros(len(mean))
+    for u in range(len(mean)):
+        with model.hooks(fwd_hooks=[(layer, _mean_ablate(mean, u))]):
+            out[u] = (model.forward_both(states)[1] - v).abs().mean()
+    return out

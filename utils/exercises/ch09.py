@@ -498,6 +498,62 @@ def check_vestigial_units(fn) -> None:
                              "(and no nan from 0 / 0)")
 
 
+# ------------------------------------------------------------------ 13. the clone's circuit in the teacher
+def _clone_of(teacher: HookedMLPPolicy, rows0, seed: int, noise: float = 0.15) -> HookedMLPPolicy:
+    """A small network whose layer-0 units copy teacher units `rows0` (with noise and, for some,
+    duplicates), so matching has a right answer; the rest of its weights come from a local generator."""
+    clone = _policy(seed, hidden=(len(rows0), 5))
+    g = torch.Generator().manual_seed(seed + 50)
+    with torch.no_grad():
+        W, b = teacher.layers[0].linear.weight, teacher.layers[0].linear.bias
+        clone.layers[0].linear.weight.copy_(W[rows0] + noise * torch.randn(len(rows0), W.shape[1], generator=g))
+        clone.layers[0].linear.bias.copy_(b[rows0])
+    return clone
+
+
+@check
+@_quiet
+def check_clone_circuit_in_teacher(fn) -> None:
+    """clone_circuit_in_teacher(clone, teacher, pairs, layer, k, seed, n_random) -> dict."""
+    teacher = _policy(7, hidden=(12, 10))
+    pairs = _pairs(teacher, 500, 8)
+    if len(pairs["clean"]) < 40:
+        raise RuntimeError("check setup: too few pairs")
+    cases = ((_clone_of(teacher, [3, 3, 8, 1, 5, 10], 11), "layers.0.hook_post", 3, 0, 6),
+             (_clone_of(teacher, [0, 2, 2, 7, 9, 11, 4], 12), "layers.0.hook_post", 4, 1, 5),
+             (_clone_of(teacher, [6, 1, 9, 9, 0], 13), "layers.1.hook_post", 2, 2, 4))
+    for clone, layer, k, seed, n_random in cases:
+        copy = {key: v.clone() for key, v in pairs.items()}
+        got = fn(clone, teacher, copy, layer, k=k, seed=seed, n_random=n_random)
+        for key in pairs:
+            _unchanged(pairs[key], copy[key], f"pairs[{key!r}]")
+        want = M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=n_random)
+        if not isinstance(got, dict) or set(want) - set(got):
+            raise ExerciseFailed(f"return a dict with keys {sorted(want)}, got {got!r:.200}")
+        cu = torch.as_tensor(got["clone_units"]).long().flatten()
+        if sorted(cu.tolist()) != sorted(want["clone_units"].tolist()):
+            disc, _ = split_pairs(pairs, seed)
+            raise ExerciseFailed(f"{layer}, k={k}: the clone's circuit should be units {sorted(want['clone_units'].tolist())}"
+                                 f", got {sorted(cu.tolist())}: score every CLONE unit by single-unit patching on the "
+                                 f"{len(disc['clean'])} DISCOVERY pairs (largest mean logit difference first)")
+        tu = torch.as_tensor(got["teacher_units"]).long().flatten()
+        if len(tu) != len(torch.unique(tu)):
+            raise ExerciseFailed("teacher_units has repeats: two clone units matched the same teacher unit; merge "
+                                 "them (torch.unique) so the set and its random control have the same size")
+        if tu.tolist() != want["teacher_units"].tolist():
+            raise ExerciseFailed(f"{layer}: the matched teacher units should be {want['teacher_units'].tolist()}, got "
+                                 f"{tu.tolist()}: for each chosen clone unit, the teacher unit with the largest |Pearson "
+                                 "r| over the discovery inputs (clean then corrupt), sorted")
+        if abs(float(got["matched"]) - want["matched"]) > 1e-5:
+            raise ExerciseFailed(f"{layer}: 'matched' should be {want['matched']:.4f}, got {float(got['matched']):.4f}: patch "
+                                 "the matched units of the TEACHER (clean -> corrupt) on the TEST pairs and divide by the "
+                                 "teacher's own clean - corrupt logit difference")
+        if abs(float(got["random"]) - want["random"]) > 1e-5:
+            raise ExerciseFailed(f"{layer}: 'random' should be {want['random']:.4f}, got {float(got['random']):.4f}: "
+                                 f"average {n_random} sets of len(teacher_units) = {len(want['teacher_units'])} random "
+                                 "teacher units, torch.randperm(d, generator=g)[:m] with g seeded seed + 1")
+
+
 CHECKS = {
     "log_spaced_checkpoints": check_log_spaced_checkpoints,
     "effective_rank": check_effective_rank,
@@ -511,6 +567,7 @@ CHECKS = {
     "linear_cka": check_linear_cka,
     "match_units": check_match_units,
     "vestigial_units": check_vestigial_units,
+    "clone_circuit_in_teacher": check_clone_circuit_in_teacher,
 }
 
 
@@ -821,6 +878,77 @@ def _vest_inert_only(effects, variance_final, low=0.1, high=0.5):
     return M.inert_units(effects[-1], variance_final, low)
 
 
+def _circ_select_on_all(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
+    """Chooses the clone's units on all pairs (discovery and test)."""
+    return M.clone_circuit_in_teacher(clone, teacher, {**pairs}, layer, k=k, seed=seed, n_random=n_random) | {
+        "clone_units": torch.argsort(_sweep(clone, pairs, layer), descending=True)[:k]}
+
+
+def _sweep(model, p, layer):
+    from utils.interp.attribution import logit_diff
+    from utils.interp.patching import patching_sweep
+    return patching_sweep(model, p["clean"], p["corrupt"], [layer],
+                          lambda lg: logit_diff(lg, p["a_clean"], p["a_corrupt"]).mean(), per_unit=True)[layer]
+
+
+def _circ_signed_match(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
+    """Matches by the largest SIGNED correlation (a unit that fires as the negative of its match is missed)."""
+    from utils.interp.hooks import cache_activations
+    want = M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=n_random)
+    disc, _ = split_pairs(pairs, seed)
+    inputs = torch.cat([disc["clean"], disc["corrupt"]])
+    A = M._centre(cache_activations(clone, inputs, [layer])[layer][:, want["clone_units"]])
+    B = M._centre(cache_activations(teacher, inputs, [layer])[layer])
+    r = (A / A.norm(dim=0).clamp_min(1e-12)).T @ (B / B.norm(dim=0).clamp_min(1e-12))
+    return {**want, "teacher_units": torch.unique(r.argmax(1))}
+
+
+def _circ_random_size_k(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
+    """Random control of size k (the clone's count) instead of the merged matched set's size."""
+    out = M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=n_random)
+    m = len(out["teacher_units"])
+    if m == k:
+        return out
+    from utils.interp.attribution import logit_diff
+    from utils.interp.hooks import cache_activations
+    from utils.interp.patching import run_patched
+    from utils.stats import fraction_recovered_ci
+    _, test = split_pairs(pairs, seed)
+    act = cache_activations(teacher, test["clean"], [layer])[layer]
+    metric = lambda lg: logit_diff(lg, test["a_clean"], test["a_corrupt"])  # noqa: E731
+    c, x = metric(teacher(test["clean"])), metric(teacher(test["corrupt"]))
+    g = torch.Generator().manual_seed(seed + 1)
+    fr = [fraction_recovered_ci(metric(run_patched(teacher, test["corrupt"], layer, act,
+                                                   torch.randperm(act.shape[1], generator=g)[:k].tolist())),
+                                c, x, n_boot=2)[0] for _ in range(n_random)]
+    return {**out, "random": float(np.mean(fr))}
+
+
+def _circ_no_merge(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
+    """Keeps duplicate matches (two clone units matched to one teacher unit appear twice)."""
+    from utils.interp.hooks import cache_activations
+    out = M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=n_random)
+    disc, _ = split_pairs(pairs, seed)
+    inputs = torch.cat([disc["clean"], disc["corrupt"]])
+    idx, _ = M.match_units(cache_activations(clone, inputs, [layer])[layer][:, out["clone_units"]],
+                           cache_activations(teacher, inputs, [layer])[layer])
+    return {**out, "teacher_units": idx}
+
+
+def _circ_patch_clone(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
+    """Measures the recovery in the CLONE (its own top units) instead of in the teacher."""
+    out = M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=n_random)
+    return {**out, "matched": M.heldout_topk_recovery(clone, pairs, layer, k=k, seed=seed)[0]}
+
+
+def _circ_global_rng(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
+    """Draws the random control sets from the global generator."""
+    out = M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=0 or 1)
+    torch.manual_seed(seed)
+    return M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed + 7, n_random=n_random) | {
+        "clone_units": out["clone_units"], "teacher_units": out["teacher_units"], "matched": out["matched"]}
+
+
 WRONG_ANSWERS = {
     "log_spaced_checkpoints": [_sched_linear, _sched_no_zero, _sched_duplicates, _sched_floats],
     "effective_rank": [_erank_entropy, _erank_squared, _erank_count, _erank_nan_at_zero],
@@ -835,4 +963,6 @@ WRONG_ANSWERS = {
     "linear_cka": [_cka_uncentred, _cka_frobenius_norms, _cka_in_place, _cka_not_squared],
     "match_units": [_match_signed_argmax, _match_cosine, _match_nan_dead, _match_abs_r],
     "vestigial_units": [_vest_global_norm, _vest_no_variance, _vest_strict_median, _vest_inert_only],
+    "clone_circuit_in_teacher": [_circ_select_on_all, _circ_signed_match, _circ_random_size_k, _circ_no_merge,
+                                 _circ_patch_clone, _circ_global_rng],
 }
