@@ -172,3 +172,112 @@ def test_shipped_agents_load_and_beat_random():
     for name in ("breakout_ppo", "breakout_dqn"):
         net = load_agent(name, SEEDS[0])
         assert evaluate_returns(net, env, 16, greedy=name.endswith("dqn"), seed=7).mean() > floor + 1.5
+
+
+# ---------------------------------------------------------------- issue 37: controls, saliency, Acrobot, hub
+def test_blur_saliency_and_its_region_check_on_a_planted_network():
+    """A network that reads only cell (4, 6) of the ball channel: blur saliency peaks there, and
+    blurring its top cells moves the policy more than random cells of equal area."""
+    from utils.vision_agents.agents import build_network
+    net = build_network("breakout_ppo", seed=0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    x = torch.zeros(8, 4, 10, 10)
+    x[:, 1, 4, 6] = 1.0
+    x[:, 0, 9, 2] = 1.0
+
+    class Planted(torch.nn.Module):
+        obs_shape = (4, 10, 10)
+
+        def forward(self, obs):
+            o = obs.view(-1, 4, 10, 10)
+            return torch.stack([torch.zeros(len(o)), 4 * o[:, 1, 4, 6], -4 * o[:, 1, 4, 6]], 1)
+
+    planted = Planted()
+    s = I.blur_saliency(planted, x.flatten(1))
+    assert s.shape == (8, 10, 10) and int(s[0].flatten().argmax()) == 4 * 10 + 6
+    tv = I.region_effects(planted, x.flatten(1), {"blur": s}, k=3, seed=0)
+    assert set(tv) == {"blur", "random cells", "random occupied cells"}
+    assert float(tv["blur"].mean()) > float(tv["random cells"].mean()) + 0.1
+    assert I.spatial(torch.ones(2, 4, 10, 10)).shape == (2, 10, 10)
+    assert I.per_channel(s).shape == (8, 4, 10, 10)
+    with pytest.raises(CourseError):
+        I.gaussian_blur(x, 0.0)
+
+
+def test_paired_controls_verdict_and_patching_bases_have_equal_rank():
+    v, failed, diffs = I.paired_controls_verdict([0.5, 0.6, 0.55], {"a": [0.1, 0.2, 0.15], "b": [0.5, 0.62, 0.5]})
+    assert v == "not separated" and failed == ["b"] and diffs["a"][1] > 0
+    assert I.paired_controls_verdict([0.5, 0.6, 0.55], {"a": [0.1, 0.2, 0.15]})[0] == "held"
+    assert I.paired_controls_verdict([0.5], {"a": [0.1]})[0] == "one seed, untested"
+    g = torch.Generator().manual_seed(0)
+    acts = {"l": torch.randn(90, 5, generator=g)}
+    target = np.repeat([0, 1, 2], 30)
+    bases = I.patching_bases(acts, target, np.arange(90) % 7, seed=0)
+    assert set(bases["l"]) == {"target", "shuffled labels", I.PADDLE_X, "variance-matched random",
+                               "top principal components"}
+    assert {q.shape for q in bases["l"].values()} == {(5, 2)}
+    assert np.bincount(I.terciles(np.arange(30.0))).tolist() == [10, 10, 10]
+
+
+def test_acrobot_energy_labels_and_steering():
+    from utils.vision_agents import acrobot as A
+    from utils.vision_agents.agents import load_agent
+    hang = np.array([[1.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+    up = np.array([[-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+    low = -(A.M1 * A.LC1 + A.M2 * (A.L1 + A.LC2)) * A.G
+    assert A.acrobot_energy(hang)[0] == pytest.approx(low) and A.acrobot_energy(up)[0] == pytest.approx(-low)
+    assert A.acrobot_energy(np.array([[1.0, 0, 1, 0, 1.0, 0]]))[0] > low      # motion adds kinetic energy
+    with pytest.raises(CourseError, match="6"):
+        A.acrobot_energy(np.zeros((2, 4)))
+    net = load_agent("acrobot_ppo", 0)
+    d = A.collect_acrobot(net, 2, 40, seed=0)
+    assert d["obs"].shape == (80, 6) and len(d["episode"]) == 80
+    lab = A.acrobot_labels(d["obs"])
+    assert set(lab) == set(A.VARIABLES) and set(np.unique(lab["energy"])) == {0, 1, 2}
+    u = A.mean_difference(torch.randn(80, 64), lab["w2 sign"])
+    assert u.shape == (64,) and A.rescaled(u, 2.0).norm() == pytest.approx(2.0, rel=1e-4)
+    assert A.steering_effect(net, d["obs"], "layers.1.hook_post", torch.zeros(64)) == 0.0
+
+
+def test_atari_hub_agents_load_offline_from_fixtures_play_and_are_interpreted(tmp_path, monkeypatch):
+    """Both released Breakout agents from random-weight fixtures at full shape in the hub's cache layout:
+    they load (CleanRL's state dict into the course's QNetwork, the RL Zoo zip through SB3), play a few
+    steps of ale-py Breakout with the agents' wrappers, and run one saliency and one probe call; offline
+    without the files the loader stops in one line naming the fixture."""
+    import huggingface_hub.constants as hc
+
+    from utils.interp.probes import probe_with_controls
+    from utils.vision_agents import atari_hub as AH
+
+    summary = AH.write_atari_fixtures(tmp_path / "hub")
+    assert set(summary["files"]) == {AH.DQN_REPO, AH.PPO_REPO}
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    torch.set_num_threads(1)
+    for kind in ("dqn", "ppo"):
+        hub = AH.load_atari_agent(kind)
+        assert hub.is_fixture and hub.card_return is None
+        if kind == "dqn":
+            assert isinstance(hub.net, AH.QNetwork) and sum(p.numel() for p in hub.net.parameters()) == 1_686_180
+        rec = AH.play(hub.agent, 1, seed=0, max_steps=24, record=24)
+        assert rec["obs"].shape == (24, 4, 84, 84) and rec["obs"].dtype == torch.uint8
+        assert set(rec["vars"]) == set(AH.RAM) and len(np.unique(rec["episode"])) >= 4
+        x = rec["obs"][:1].float()
+        with torch.no_grad():
+            assert hub.agent(x).shape == (1, 4)
+        s = AH.blur_saliency_atari(hub.agent, x, stride=12)
+        assert s.shape == (1, 84, 84) and torch.isfinite(s).all()
+        acts = AH.cache_activations_batched(hub.agent, rec["obs"].float(), AH.DENSE[kind])
+        assert acts.shape == (24, 512)
+        row = probe_with_controls(acts, torch.as_tensor(I.terciles(rec["vars"]["paddle_x"])), acts,
+                                  groups=rec["episode"], seed=0)
+        assert 0.0 <= row["probe"] <= 1.0
+    assert AH.model_card_return("  - type: mean_reward\n    value: 398.00 +/- 16.30\n") == (398.0, 16.3)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CourseError, match="HF_HUB_OFFLINE is set") as e:
+        AH.load_atari_agent("dqn")
+    assert "\n" not in str(e.value) and "write_atari_fixtures" in str(e.value)
+    with pytest.raises(CourseError, match="kind"):
+        AH.load_atari_agent("a2c")

@@ -65,7 +65,11 @@ def _trusted():
             os.environ["TRUST_REMOTE_CODE"] = old
 
 
-def _download(repo_id: str, filename: str, required: bool = True) -> str | None:
+def _download(repo_id: str, filename: str, required: bool = True, hint: str | None = None) -> str | None:
+    """The local path of `repo_id`/`filename` (the hub cache first). Offline or unreachable: one
+    line that ends with `hint` (default: chapter 12's OFFLINE_HINT); `required=False` gives None
+    for a file the repository lacks."""
+    hint = OFFLINE_HINT if hint is None else hint
     try:
         from huggingface_sb3 import load_from_hub
     except ImportError:
@@ -83,9 +87,9 @@ def _download(repo_id: str, filename: str, required: bool = True) -> str | None:
             if not required:
                 return None
             raise CourseError(f"{repo_id}/{filename} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
-                              f"unset it where the hub is reachable, or {OFFLINE_HINT}") from None
+                              f"unset it where the hub is reachable, or {hint}") from None
         raise CourseError(f"could not get {repo_id}/{filename} from the Hugging Face hub ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}): check the connection, or {OFFLINE_HINT}") from None
+                          f"{str(e).splitlines()[0] if str(e) else ''}): check the connection, or {hint}") from None
 
 
 def _zip_shapes(path: str) -> tuple[int, int]:

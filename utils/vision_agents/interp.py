@@ -269,3 +269,172 @@ def layer_probes(net, random_net, obs: Tensor, labels: dict[str, np.ndarray], gr
                                       groups=np.asarray(groups)[keep], seed=seed)
             rows.append({"variable": var, "layer": layer, **row})
     return rows
+
+
+# ---------------------------------------------------------------- specificity of the patched subspace
+PATCH_CLAIM = "target"
+PADDLE_X = "nuisance: paddle x"
+
+
+def terciles(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Three equal groups (0, 1, 2) by rank, ties broken at random by `seed`."""
+    v = np.asarray(values, float)
+    v = v + np.random.default_rng(seed).uniform(0, 1e-3, len(v))
+    return (np.argsort(np.argsort(v)) * 3 // len(v)).astype(np.int64)
+
+
+def patching_bases(acts: dict[str, Tensor], target: np.ndarray, paddle_x: np.ndarray, seed: int,
+                   fit: Callable = None) -> dict[str, dict[str, Tensor]]:
+    """{layer: {name: basis [d, k]}}: at EVERY layer, the class-mean subspace of the paddle target
+    ("target") and its specificity controls of the same rank k (`utils.interp.controls`): the
+    same method on shuffled target labels, on the paddle's own column (terciles, three classes
+    like the target), a variance-matched random subspace and the top principal components."""
+    from utils.interp.controls import specificity_controls
+
+    fit = fit or class_mean_subspace
+    px = torch.as_tensor(terciles(paddle_x, seed))
+    out = {}
+    for layer, a in acts.items():
+        spec = specificity_controls(fit, a.flatten(1), torch.as_tensor(np.asarray(target)), seed=seed,
+                                    nuisance={"paddle x": px})
+        out[layer] = {(PATCH_CLAIM if k == "claim" else k): q.float() for k, q in spec.items()}
+    return out
+
+
+def paired_controls_verdict(claim, controls: dict[str, list], larger: bool = True) -> tuple[str, list[str], dict]:
+    """Claim [n_seeds] against each control [n_seeds] measured on the same seeds and data: the paired
+    difference claim - control over seeds (`paired_difference`, unit seeds) for EVERY control.
+    (verdict, controls not beaten, {control: difference interval}); 'held' only if every difference
+    is held, 'reversed' if every one is reversed, 'one seed, untested' with one seed."""
+    import math as _math
+
+    from utils.stats import HELD, ordering_verdict, paired_difference
+
+    claim = [float(v) for v in claim]
+    if not controls:
+        raise CourseError("paired_controls_verdict needs at least one control")
+    if any(len(v) != len(claim) for v in controls.values()):
+        raise CourseError(f"every control needs one value per seed, like the claim ({len(claim)})")
+    if len(claim) < 2:
+        diffs = {k: (claim[0] - float(v[0]), _math.nan, _math.nan) for k, v in controls.items()}
+        return "one seed, untested", [], diffs
+    diffs = {k: paired_difference(claim, [float(x) for x in v], unit="seeds") for k, v in controls.items()}
+    verdicts = {k: ordering_verdict(d, [(0.0, 0.0, 0.0)], x_larger=larger) for k, d in diffs.items()}
+    failed = [k for k, v in verdicts.items() if v != HELD]
+    if not failed:
+        return HELD, [], diffs
+    if all(v == "reversed" for v in verdicts.values()):
+        return "reversed", failed, diffs
+    return "not separated", failed, diffs
+
+
+# ---------------------------------------------------------------- perturbation saliency (Greydanus et al.)
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Each channel of frames x [B, C, H, W] blurred by a Gaussian of std `sigma` cells (zero padding)."""
+    if not sigma > 0:
+        raise CourseError(f"sigma must be positive, got {sigma!r}")
+    r = max(1, int(np.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k1 = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k1 = k1 / k1.sum()
+    k = (k1[:, None] * k1[None, :])[None, None].repeat(x.shape[1], 1, 1, 1)
+    return torch.nn.functional.conv2d(x, k, padding=r, groups=x.shape[1])
+
+
+def _blend(x: Tensor, mask: Tensor, sigma_blur: float) -> Tensor:
+    """x with the blurred frame blended in where mask [B or 1, H, W] (values in [0, 1]) is on."""
+    m = mask[:, None]
+    return x * (1 - m) + gaussian_blur(x, sigma_blur) * m
+
+
+@torch.no_grad()
+def blur_saliency(net, obs: Tensor, sigma_mask: float = 1.0, sigma_blur: float = 1.5,
+                  chunk: int = 4096) -> Tensor:
+    """Greydanus et al.'s perturbation saliency [B, H, W]: at every cell (i, j), blend a blurred copy
+    of the frame in under a Gaussian mask (std `sigma_mask`) centred there, and score
+    0.5 * ||logits(frame) - logits(perturbed)||^2. Spatial: all channels are perturbed together."""
+    x = check_frame(obs, net.obs_shape[0])
+    B, C, H, W = x.shape
+    ii, jj = torch.meshgrid(torch.arange(H, dtype=x.dtype), torch.arange(W, dtype=x.dtype), indexing="ij")
+    masks = torch.exp(-((ii[None, None] - ii[..., None, None]) ** 2 + (jj[None, None] - jj[..., None, None]) ** 2)
+                      / (2 * sigma_mask ** 2)).reshape(H * W, H, W)        # [HW, H, W]
+    blurred = gaussian_blur(x, sigma_blur)
+    base = net(x)
+    out = torch.zeros(B, H * W)
+    pairs = [(b, p) for b in range(B) for p in range(H * W)]
+    for s in range(0, len(pairs), chunk):
+        idx = torch.tensor(pairs[s:s + chunk])
+        m = masks[idx[:, 1]][:, None]
+        xp = x[idx[:, 0]] * (1 - m) + blurred[idx[:, 0]] * m
+        d = 0.5 * ((net(xp) - base[idx[:, 0]]) ** 2).sum(-1)
+        out[idx[:, 0], idx[:, 1]] = d
+    return out.view(B, H, W)
+
+
+def spatial(attr: Tensor) -> Tensor:
+    """A per-cell map [B, H, W] from a per-channel attribution [B, C, H, W] (|attr| summed over channels);
+    a spatial map [B, H, W] is returned as it is."""
+    return attr.abs().sum(1) if attr.ndim == 4 else attr.abs()
+
+
+def per_channel(saliency: Tensor, channels: int = 4) -> Tensor:
+    """A spatial map [B, H, W] repeated over the channels [B, C, H, W] (for `object_attribution`)."""
+    return saliency[:, None].expand(-1, channels, -1, -1).contiguous()
+
+
+@torch.no_grad()
+def region_effects(net, obs: Tensor, saliency: dict[str, Tensor], k: int = 3, seed: int = 0,
+                   sigma_blur: float = 1.5) -> dict[str, Tensor]:
+    """The intervention that checks a saliency map: blur (blend the blurred frame in, as
+    `blur_saliency` does) the k cells a map ranks highest and measure how far the action
+    distribution moves (total variation), beside blurring k cells of equal area chosen at random
+    ("random cells") and k cells chosen at random among the occupied ones ("random occupied
+    cells": the stricter control on a sparse grid). Returns {name: [B]} for each map in `saliency`
+    ({name: [B, H, W] or [B, C, H, W]}) and the two controls."""
+    x = check_frame(obs, net.obs_shape[0])
+    B, C, H, W = x.shape
+    base = net(x)
+    g = torch.Generator().manual_seed(seed)
+
+    def effect(scores: Tensor) -> Tensor:
+        top = scores.flatten(1).topk(k, dim=1).indices
+        mask = torch.zeros(B, H * W).scatter_(1, top, 1.0).view(B, H, W)
+        return total_variation(base, net(_blend(x, mask, sigma_blur)))
+
+    out = {name: effect(spatial(s)) for name, s in saliency.items()}
+    out["random cells"] = effect(torch.rand(B, H, W, generator=g))
+    occupied = (x.abs().sum(1) > 0).float()
+    out["random occupied cells"] = effect(occupied + torch.rand(B, H, W, generator=g) * 0.5)
+    return out
+
+
+def policy_entropy(logits: Tensor) -> Tensor:
+    """Entropy [B] (nats) of softmax(logits): the predictor an attribution must beat (an uncertain
+    policy moves more under any perturbation)."""
+    logp = torch.log_softmax(logits.detach().float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def attribution_spearman(attr: dict[str, Tensor], effect: dict[str, Tensor]) -> dict[str, float]:
+    """{object: Spearman correlation over frames of |attribution| and the intervention's effect}
+    (frames where the intervention is undefined are dropped)."""
+    out = {}
+    for obj, e in effect.items():
+        a, e = attr[obj].detach().numpy().astype(float), e.detach().numpy().astype(float)
+        keep = np.isfinite(a) & np.isfinite(e)
+        if keep.sum() < 8:
+            raise CourseError(f"{obj}: fewer than 8 frames with a valid intervention; collect more frames")
+        out[obj] = float(spearman_rows(a[keep], e[keep]))
+    return out
+
+
+def variance_matched_direction(acts: Tensor, seed: int) -> Tensor:
+    """One random direction [d] drawn from the activations' covariance (rank-1 `variance_matched_random`)."""
+    from utils.interp.controls import variance_matched_random
+    return variance_matched_random(acts.flatten(1), 1, seed)[:, 0]
+
+
+def top_pc_direction(acts: Tensor) -> Tensor:
+    """The top principal direction [d] of the activations [n, d]."""
+    from utils.interp.controls import top_pcs
+    return top_pcs(acts.flatten(1), 1)[:, 0]
