@@ -232,3 +232,34 @@ def test_bench_script_builds_both_tasks_and_rejects_unknown_ones():
     assert requests == (1, -1) and len(curve(model)) == 2
     from utils.dt import hf as dt_hf
     assert len(curve(act_fn=dt_hf.hf_act(dt_hf.hf_model(model, 0)))) == 2
+
+
+def test_released_hopper_dt_loads_offline_from_the_fixture(tmp_path, monkeypatch):
+    """The released-DT path (utils.dt.hopper) on a random-weight fixture at full shape in the hub's
+    cache layout: one-line error before the fixture exists, then load, roll out in Hopper-v5 with the
+    model card's normalisation, and read the attention to the return tokens."""
+    pytest.importorskip("transformers")
+    from huggingface_hub import constants
+
+    from utils.dt import hopper
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(CourseError, match="offline fixture") as err:
+        hopper.load_released_dt()
+    assert "\n" not in str(err.value)
+    summary = hopper.write_hopper_fixture(tmp_path / "hub")
+    assert summary["files"] == ["config.json", "pytorch_model.bin"]
+    dt = hopper.load_released_dt()
+    assert dt.is_fixture and dt.config.hidden_size == 128 and dt.config.n_layer == 3
+    states, actions = torch.randn(2, 25, 11), torch.zeros(2, 25, 3)
+    rtg, steps = torch.full((2, 25), 3600.0), torch.arange(25).expand(2, 25)
+    inputs = hopper.dt_inputs(dt, states, actions, rtg, steps)
+    assert inputs["states"].shape == (2, hopper.CONTEXT, 11)
+    assert torch.allclose(inputs["returns_to_go"], torch.full((2, hopper.CONTEXT, 1), 3.6))
+    att = hopper.attention_to_return(dt, states, actions, rtg, steps)
+    assert att.shape == (3, 1) and ((att > 0) & (att < 1)).all()
+    pytest.importorskip("mujoco")
+    out = hopper.rollout(dt, 3600.0, n_episodes=2, max_steps=5)
+    assert out["return"].shape == (2,) and (out["length"] >= 1).all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from utils.dt.circuit import path_logit_gap, rtg_qk_ov_split
 from utils.dt.data import returns_to_go, swap_rtg
 from utils.dt.interp import (
     ablate_heads,
@@ -38,6 +39,48 @@ def _as_tensor(x, what: str) -> torch.Tensor:
     return x
 
 
+def _rtg_diagnosis(got: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor) -> str:
+    """What is wrong with a returns-to-go tensor that differs from the reference: one message per
+    common mistake, each naming what to change."""
+    r = torch.where(mask, rewards, torch.zeros_like(rewards))
+    want = returns_to_go(rewards, mask)
+    zero = torch.zeros_like(r)
+    if torch.allclose(got, torch.where(mask, r.cumsum(1), zero), atol=1e-5):
+        return ("R_t sums the rewards from t to the END of the episode (a reversed cumulative sum), not from the "
+                "start up to t")
+    if torch.allclose(got, torch.where(mask, want - r, zero), atol=1e-5):
+        return ("off by one: R_t includes the reward of step t itself (R_t = r_t + r_{t+1} + ...), you started at "
+                "t + 1")
+    if torch.allclose(got, torch.where(mask, want + torch.roll(r, 1, 1) * (torch.arange(r.shape[1]) > 0), zero),
+                      atol=1e-5):
+        return "off by one: R_t starts at step t, not at step t - 1"
+    row = got[0]  # row 0 has every step real: a discount shows there
+    if abs(float(r[0, -1])) > 1e-3 and torch.allclose(row[-1], r[0, -1], atol=1e-5):
+        gamma = float((row[-2] - r[0, -2]) / r[0, -1])
+        disc = torch.zeros_like(row)
+        acc = torch.tensor(0.0)
+        for t in range(len(row) - 1, -1, -1):
+            acc = r[0, t] + gamma * acc
+            disc[t] = acc
+        if abs(gamma - 1) > 1e-3 and torch.allclose(row, disc, atol=1e-4):
+            return (f"your returns are discounted (gamma about {gamma:.3g}): the decision transformer's return-to-go "
+                    "is the plain, undiscounted sum of the rewards still to come")
+    if torch.allclose(got, torch.where(mask, r.flip(0).cumsum(0).flip(0), zero), atol=1e-5) or \
+            torch.allclose(got, torch.where(mask, r.cumsum(0), zero), atol=1e-5):
+        return "you summed along the batch axis (dim 0): sum along time, dim 1 of rewards [N, T]"
+    if torch.allclose(got, torch.where(mask, rewards.flip(1).cumsum(1).flip(1), zero), atol=1e-5):
+        return ("rewards on padded steps must not count: zero them (mask False) before the sum (row 1 has 3 real "
+                "steps, row 3 none)")
+    if not torch.allclose(got[~mask], torch.zeros(int((~mask).sum())), atol=1e-6):
+        return "padded steps (mask False) must hold RTG 0"
+    if torch.allclose(got[mask], want[mask], atol=1e-5):
+        return "padded steps (mask False) must hold RTG 0"
+    bad = (got - want).abs() > 1e-5
+    i, t = (int(x) for x in torch.nonzero(bad)[0])
+    return (f"row {i}, step {t}: expected R_t = {float(want[i, t]):.4f} (the sum of row {i}'s real rewards from "
+            f"step {t} on), got {float(got[i, t]):.4f}")
+
+
 @check
 def check_returns_to_go(returns_to_go_fn) -> None:
     """returns_to_go(rewards [N, T], mask [N, T]) -> RTG [N, T], 0 on padded steps."""
@@ -51,14 +94,8 @@ def check_returns_to_go(returns_to_go_fn) -> None:
     assert_unchanged("mask", mask, m2)
     if tuple(got.shape) != (5, 7):
         raise ExerciseFailed(f"expected shape (5, 7), one RTG per step, got {tuple(got.shape)}")
-    if torch.allclose(got[0], rewards[0].cumsum(0), atol=1e-5):
-        raise ExerciseFailed("R_t sums the rewards from t to the END of the episode (a reversed cumulative sum), "
-                             "not from the start up to t")
-    if not torch.allclose(got[~mask], torch.zeros(int((~mask).sum())), atol=1e-6):
-        raise ExerciseFailed("padded steps (mask False) must hold RTG 0")
     if not torch.allclose(got, want, atol=1e-5):
-        raise ExerciseFailed("rewards on padded steps must not count: sum only the real steps of each row "
-                             "(row 1 has 3 real steps, row 3 none)")
+        raise ExerciseFailed(_rtg_diagnosis(got, rewards, mask))
 
 
 @check
@@ -296,6 +333,74 @@ def check_ablate_heads(ablate_heads_fn) -> None:
         raise ExerciseFailed("replace heads 1 and 3 at every position p by mean_z[p] (position by position)")
 
 
+def _split_inputs(g: torch.Generator):
+    b, h, p, e, d = 4, 3, 9, 5, 8
+    out = []
+    for _ in range(2):
+        scores = torch.randn(b, h, p, p, generator=g).masked_fill(~torch.ones(p, p, dtype=torch.bool).tril(), -1e9)
+        out.append({"pattern": scores.softmax(-1), "v": 2 * torch.randn(b, p, h, e, generator=g)})
+    return out[0], out[1], torch.randn(h, e, d, generator=g), torch.randn(b, d, generator=g)
+
+
+@check
+def check_path_logit_gap(path_logit_gap_fn) -> None:
+    """path_logit_gap(logits [B, A], good [B, A], bad [B, A]) -> mean good logit - mean bad logit [B]."""
+    g = torch.Generator().manual_seed(14)
+    logits = 3 * torch.randn(4, 7, generator=g)
+    good = torch.zeros(4, 7, dtype=torch.bool)
+    bad = torch.zeros(4, 7, dtype=torch.bool)
+    good[0, [1]], bad[0, [2, 5]] = True, True
+    good[1, [0, 3]], bad[1, [6]] = True, True
+    good[2, [2, 4, 6]], bad[2, [0, 1]] = True, True
+    good[3, [5]], bad[3, [3]] = True, True   # the other actions are not neighbours: they do not count
+    want = path_logit_gap(logits, good, bad)
+    args = [x.clone() for x in (logits, good, bad)]
+    got = _as_tensor(path_logit_gap_fn(*args), "path_logit_gap").float()
+    for name, before, after in zip(("logits", "good", "bad"), (logits, good, bad), args):
+        assert_unchanged(name, before, after)
+    if tuple(got.shape) != (4,):
+        raise ExerciseFailed(f"expected one gap per row, shape (4,), got {tuple(got.shape)}")
+    if torch.allclose(got, -want, atol=1e-5):
+        raise ExerciseFailed("the sign is reversed: good minus bad")
+    other = (logits * (~good)).sum(-1) / (~good).sum(-1)
+    if torch.allclose(got, (logits * good).sum(-1) / good.sum(-1) - other, atol=1e-5):
+        raise ExerciseFailed("compare with the BAD neighbours only: actions that are not neighbours of the node "
+                             "(neither good nor bad) do not count")
+    if not torch.allclose(got, want, atol=1e-5):
+        raise ExerciseFailed("per row: the MEAN logit over the good actions minus the MEAN over the bad ones (rows "
+                             "have different numbers of each; not a sum, not a max)")
+
+
+@check
+def check_rtg_qk_ov_split(rtg_qk_ov_split_fn) -> None:
+    """rtg_qk_ov_split(clean, corrupt, W_O, u, q, k) -> [B, H, 2] (QK part, OV part)."""
+    g = torch.Generator().manual_seed(15)
+    clean, corrupt, W_O, u = _split_inputs(g)
+    q, k = 7, 6
+    want = rtg_qk_ov_split(clean, corrupt, W_O, u, q, k)
+    cl2 = {n: x.clone() for n, x in clean.items()}
+    co2 = {n: x.clone() for n, x in corrupt.items()}
+    W2, u2 = W_O.clone(), u.clone()
+    got = _as_tensor(rtg_qk_ov_split_fn(cl2, co2, W2, u2, q, k), "rtg_qk_ov_split").float()
+    for n in clean:
+        assert_unchanged(f"clean['{n}']", clean[n], cl2[n])
+        assert_unchanged(f"corrupt['{n}']", corrupt[n], co2[n])
+    assert_unchanged("W_O", W_O, W2)
+    assert_unchanged("u", u, u2)
+    if tuple(got.shape) != (4, 3, 2):
+        raise ExerciseFailed(f"expected [B, H, 2] = (4, 3, 2): (QK, OV) per row and head, got {tuple(got.shape)}")
+    if torch.allclose(got, want.flip(-1), atol=1e-4):
+        raise ExerciseFailed("the last axis is (QK, OV): the attention part first, the value part second")
+    total = want.sum(-1)
+    if not torch.allclose(got.sum(-1), total, atol=1e-4):
+        raise ExerciseFailed("QK + OV must add up to the whole change a_clean * w_clean - a_corrupt * w_corrupt, "
+                             "with a = pattern[:, h, q, k] (query q, key k) and w = v[:, k, h] @ W_O[h] . u (the "
+                             "value at the KEY position k, each row with its own u)")
+    if not torch.allclose(got, want, atol=1e-4):
+        raise ExerciseFailed("your split adds up but is not the symmetric one: QK = (a_c - a_k)(w_c + w_k)/2 and "
+                             "OV = (a_c + a_k)/2 (w_c - w_k), so that neither run is privileged")
+
+
 CHECKS = {
     "returns_to_go": check_returns_to_go,
     "interleave": check_interleave,
@@ -307,6 +412,8 @@ CHECKS = {
     "head_dla": check_head_dla,
     "steer_at": check_steer_at,
     "ablate_heads": check_ablate_heads,
+    "path_logit_gap": check_path_logit_gap,
+    "rtg_qk_ov_split": check_rtg_qk_ov_split,
 }
 
 
@@ -530,8 +637,73 @@ def _ablate_pooled_mean(heads, layer, mean_z):
     return hook
 
 
+def _rtg_exclusive(rewards, mask):
+    return returns_to_go(rewards, mask) - torch.where(mask, rewards, 0.0)
+
+
+def _rtg_discounted(rewards, mask):
+    r = torch.where(mask, rewards, 0.0)
+    out = torch.zeros_like(r)
+    acc = torch.zeros(r.shape[0])
+    for t in range(r.shape[1] - 1, -1, -1):
+        acc = r[:, t] + 0.9 * acc
+        out[:, t] = acc
+    return torch.where(mask, out, 0.0)
+
+
+def _rtg_wrong_axis(rewards, mask):
+    r = torch.where(mask, rewards, 0.0)
+    return torch.where(mask, r.flip(0).cumsum(0).flip(0), 0.0)
+
+
+def _gap_sum(logits, good, bad):
+    return (logits * good).sum(-1) - (logits * bad).sum(-1)
+
+
+def _gap_max(logits, good, bad):
+    return logits.masked_fill(~good, -1e9).max(-1).values - logits.masked_fill(~bad, -1e9).max(-1).values
+
+
+def _gap_all_others(logits, good, bad):
+    return (logits * good).sum(-1) / good.sum(-1) - (logits * ~good).sum(-1) / (~good).sum(-1)
+
+
+def _gap_reversed(logits, good, bad):
+    return -path_logit_gap(logits, good, bad)
+
+
+def _split_asymmetric(clean, corrupt, W_O, u, q, k):
+    a_c, a_k = clean["pattern"][:, :, q, k], corrupt["pattern"][:, :, q, k]
+    w_c = torch.einsum("bhe,hed,bd->bh", clean["v"][:, k], W_O, u)
+    w_k = torch.einsum("bhe,hed,bd->bh", corrupt["v"][:, k], W_O, u)
+    return torch.stack([(a_c - a_k) * w_k, a_c * (w_c - w_k)], -1)
+
+
+def _split_swapped(clean, corrupt, W_O, u, q, k):
+    return rtg_qk_ov_split(clean, corrupt, W_O, u, q, k).flip(-1)
+
+
+def _split_value_at_query(clean, corrupt, W_O, u, q, k):
+    a_c, a_k = clean["pattern"][:, :, q, k], corrupt["pattern"][:, :, q, k]
+    w_c = torch.einsum("bhe,hed,bd->bh", clean["v"][:, q], W_O, u)
+    w_k = torch.einsum("bhe,hed,bd->bh", corrupt["v"][:, q], W_O, u)
+    return torch.stack([(a_c - a_k) * (w_c + w_k) / 2, (a_c + a_k) / 2 * (w_c - w_k)], -1)
+
+
+def _split_no_attention(clean, corrupt, W_O, u, q, k):
+    w_c = torch.einsum("bhe,hed,bd->bh", clean["v"][:, k], W_O, u)
+    w_k = torch.einsum("bhe,hed,bd->bh", corrupt["v"][:, k], W_O, u)
+    a_c, a_k = clean["pattern"][:, :, q, k], corrupt["pattern"][:, :, q, k]
+    return torch.stack([a_c - a_k, w_c - w_k], -1)
+
+
+def _split_transposed(clean, corrupt, W_O, u, q, k):
+    return rtg_qk_ov_split(clean, corrupt, W_O, u, k, q)
+
+
 WRONG_ANSWERS = {
-    "returns_to_go": [_rtg_forward, _rtg_ignores_mask, _rtg_clamped, _rtg_in_place, _rtg_first_row],
+    "returns_to_go": [_rtg_forward, _rtg_ignores_mask, _rtg_clamped, _rtg_in_place, _rtg_first_row, _rtg_exclusive,
+                      _rtg_discounted, _rtg_wrong_axis],
     "interleave": [_inter_concat, _inter_state_first, _inter_features, _inter_detached],
     "dt_loss": [_loss_row_mean, _loss_sum, _loss_no_grad, _loss_nan_empty],
     "bfs_distances": [_bfs_plus_one, _bfs_unreachable_zero, _bfs_dfs],
@@ -541,4 +713,7 @@ WRONG_ANSWERS = {
     "head_dla": [_dla_no_ln, _dla_times_ln, _dla_logit_a_only, _dla_first_pair],
     "steer_at": [_steer_in_place, _steer_everywhere, _steer_unit, _steer_first_row],
     "ablate_heads": [_ablate_zero, _ablate_any_layer, _ablate_in_place, _ablate_pooled_mean],
+    "path_logit_gap": [_gap_sum, _gap_max, _gap_all_others, _gap_reversed],
+    "rtg_qk_ov_split": [_split_asymmetric, _split_swapped, _split_value_at_query, _split_no_attention,
+                        _split_transposed],
 }
