@@ -263,3 +263,17 @@ def test_released_hopper_dt_loads_offline_from_the_fixture(tmp_path, monkeypatch
     pytest.importorskip("mujoco")
     out = hopper.rollout(dt, 3600.0, n_episodes=2, max_steps=5)
     assert out["return"].shape == (2,) and (out["length"] >= 1).all()
+
+
+def test_fast_training_path_is_the_hooked_forward():
+    """train_dt's fused path (fast_logits: F.layer_norm, scaled_dot_product_attention, no hooks)
+    computes the same logits as the hooked TransformerLens forward, on both task sizes."""
+    for task in ("memory", "graph"):
+        model = tasks.make_model(task, seed=3)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            for p in model.parameters():
+                p.data.add_(0.2 * torch.randn_like(p))
+        tok = tasks.graph_data(6, 0)["tokens"] if task == "graph" else torch.tensor([[[1, 0, 2], [1, 2, 3]]] * 2)
+        assert torch.allclose(model(tok), model.fast_logits(tok), atol=1e-4)
+        assert torch.allclose(model.action_logits(tok), model.fast_action_logits(tok), atol=1e-4)

@@ -45,11 +45,15 @@ def train_dt(model, tokens: Tensor, mask: Tensor, cfg: DTTrainConfig, desc: str 
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / (cfg.steps + 1)))
+    # the fused, hook-free path of the same function when the model has one (DecisionTransformer:
+    # `fast_action_logits`, checked against the hooked forward in tests/test_dt.py)
+    logits_fn = getattr(model, "fast_action_logits", model.action_logits)
     model.train()
     losses = []
     for _ in tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=2):
         idx = torch.randint(0, len(tokens), (cfg.batch_size,), generator=g)
-        loss = loss_fn(model.action_logits(tokens[idx]), tokens[idx][..., 2], mask[idx])
+        batch = tokens[idx]
+        loss = loss_fn(logits_fn(batch), batch[..., 2], mask[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -115,3 +115,31 @@ class DecisionTransformer(EmbeddedTokensTransformer):
     def action_logits(self, tokens: Tensor, **kwargs) -> Tensor:
         """Action logits [B, T, n_actions], read at the state positions."""
         return self(tokens, **kwargs)[:, STATE::3]
+
+    def fast_logits(self, tokens: Tensor) -> Tensor:
+        """The same function as `forward` (logits [B, 3T, n_actions]), computed with the same
+        parameters through fused torch kernels (`F.layer_norm`, `F.scaled_dot_product_attention`
+        with its built-in causal mask) and none of TransformerLens's hook points: the training
+        path (`utils.dt.train.train_dt`). Hooks and caches need `forward`; tests/test_dt.py checks
+        that the two agree."""
+        import torch.nn.functional as F
+
+        c = self.cfg
+        x = self.embed_tokens(tokens)
+        b, p, d = x.shape
+        for blk in self.blocks:
+            a = blk.attn
+            h = F.layer_norm(x, (d,), blk.ln1.w, blk.ln1.b, c.eps)
+            q = torch.einsum("bpd,hde->bhpe", h, a.W_Q) + a.b_Q[None, :, None]
+            k = torch.einsum("bpd,hde->bhpe", h, a.W_K) + a.b_K[None, :, None]
+            v = torch.einsum("bpd,hde->bhpe", h, a.W_V) + a.b_V[None, :, None]
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / c.attn_scale)
+            x = x + torch.einsum("bhpe,hed->bpd", z, a.W_O) + a.b_O
+            h = F.layer_norm(x, (d,), blk.ln2.w, blk.ln2.b, c.eps)
+            x = x + F.gelu(h @ blk.mlp.W_in + blk.mlp.b_in) @ blk.mlp.W_out + blk.mlp.b_out
+        x = F.layer_norm(x, (d,), self.ln_final.w, self.ln_final.b, c.eps)
+        return x @ self.unembed.W_U + self.unembed.b_U
+
+    def fast_action_logits(self, tokens: Tensor) -> Tensor:
+        """`action_logits` through `fast_logits` (no hooks): what training uses."""
+        return self.fast_logits(tokens)[:, STATE::3]
