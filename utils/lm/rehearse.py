@@ -2,6 +2,7 @@
 
     python -m utils.lm.rehearse                       # `make rehearse`: fixtures, GPT-2 path, chapters
     python -m utils.lm.rehearse --only gpt2           # the GPT-2 path alone (what CI runs)
+    python -m utils.lm.rehearse --only hopper         # chapter 07's released decision transformer
 
 Each part runs in a fresh subprocess whose environment points every Hugging Face library at
 the fixtures (`HF_HOME=<fixtures> HF_HUB_OFFLINE=1`: the libraries read these at import), with
@@ -91,6 +92,36 @@ def rehearse_gpt2(methods=("rloo", "grpo", "dpo"), sae_layer: int = 8) -> dict:
 
 
 # ------------------------------------------------------------------------------ the runner
+def rehearse_hopper(episodes: int = 2, steps: int = 20) -> dict:
+    """Chapter 07's released decision transformer at full shape, in this process (run it with the
+    fixture environment): load `edbeeching/decision-transformer-gym-hopper-medium` through
+    `utils.dt.hopper.load_released_dt`, a short conditioning curve in Hopper-v5 (when MuJoCo is
+    installed) and the attention to the return tokens. Returns shapes and timings."""
+    from utils.dt import hopper
+
+    t0 = time.time()
+    dt = hopper.load_released_dt()
+    if not dt.is_fixture:
+        raise RuntimeError(f"expected the hub fixture for {hopper.HUB_REPO}, got the real model")
+    cfg = dt.config
+    out: dict = {"model": {"class": type(dt.model).__name__, "params": sum(p.numel() for p in dt.model.parameters()),
+                           "n_layer": cfg.n_layer, "n_head": cfg.n_head, "hidden_size": cfg.hidden_size,
+                           "seconds": round(time.time() - t0, 1)}}
+    t1 = time.time()
+    try:
+        curve = hopper.conditioning_curve(dt, [600, 3600, 8000], n_episodes=episodes, max_steps=steps)
+        out["curve"] = {str(k): [round(float(x), 2) for x in v] for k, v in curve.items()}
+        ctx = hopper.rollout(dt, 3600, n_episodes=episodes, max_steps=steps)["context"]
+    except Exception as e:  # no MuJoCo: the attention analysis still runs, on random states
+        import torch
+        out["curve"] = f"skipped: {e}"
+        ctx = (torch.randn(episodes, hopper.CONTEXT, 11), torch.zeros(episodes, hopper.CONTEXT, 3),
+               torch.full((episodes, hopper.CONTEXT), 3600.0), torch.arange(hopper.CONTEXT).expand(episodes, -1))
+    out["attention_to_return"] = [round(float(x), 3) for x in hopper.attention_to_return(dt, *ctx)[:, 0]]
+    out["seconds"] = round(time.time() - t1, 1)
+    return out
+
+
 def _env(hf_home: Path) -> dict:
     from utils.lm.fixtures import env_for
 
@@ -148,16 +179,22 @@ def gemma_width(hf_home: Path) -> str | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m utils.lm.rehearse")
     p.add_argument("--fixtures", default=str(REPO_ROOT / "_build" / "hub-fixtures"), help="HF_HOME of the fixtures")
-    p.add_argument("--only", nargs="*", default=None, help="parts: gpt2 and/or chapter ids (default: all)")
+    p.add_argument("--only", nargs="*", default=None, help="parts: gpt2, hopper and/or chapter ids (default: all)")
     p.add_argument("--gemma", choices=("reduced", "full", "none"), default=None,
                    help="Gemma-2-2B fixture width (default: keep the fixtures there, else write 'full', "
                         "which chapter 04 needs; ~7 GiB RAM to write); a different width rewrites them")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per part")
     p.add_argument("--json", help="(internal) run the GPT-2 path here and write its result to this file")
     p.add_argument("--chapter", help="(internal) execute this chapter here")
+    p.add_argument("--hopper-json", help="(internal) run chapter 07's released-DT path here, result to this file")
     args = p.parse_args(argv)
     if args.chapter:
         return _run_chapter(args.chapter, args.timeout)
+    if args.hopper_json:
+        res = rehearse_hopper()
+        Path(args.hopper_json).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return 0
     if args.json:
         res = rehearse_gpt2()
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -165,7 +202,7 @@ def main(argv=None) -> int:
         return 0
     BUILD.mkdir(parents=True, exist_ok=True)
     hf_home = Path(args.fixtures)
-    parts = args.only or ["gpt2", *CHAPTERS]
+    parts = args.only or ["gpt2", "hopper", *CHAPTERS]
     have = gemma_width(hf_home)
     if have is None or (args.gemma is not None and have != args.gemma):
         from utils.lm.fixtures import write_fixtures
@@ -190,6 +227,8 @@ def main(argv=None) -> int:
         print(f"--- rehearsing {part} (log: {log})", flush=True)
         if part == "gpt2":
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--json", str(est)]
+        elif part == "hopper":   # chapter 07's released decision transformer (no T4 estimate: 0.86M parameters)
+            cmd = [sys.executable, "-m", "utils.lm.rehearse", "--hopper-json", str(BUILD / "hopper.json")]
         else:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--chapter", part, "--timeout", str(args.timeout)]
         rc, secs, peak = _run(cmd, env, log, args.timeout)
@@ -216,7 +255,7 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     for r in rows:
         results[r["part"]] = {**r, "run_at": stamp, "load": [round(x, 2) for x in load], "fixtures": str(hf_home)}
     store.write_text(json.dumps(results, indent=1))
-    order = ["gpt2", *CHAPTERS]
+    order = ["gpt2", "hopper", *CHAPTERS]
     parts = sorted(results, key=lambda p: (order.index(p) if p in order else len(order), p))
     from utils.course.gpu_check import T4_GPU_GIB, T4_HOST_GIB
 
