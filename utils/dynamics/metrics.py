@@ -247,13 +247,16 @@ def count_vestigial(effects: Tensor, variance_final: Tensor, start: int, low: fl
     return int(vestigial_units(effects[start:], variance_final, low, high).sum())
 
 
-def onset_verdict(diffs: Sequence[float], spacing: float, alpha: float = 0.05) -> tuple[tuple, str]:
+def onset_verdict(diffs: Sequence[float], spacing: float, alpha: float = 0.05,
+                  span: float | None = None) -> tuple[tuple, str]:
     """Onset differences (metric minus success, log10 env steps, one per training seed) read at
     the checkpoint resolution, for the claim "the metric moves first". Returns (mean, low, high) of
     the 95% t-interval over seeds and a verdict: "held" when the whole interval lies below
     -spacing (first by more than one checkpoint spacing); "reversed (after by more than one
     spacing)" when it lies above +spacing; "within one checkpoint spacing (TOST)" when a TOST at
-    margin `spacing` holds (the checkpoints cannot order them); else "not separated"."""
+    margin `spacing` holds (the checkpoints cannot order them); else "not separated". `span`: the
+    checkpoints' whole range in decades; an onset difference cannot leave [-span, span], and the
+    interval is clipped to it."""
     from utils.stats import HELD, seed_summary, tost_equivalence
 
     d = np.asarray(diffs, float)
@@ -263,7 +266,7 @@ def onset_verdict(diffs: Sequence[float], spacing: float, alpha: float = 0.05) -
     if len(d) < 2:
         iv = (float(d[0]) if len(d) else float("nan"), float("nan"), float("nan"))
         return iv, "one seed, untested" if len(d) else "undefined"
-    iv = seed_summary(d)
+    iv = seed_summary(d, None if span is None else (-span, span))
     if iv[2] < -spacing:
         return iv, HELD
     if iv[1] > spacing:
