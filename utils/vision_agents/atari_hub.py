@@ -156,8 +156,9 @@ def make_breakout(seed: int = 0, episodic_life: bool = True):
     AtariWrapper, which CleanRL's dqn_atari.py copies): 30 random no-ops at reset, frame skip 4 with
     a max over the last two frames, a life loss ends the agent's episode (`episodic_life`; the game
     goes on, see `evaluate_atari`), FIRE at reset, grey 84x84, and a stack of the last 4 frames.
-    Returns uint8 observations [4, 84, 84]. Grey comes from the ALE's own palette and the resize is
-    PIL's box filter (the area average OpenCV's INTER_AREA computes; OpenCV is not a course dependency)."""
+    Returns uint8 observations [4, 84, 84]. The max over two frames is taken on the colour screen, then
+    `grey` applies OpenCV's RGB-to-grey weights in its fixed-point form, and the resize is PIL's box
+    filter (the area average OpenCV's INTER_AREA computes; OpenCV is not a course dependency)."""
     import gymnasium as gym
     from gymnasium import spaces
     from PIL import Image
@@ -176,9 +177,9 @@ def make_breakout(seed: int = 0, episodic_life: bool = True):
             self.observation_space = spaces.Box(0, 255, (84, 84), np.uint8)
 
         def observation(self, obs):
-            return np.asarray(Image.fromarray(obs).resize((84, 84), Image.Resampling.BOX), np.uint8)
+            return np.asarray(Image.fromarray(grey(obs)).resize((84, 84), Image.Resampling.BOX), np.uint8)
 
-    env = gym.make(ENV_ID, obs_type="grayscale")
+    env = gym.make(ENV_ID, obs_type="rgb")
     env = NoopResetEnv(env, noop_max=30)
     env = MaxAndSkipEnv(env, skip=4)
     if episodic_life:
@@ -189,6 +190,14 @@ def make_breakout(seed: int = 0, episodic_life: bool = True):
     env.reset(seed=seed)
     env.action_space.seed(seed)
     return env
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """OpenCV's COLOR_RGB2GRAY in its integer form: (4899 R + 9617 G + 1868 B + 8192) >> 14, uint8."""
+    x = np.asarray(rgb, np.int32)
+    if x.ndim != 3 or x.shape[-1] != 3:
+        raise CourseError(f"grey needs an RGB screen [H, W, 3], got shape {x.shape}")
+    return ((x[..., 0] * 4899 + x[..., 1] * 9617 + x[..., 2] * 1868 + 8192) >> 14).astype(np.uint8)
 
 
 def ram_variables(env) -> dict[str, int]:
