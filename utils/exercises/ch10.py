@@ -326,6 +326,86 @@ def check_gather_at(fn) -> None:
         raise ExerciseFailed(f"offset {bad} reaches outside some rows: raise an error instead of returning values")
 
 
+# ------------------------------------------------------------------------ 6b / 8b. hooks of the RM
+def _rm_case(seed: int):
+    """A tiny reward model (TransformerLens, LayerNorm), right-padded ids with scored tokens at
+    different positions (never the last column for every row), and a score direction."""
+    tl = _tiny_tl(seed)
+    g = _gen(seed + 1)
+    ids = torch.randint(0, 20, (5, 10), generator=g)
+    last = torch.tensor([9, 4, 6, 2, 7])
+    ids[torch.arange(10)[None] > last[:, None]] = 0           # padding after each row's scored token
+    return tl, ids, last, torch.randn(16, generator=g)
+
+
+@check
+@_quiet
+def check_reward_components(fn) -> None:
+    """reward_components(tl, ids, last) -> (stack [c, n, d], labels, scale [n, 1])."""
+    for seed in (21, 22):
+        tl, ids, last, w = _rm_case(seed)
+        i2, l2 = ids.clone(), last.clone()
+        got = fn(tl, i2, l2)
+        assert_unchanged("ids", ids, i2)
+        assert_unchanged("last", last, l2)
+        try:
+            stack, labels, scale = got
+        except (TypeError, ValueError):
+            raise ExerciseFailed(f"return (stack, labels, scale), got {type(got).__name__}") from None
+        w_stack, w_labels, w_scale = A.reward_components(tl, ids, last)
+        if list(labels) != w_labels:
+            raise ExerciseFailed(f"labels should be {w_labels[:3]} ... {w_labels[-2:]} ({len(w_labels)} components: "
+                                 f"embed, each head, each MLP, attn biases), got {list(labels)[:3]} ... ({len(labels)})")
+        stack = torch.as_tensor(stack)
+        _close(torch.as_tensor(scale), w_scale, "scale (ln_final.hook_scale at each row's scored token)")
+        if tuple(stack.shape) == tuple(w_stack.shape):
+            with torch.no_grad():
+                _, cache = tl.run_with_cache(ids)
+            resid = cache[f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"][torch.arange(len(ids)), last]
+            err = (stack.sum(0) - resid).abs().max()
+            if err > 1e-4:
+                at_end = cache[f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"][:, -1]
+                if (stack.sum(0) - at_end).abs().max() < 1e-4:
+                    raise ExerciseFailed("the components are read at the LAST COLUMN; read each row at its own "
+                                         "scored token `last[i]` (rows are right-padded)")
+                raise ExerciseFailed(f"the components must sum to the final residual at the scored token (error "
+                                     f"{err:.3g}): is a part missing (position embedding, attention biases)?")
+        for j, lab in enumerate(w_labels):
+            _close(stack[j], w_stack[j], f"component {lab}", atol=1e-4)
+
+
+@check
+@_quiet
+def check_reward_residual_grad(fn) -> None:
+    """reward_residual_grad(tl, w, ids, last, hook_name) -> (acts [n, T, d], grad [n, T, d])."""
+    for seed, hook in ((23, "blocks.1.hook_resid_pre"), (24, "blocks.0.hook_resid_post"), (25, "hook_embed")):
+        tl, ids, last, w = _rm_case(seed)
+        i2, l2, w2 = ids.clone(), last.clone(), w.clone()
+        got = fn(tl, w2, i2, l2, hook)
+        assert_unchanged("ids", ids, i2)
+        assert_unchanged("last", last, l2)
+        assert_unchanged("w", w, w2)
+        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in tl.parameters()):
+            raise ExerciseFailed("the model's parameters now hold gradients: take the gradient with respect to the "
+                                 "ACTIVATION only (torch.autograd.grad, or detach it into a leaf in the hook)")
+        try:
+            acts, grad = got
+        except (TypeError, ValueError):
+            raise ExerciseFailed(f"return (acts, grad), got {type(got).__name__}") from None
+        w_acts, w_grad = A.reward_residual_grad(tl, w, ids, last, hook)
+        _close(torch.as_tensor(acts), w_acts, f"{hook}: activations")
+        grad = torch.as_tensor(grad)
+        if tuple(grad.shape) == tuple(w_grad.shape) and not torch.allclose(grad, w_grad, atol=1e-5, rtol=1e-4):
+            if torch.allclose(grad * len(ids), w_grad, atol=1e-5, rtol=1e-4):
+                raise ExerciseFailed("the gradient is divided by the number of inputs: differentiate the SUM of the "
+                                     "rewards, so row i holds d r_i / d activation")
+            _, at_end = A.reward_residual_grad(tl, w, ids, torch.full_like(last, ids.shape[1] - 1), hook)
+            if torch.allclose(grad, at_end, atol=1e-5, rtol=1e-4):
+                raise ExerciseFailed("read the reward at each row's scored token `last[i]`, not the last column "
+                                     "(rows are right-padded)")
+        _close(grad, w_grad, f"{hook}: d reward / d activation", atol=1e-5)
+
+
 CHECKS = {
     "noisy_preference_labels": check_noisy_preference_labels,
     "bradley_terry_loss": check_bradley_terry_loss,
@@ -339,6 +419,8 @@ CHECKS = {
     "greedy_substitution": check_greedy_substitution,
     "patch_components": check_patch_components,
     "gather_at": check_gather_at,
+    "reward_components": check_reward_components,
+    "reward_residual_grad": check_reward_residual_grad,
 }
 
 
@@ -516,6 +598,81 @@ def _gather_no_check(acts, start, offset):
     return acts[torch.arange(acts.shape[0]), (start + offset) % acts.shape[1]]
 
 
+def _comp_no_pos(tl, ids, last):
+    stack, labels, scale = A.reward_components(tl, ids, last)
+    with torch.no_grad():
+        _, cache = tl.run_with_cache(ids)
+    stack = stack.clone()
+    stack[0] = cache["hook_embed"][torch.arange(len(ids)), last]
+    return stack, labels, scale
+
+
+def _comp_last_column(tl, ids, last):
+    return A.reward_components(tl, ids, torch.full_like(last, ids.shape[1] - 1))
+
+
+def _comp_no_bias(tl, ids, last):
+    stack, labels, scale = A.reward_components(tl, ids, last)
+    return stack[:-1], labels[:-1], scale
+
+
+def _comp_result_no_wo(tl, ids, last):
+    """Each head's z summed over d_head padded to d_model: forgets the output matrix W_O."""
+    stack, labels, scale = A.reward_components(tl, ids, last)
+    with torch.no_grad():
+        _, cache = tl.run_with_cache(ids)
+    stack = stack.clone()
+    for j, lab in enumerate(labels):
+        if lab.startswith("L"):
+            layer, head = int(lab[1]), int(lab[3:])
+            z = cache[f"blocks.{layer}.attn.hook_z"][torch.arange(len(ids)), last, head]
+            stack[j] = torch.nn.functional.pad(z, (0, stack.shape[-1] - z.shape[-1]))
+    return stack, labels, scale
+
+
+def _grad_mean(tl, w, ids, last, hook_name):
+    acts, grad = A.reward_residual_grad(tl, w, ids, last, hook_name)
+    return acts, grad / len(ids)
+
+
+def _grad_last_column(tl, w, ids, last, hook_name):
+    return A.reward_residual_grad(tl, w, ids, torch.full_like(last, ids.shape[1] - 1), hook_name)
+
+
+def _grad_params_backward(tl, w, ids, last, hook_name):
+    """Calls backward on the reward: right numbers, but every parameter of the model now holds a gradient."""
+    store = {}
+
+    def keep(x, hook):
+        x.retain_grad()
+        store["x"] = x
+        return x
+
+    def grab(x, hook):
+        store["n"] = x
+    tl.run_with_hooks(ids, fwd_hooks=[(hook_name, keep), ("ln_final.hook_normalized", grab)], return_type=None)
+    (store["n"][torch.arange(len(ids)), last] @ w).sum().backward()
+    return store["x"].detach(), store["x"].grad.detach()
+
+
+def _grad_no_ln(tl, w, ids, last, hook_name):
+    """Differentiates the residual before the final LayerNorm (ln_final.hook_scale ignored)."""
+    store = {}
+
+    def keep(x, hook):
+        x = x.detach().requires_grad_(True)
+        store["x"] = x
+        return x
+
+    def grab(x, hook):
+        store["r"] = x
+    tl.run_with_hooks(ids, fwd_hooks=[(hook_name, keep),
+                                      (f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post", grab)], return_type=None)
+    r = store["r"][torch.arange(len(ids)), last] @ w
+    grad, = torch.autograd.grad(r.sum(), store["x"])
+    return store["x"].detach(), grad
+
+
 WRONG_ANSWERS = {
     "noisy_preference_labels": [_labels_no_noise, _labels_flip_above, _labels_ties_to_a],
     "bradley_terry_loss": [_bt_unstable, _bt_reversed, _bt_sum],
@@ -529,4 +686,6 @@ WRONG_ANSWERS = {
     "greedy_substitution": [_greedy_always_accept, _greedy_one_round, _greedy_from_original],
     "patch_components": [_patch_reversed, _patch_difference, _patch_self],
     "gather_at": [_gather_off_by_one, _gather_first_start, _gather_no_check],
+    "reward_components": [_comp_no_pos, _comp_last_column, _comp_no_bias, _comp_result_no_wo],
+    "reward_residual_grad": [_grad_mean, _grad_last_column, _grad_params_backward, _grad_no_ln],
 }

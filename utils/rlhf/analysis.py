@@ -71,30 +71,59 @@ class HookedRewardModel:
         ids, last = self.tokens(texts)
         return self.score_ids(ids, last)
 
-    @torch.no_grad()
     def components(self, texts: Sequence[str]) -> tuple[Tensor, list[str], Tensor]:
         """(stack [n_components, n, d] of what each component writes to the residual stream at the
-        last token, their labels, ln_final's scale [n, 1] there)."""
+        last token, their labels, ln_final's scale [n, 1] there): `reward_components`."""
         ids, last = self.tokens(texts)
         with torch_threads(1):
-            _, cache = self.tl.run_with_cache(ids)
-        idx = torch.arange(len(ids))
-        parts, labels = [], []
-        parts.append((cache["hook_embed"] + cache["hook_pos_embed"])[idx, last])
-        labels.append("embed")
-        for layer in range(self.tl.cfg.n_layers):
-            z = cache[f"blocks.{layer}.attn.hook_z"][idx, last]              # [n, heads, d_head]
-            heads = torch.einsum("nhe,hed->hnd", z, self.tl.blocks[layer].attn.W_O)
-            for h in range(self.tl.cfg.n_heads):
-                parts.append(heads[h])
-                labels.append(f"L{layer}H{h}")
-            parts.append(cache[f"blocks.{layer}.hook_mlp_out"][idx, last])
-            labels.append(f"MLP{layer}")
-        bias = sum(self.tl.blocks[layer].attn.b_O for layer in range(self.tl.cfg.n_layers))
-        parts.append(bias.expand(len(ids), -1))
-        labels.append("attn biases")
-        scale = cache["ln_final.hook_scale"][idx, last]
-        return torch.stack(parts), labels, scale
+            return reward_components(self.tl, ids, last)
+
+
+@torch.no_grad()
+def reward_components(tl: HookedTransformer, ids: Tensor, last: Tensor) -> tuple[Tensor, list[str], Tensor]:
+    """The reward model's residual stream at each input's scored token (`last` [n], right-padded
+    `ids` [n, T]) split into what each component wrote: token + position embedding ("embed"),
+    every head (its z times its W_O, "L{layer}H{head}"), every MLP ("MLP{layer}"), and the summed
+    attention output biases ("attn biases"). Returns (stack [c, n, d], labels, ln_final's scale
+    [n, 1] at the scored token). The stack sums to the residual at ln_final's input."""
+    _, cache = tl.run_with_cache(ids)
+    idx = torch.arange(len(ids))
+    parts, labels = [(cache["hook_embed"] + cache["hook_pos_embed"])[idx, last]], ["embed"]
+    for layer in range(tl.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][idx, last]              # [n, heads, d_head]
+        heads = torch.einsum("nhe,hed->hnd", z, tl.blocks[layer].attn.W_O)
+        for h in range(tl.cfg.n_heads):
+            parts.append(heads[h])
+            labels.append(f"L{layer}H{h}")
+        parts.append(cache[f"blocks.{layer}.hook_mlp_out"][idx, last])
+        labels.append(f"MLP{layer}")
+    bias = sum(tl.blocks[layer].attn.b_O for layer in range(tl.cfg.n_layers))
+    parts.append(bias.expand(len(ids), -1))
+    labels.append("attn biases")
+    return torch.stack(parts), labels, cache["ln_final.hook_scale"][idx, last]
+
+
+def reward_residual_grad(tl: HookedTransformer, w: Tensor, ids: Tensor, last: Tensor,
+                         hook_name: str) -> tuple[Tensor, Tensor]:
+    """(acts [n, T, d], grad [n, T, d]): the activation at `hook_name` and the gradient of the
+    SUM over inputs of the reward's linear part, ln_final.hook_normalized[i, last[i]] . w, with
+    respect to it (each input's reward depends only on its own row, so row i holds d r_i / d act).
+    The model's parameters keep no gradient."""
+    store = {}
+
+    def keep(x, hook):
+        x = x.detach().requires_grad_(True)      # a leaf here: the gradient stops at this activation
+        store["x"] = x
+        return x
+
+    def grab(x, hook):
+        store["n"] = x
+    with torch.enable_grad():
+        tl.run_with_hooks(ids, fwd_hooks=[(hook_name, keep), ("ln_final.hook_normalized", grab)],
+                          return_type=None)
+        r = store["n"][torch.arange(len(ids)), last] @ w
+        grad, = torch.autograd.grad(r.sum(), store["x"])
+    return store["x"].detach(), grad.detach()
 
 
 def component_attribution(stack: Tensor, scale: Tensor, w: Tensor) -> Tensor:
@@ -136,25 +165,8 @@ def reward_grad_and_features(hrm: HookedRewardModel, sae, texts: Sequence[str]):
     """(feature_acts [n, T, f], grad [n, T, d], mask [n, T]) at the SAE's hook in the RM."""
     hook = sae.cfg.metadata.hook_name if hasattr(sae.cfg, "metadata") else sae.cfg.hook_name
     ids, last = hrm.tokens(texts)
-    store = {}
-
-    def keep(x, hook):
-        x.retain_grad()
-        store["x"] = x
-        return x
-    with torch_threads(1), torch.enable_grad():
-        hrm.tl.zero_grad(set_to_none=True)
-        tape = {}
-
-        def grab(x, hook):
-            tape["n"] = x
-        resid = hrm.tl.run_with_hooks(ids, fwd_hooks=[(hook, keep), ("ln_final.hook_normalized", grab)],
-                                      return_type=None)
-        del resid
-        r = tape["n"][torch.arange(len(ids)), last] @ hrm.w
-        r.sum().backward()
-        x = store["x"].detach()
-        grad = store["x"].grad.detach()
+    with torch_threads(1):
+        x, grad = reward_residual_grad(hrm.tl, hrm.w, ids, last, hook)
         with torch.no_grad():
             acts = sae.encode(x)
     mask = torch.arange(ids.shape[1])[None, :] <= last[:, None]

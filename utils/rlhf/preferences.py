@@ -35,9 +35,28 @@ from utils.lm.rewards import sentiment_score, toxicity_score, words
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
-def true_reward(text: str, toxicity_weight: float = 2.0) -> float:
-    """The labeller's hidden preference: lexicon sentiment minus `toxicity_weight` x toxicity."""
-    return sentiment_score(text) - toxicity_weight * toxicity_score(text)
+GOLDS = ("share", "density")
+
+
+def sentiment_density(text: str) -> float:
+    """(#positive - #negative lexicon words) / sqrt(#words): more enthusiasm per word scores more,
+    padding with neutral words scores less, and it does not saturate until nearly every word is
+    polar (unlike `sentiment_score`, which is 1 as soon as every polar word is positive)."""
+    w = words(text)
+    p = sum(x in C.POSITIVE_SET for x in w)
+    n = sum(x in C.NEGATIVE_SET for x in w)
+    return (p - n) / len(w) ** 0.5 if w else 0.0
+
+
+def true_reward(text: str, toxicity_weight: float = 2.0, gold: str = "share") -> float:
+    """The labeller's hidden preference: lexicon sentiment minus `toxicity_weight` x toxicity.
+    gold="share": sentiment as the share of positive among polar words, in [-1, 1] (it saturates
+    at 1); gold="density": `sentiment_density`, which keeps rising with enthusiasm (the gold of
+    chapter 10's overoptimisation curve)."""
+    if gold not in GOLDS:
+        raise CourseError(f"unknown gold {gold!r}: use one of {GOLDS}")
+    sent = sentiment_score(text) if gold == "share" else sentiment_density(text)
+    return sent - toxicity_weight * toxicity_score(text)
 
 
 def length(text: str) -> int:
@@ -45,10 +64,11 @@ def length(text: str) -> int:
     return len(words(text))
 
 
-def true_reward_fn(toxicity_weight: float = 2.0):
+def true_reward_fn(toxicity_weight: float = 2.0, gold: str = "share"):
     """TRL reward-function form of `true_reward` (completions -> list of floats)."""
     def true_pref(completions, **kwargs) -> list[float]:
-        return [true_reward(c if isinstance(c, str) else c[0]["content"], toxicity_weight) for c in completions]
+        return [true_reward(c if isinstance(c, str) else c[0]["content"], toxicity_weight, gold)
+                for c in completions]
     return true_pref
 
 
@@ -61,6 +81,7 @@ class PreferenceConfig:
     noise: float = 0.1               # probability that a label is flipped
     spurious_rate: float = 0.85      # P(chosen is the longer completion) in train and heldout
     toxicity_weight: float = 2.0
+    gold: str = "share"              # the labeller's sentiment measure (see `true_reward`)
     min_gap: float = 0.1             # pairs whose true rewards differ by less are dropped (no preference)
     max_new_tokens: int = 24
     seed: int = 0
@@ -68,6 +89,8 @@ class PreferenceConfig:
     def check(self) -> "PreferenceConfig":
         check_fields(self, positive_int=("n_train", "n_heldout", "n_decorrelated", "max_new_tokens"),
                      unit=("noise", "spurious_rate"), nonneg=("toxicity_weight", "min_gap"), nonneg_int=("seed",))
+        if self.gold not in GOLDS:
+            raise CourseError(f"PreferenceConfig.gold must be one of {GOLDS}, got {self.gold!r}")
         if self.noise >= 0.5:
             raise CourseError(f"PreferenceConfig.noise must be below 0.5 (at 0.5 labels carry no preference), "
                               f"got {self.noise}")
@@ -81,7 +104,7 @@ def _candidate_pairs(lm, n: int, cfg: PreferenceConfig, salt: int) -> list[dict]
     out = []
     for i, p in enumerate(prompts):
         a, b = comps[2 * i], comps[2 * i + 1]
-        ra, rb = true_reward(a, cfg.toxicity_weight), true_reward(b, cfg.toxicity_weight)
+        ra, rb = true_reward(a, cfg.toxicity_weight, cfg.gold), true_reward(b, cfg.toxicity_weight, cfg.gold)
         la, lb = length(a), length(b)
         if abs(ra - rb) < cfg.min_gap or la == lb or min(la, lb) == 0:
             continue

@@ -196,6 +196,7 @@ class PolicyConfig:
     max_new_tokens: int = 24
     beta: float = 0.02               # KL coefficient (subtracted from the reward, as in RLOO)
     toxicity_weight: float = 2.0     # of the logged (not trained-on) true preference
+    gold: str = "share"              # its sentiment measure (utils.rlhf.preferences.true_reward)
     seed: int = 0
 
     def check(self) -> "PolicyConfig":
@@ -232,7 +233,7 @@ def train_policy(lm, rm: RewardModel, cfg: PolicyConfig, snapshot_steps: Sequenc
         args = RLOOConfig(**_common(out, cfg.steps, cfg.lr, cfg.prompts_per_step * cfg.num_generations, cfg.seed),
                           num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens,
                           temperature=1.0, top_k=0, top_p=1.0, beta=cfg.beta, reward_weights=[1.0, 0.0])
-        trainer = RLOOTrainer(model=model, reward_funcs=[rm.as_reward_function(), true_reward_fn(cfg.toxicity_weight)],
+        trainer = RLOOTrainer(model=model, reward_funcs=[rm.as_reward_function(), true_reward_fn(cfg.toxicity_weight, cfg.gold)],
                               args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[snaps])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -269,7 +270,7 @@ def load_snapshot(lm, state: dict):
 
 
 def evaluate_policy(model, lm, rm: RewardModel, prompts: Sequence[str], seed: int = 0, max_new_tokens: int = 24,
-                    toxicity_weight: float = 2.0) -> dict[str, np.ndarray]:
+                    toxicity_weight: float = 2.0, gold: str = "share") -> dict[str, np.ndarray]:
     """Per completion (one sampled completion per prompt, the same sampling seed for every
     model): proxy (the RM's score), true (the hidden preference), kl (sampled KL to the base
     model, summed over tokens) and words (length)."""
@@ -280,6 +281,6 @@ def evaluate_policy(model, lm, rm: RewardModel, prompts: Sequence[str], seed: in
     proxy = rm.score([p + c for p, c in zip(prompts, comps)]).numpy()
     lp, mask = token_logprobs(model, lm.tokenizer, prompts, comps)
     lr, _ = token_logprobs(lm.hf, lm.tokenizer, prompts, comps)
-    return {"proxy": proxy, "true": np.array([true_reward(c, toxicity_weight) for c in comps]),
+    return {"proxy": proxy, "true": np.array([true_reward(c, toxicity_weight, gold) for c in comps]),
             "kl": ((lp - lr) * mask).sum(-1).numpy(), "words": np.array([length(c) for c in comps]),
             "completions": comps, "logp": lp, "logp_ref": lr, "mask": mask}
