@@ -274,6 +274,13 @@ def test_atari_hub_agents_load_offline_from_fixtures_play_and_are_interpreted(tm
         row = probe_with_controls(acts, torch.as_tensor(I.terciles(rec["vars"]["paddle_x"])), acts,
                                   groups=rec["episode"], seed=0)
         assert 0.0 <= row["probe"] <= 1.0
+    # the chapter's whole analysis on the last agent; a random-weight fixture's greedy action hardly
+    # changes, so the test hands it alternating actions to exercise the patching path too
+    monkeypatch.setattr(AH, "greedy_actions", lambda agent, obs: torch.arange(len(obs)) % 2)
+    found = AH.interpret_atari(hub, rec, seed=0, n_saliency=1, n_boot=100)
+    assert set(found["patching"]) == {"ball x", "shuffled labels", "nuisance: paddle x", "variance-matched random",
+                                      "top principal components"}
+    assert found["probes"]["ball_x"]["n_test_groups"] >= 1 and "random square" in found["saliency"]
     assert AH.model_card_return("  - type: mean_reward\n    value: 398.00 +/- 16.30\n") == (398.0, 16.3)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(CourseError, match="HF_HUB_OFFLINE is set") as e:
