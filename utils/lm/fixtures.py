@@ -339,6 +339,8 @@ def write_fixtures(out: str | os.PathLike, gpt2_layers=DEFAULT_GPT2_LAYERS, gemm
         done += [g, write_gemma_scope(hub, GEMMA_FULL["hidden_size"], tuple(gemma_layers), seed)]
     for module, fn in AGENT_FIXTURES:   # released RL agents, written by the writer beside their loader
         done.append(getattr(importlib.import_module(module), fn)(hub, seed=seed))
+    # chapter 10's released RLHF pair and reward model (reduced width)
+    done += importlib.import_module("utils.rlhf.released").write_released_fixtures(hub, seed=seed)
     (home / "FIXTURES.json").write_text(json.dumps({FIXTURE_MARKER: MARKER_TEXT, "repos": done}, indent=1))
     return {"hf_home": str(home), "repos": done, "seconds": round(time.time() - t0, 1)}
 

@@ -84,11 +84,15 @@ def reward_components(tl: HookedTransformer, ids: Tensor, last: Tensor) -> tuple
     """The reward model's residual stream at each input's scored token (`last` [n], right-padded
     `ids` [n, T]) split into what each component wrote: token + position embedding ("embed"),
     every head (its z times its W_O, "L{layer}H{head}"), every MLP ("MLP{layer}"), and the summed
-    attention output biases ("attn biases"). Returns (stack [c, n, d], labels, ln_final's scale
+    attention output biases ("attn biases"); rotary models (GPT-NeoX) have no position embedding.
+    Returns (stack [c, n, d], labels, ln_final's scale
     [n, 1] at the scored token). The stack sums to the residual at ln_final's input."""
     _, cache = tl.run_with_cache(ids)
     idx = torch.arange(len(ids))
-    parts, labels = [(cache["hook_embed"] + cache["hook_pos_embed"])[idx, last]], ["embed"]
+    embed = cache["hook_embed"]
+    if "hook_pos_embed" in cache.cache_dict:       # absent in rotary models (Pythia): position acts in attention
+        embed = embed + cache["hook_pos_embed"]
+    parts, labels = [embed[idx, last]], ["embed"]
     for layer in range(tl.cfg.n_layers):
         z = cache[f"blocks.{layer}.attn.hook_z"][idx, last]              # [n, heads, d_head]
         heads = torch.einsum("nhe,hed->hnd", z, tl.blocks[layer].attn.W_O)
