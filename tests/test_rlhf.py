@@ -240,3 +240,35 @@ def test_reward_model_learns_an_easy_preference_and_rloo_logs_both_rewards(lm):
     assert any((p1 - p0).abs().sum() > 0 for p0, p1 in zip(lm.hf.parameters(), policy.parameters()))
     ev = T.evaluate_policy(policy, lm, rm, C.review_prompts(4, 0), max_new_tokens=8)
     assert ev["proxy"].shape == ev["true"].shape == ev["kl"].shape == (4,)
+
+
+def test_density_gold_keeps_rising_where_the_share_saturates():
+    one = "the movie was great."
+    more = "great great great movie."
+    assert P.true_reward(one) == P.true_reward(more) == 1.0                    # the share is saturated
+    assert P.true_reward(more, gold="density") > P.true_reward(one, gold="density") > 0
+    # padding with neutral words lowers the density but not the share
+    padded = "the movie was great and then we went home after the long show."
+    assert P.true_reward(padded) == 1.0 and P.true_reward(padded, gold="density") < P.true_reward(one, gold="density")
+    assert P.true_reward("the movie was awful.", gold="density") < 0
+    with pytest.raises(CourseError, match="unknown gold"):
+        P.true_reward(one, gold="stars")
+    with pytest.raises(CourseError, match="gold"):
+        P.PreferenceConfig(gold="stars").check()
+
+
+def test_dpo_policy_learns_from_pairs_and_refuses_bad_data(lm):
+    from utils.lm import corpora as C
+    rng = random.Random(1)
+    rows = []
+    for _ in range(24):
+        good, bad = rng.sample(C.POSITIVE, 2), rng.sample(C.NEGATIVE, 2)
+        rows.append(dict(prompt=rng.choice(C.REVIEW_PROMPTS), chosen=f" {good[0]} and {good[1]}.",
+                         rejected=f" {bad[0]} and {bad[1]}."))
+    policy, log = T.train_dpo_policy(lm, rows, T.DPOPolicyConfig(batch_size=8, seed=0))
+    assert log["history"] and "loss" in log["history"][-1]
+    assert any((p1 - p0).abs().sum() > 0 for p0, p1 in zip(lm.hf.parameters(), policy.parameters()))
+    with pytest.raises(CourseError):
+        T.train_dpo_policy(lm, [], T.DPOPolicyConfig())
+    with pytest.raises(CourseError):
+        T.DPOPolicyConfig(beta=0.0).check()

@@ -245,6 +245,45 @@ def train_policy(lm, rm: RewardModel, cfg: PolicyConfig, snapshot_steps: Sequenc
     return trainer.model.eval(), {"seconds": time.time() - t0, "history": hist, "snapshots": snaps.states}
 
 
+@dataclass
+class DPOPolicyConfig:
+    """DPO on the chapter's preference pairs (Rafailov et al. 2023), beside RLOO (Lee et al.'s
+    comparison): no reward model, the policy learns from the labelled pairs directly."""
+    epochs: float = 1.0
+    lr: float = 1e-4
+    batch_size: int = 16
+    beta: float = 0.1                # DPO's inverse temperature (strength of the implicit KL)
+    max_length: int = 64
+    seed: int = 0
+
+    def check(self) -> "DPOPolicyConfig":
+        check_fields(self, positive=("epochs", "lr", "beta"), positive_int=("batch_size", "max_length"),
+                     nonneg_int=("seed",))
+        return self
+
+
+def train_dpo_policy(lm, rows: Sequence[dict], cfg: DPOPolicyConfig) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune a copy of `lm.hf` with TRL's DPOTrainer on preference rows {prompt, chosen,
+    rejected}; returns (policy, {seconds, history})."""
+    from trl import DPOConfig, DPOTrainer
+
+    validate_pairs(rows, "DPO training data")
+    cfg.check()
+    t0 = time.time()
+    set_seed(cfg.seed)
+    model = copy.deepcopy(lm.hf).train()
+    tokenizer = copy.deepcopy(lm.tokenizer)
+    ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    with quiet_offline(), torch_threads(1), tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(**_common(out, None, cfg.lr, cfg.batch_size, cfg.seed, cfg.epochs), beta=cfg.beta,
+                         max_length=cfg.max_length)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        history = [h for h in trainer.state.log_history if "loss" in h]
+    return trainer.model.eval(), {"seconds": time.time() - t0, "history": history}
+
+
 # ------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def token_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> tuple[Tensor, Tensor]:
