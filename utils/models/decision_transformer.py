@@ -130,11 +130,14 @@ class DecisionTransformer(EmbeddedTokensTransformer):
         for blk in self.blocks:
             a = blk.attn
             h = F.layer_norm(x, (d,), blk.ln1.w, blk.ln1.b, c.eps)
-            q = torch.einsum("bpd,hde->bhpe", h, a.W_Q) + a.b_Q[None, :, None]
-            k = torch.einsum("bpd,hde->bhpe", h, a.W_K) + a.b_K[None, :, None]
-            v = torch.einsum("bpd,hde->bhpe", h, a.W_V) + a.b_V[None, :, None]
+            nh, e = a.W_Q.shape[0], a.W_Q.shape[2]
+            # one matmul for Q, K and V: [d, 3 * H * e] from the three [H, d, e] weights
+            w = torch.cat([a.W_Q, a.W_K, a.W_V]).permute(1, 0, 2).reshape(d, 3 * nh * e)
+            qkv = torch.addmm(torch.cat([a.b_Q, a.b_K, a.b_V]).reshape(-1), h.reshape(b * p, d), w)
+            q, k, v = qkv.reshape(b, p, 3, nh, e).permute(2, 0, 3, 1, 4)       # 3 x [B, H, P, e]
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / c.attn_scale)
-            x = x + torch.einsum("bhpe,hed->bpd", z, a.W_O) + a.b_O
+            z = z.transpose(1, 2).reshape(b * p, nh * e)
+            x = x + torch.addmm(a.b_O, z, a.W_O.reshape(nh * e, d)).reshape(b, p, d)
             h = F.layer_norm(x, (d,), blk.ln2.w, blk.ln2.b, c.eps)
             x = x + F.gelu(h @ blk.mlp.W_in + blk.mlp.b_in) @ blk.mlp.W_out + blk.mlp.b_out
         x = F.layer_norm(x, (d,), self.ln_final.w, self.ln_final.b, c.eps)
