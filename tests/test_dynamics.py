@@ -268,3 +268,29 @@ def test_cloning_works_on_another_course_environment_and_architecture():
     assert not torch.equal(next(a.parameters()), next(teacher.parameters()))
     with pytest.raises(CourseError):
         collect_states(teacher, 256, env=42)
+
+
+def test_planted_hint_reads_the_goal_direction_and_the_switch_removes_it():
+    from utils.dynamics.planted import HintedMLPPolicy, PhaseSwitch, goal_hint, layout_hash
+    from utils.envs.colour_goal import ColourGoalGrid, gridworld_features
+
+    env = ColourGoalGrid(256, seed=3)
+    obs = torch.from_numpy(env.observe_np())
+    feats = gridworld_features(env.agent, env.tiles, env.goal)
+    hint = goal_hint(obs)
+    assert torch.equal(hint > 0, feats["goal is left of agent"].bool())
+    h = layout_hash(obs)
+    assert set(h.unique().tolist()) <= {-1.0, 0.0, 1.0} and len(h.unique()) == 3
+    assert abs(float(torch.corrcoef(torch.stack([h, hint]))[0, 1])) < 0.3     # carries no direction
+    net = HintedMLPPolicy(77, 4, (8, 8))
+    assert net.obs_dim == 77 and net.layers[0].linear.in_features == 78
+    _, cache = net.run_with_cache(obs)
+    assert cache["layers.0.hook_post"].shape == (256, 8) and cache["hook_obs"].shape == (256, 78)
+    assert torch.equal(cache["hook_obs"][:, -1], hint)
+    seen = []
+    switch = PhaseSwitch(3, lambda n, p, log: seen.append((n, p.phase)))
+    for n in range(5):
+        switch(n, net, {})
+    assert seen == [(0, "hint"), (1, "hint"), (2, "hint"), (3, "noise"), (4, "noise")]
+    with pytest.raises(CourseError):
+        net.set_phase("off")
