@@ -7,7 +7,8 @@ from utils.core import CourseError
 from utils.dt import tasks
 from utils.dt.data import make_tokens, returns_to_go, rollout, shuffle_rtg, swap_rtg
 from utils.dt.evaluate import dt_rollout
-from utils.dt.interp import ablate_heads, ablation_hooks, head_patching, key_masks, mean_z, patch_heads
+from utils.dt.interp import (ablate_heads, ablation_hooks, all_heads, head_patching, key_masks, mean_z,
+                             patch_heads)
 from utils.dt.train import DTTrainConfig, dt_loss, train_dt
 from utils.envs.graph_walk import GraphWalk, bfs_distances, random_graph, random_walk_policy
 from utils.envs.memory_corridor import FORWARD, LEFT, RIGHT, MemoryCorridor
@@ -125,13 +126,15 @@ def test_patching_and_ablation_helpers():
     def metric(lg):
         return (lg[:, -2, 0] - lg[:, -2, 1]).mean()
     single = head_patching(model, jc["tokens"], bad, metric)
-    assert single.shape == (2, 2)
-    everything = patch_heads(model, jc["tokens"], bad, [(0, 0), (0, 1), (1, 0), (1, 1)], metric)
+    assert single.shape == (2, model.cfg.n_heads)
+    everything = patch_heads(model, jc["tokens"], bad, all_heads(model), metric)
     assert abs(everything - 1.0) < 1e-4  # every head patched: the request only enters through attention
     means = mean_z(model, jc["tokens"])
-    z = torch.randn(2, 6, 2, 16)
+    d_head = model.cfg.d_head
+    z = torch.randn(2, 6, model.cfg.n_heads, d_head)
     out = ablate_heads([(0, 1)], 0, means[0])(z.clone())
-    assert torch.equal(out[:, :, 0], z[:, :, 0]) and torch.allclose(out[:, :, 1], means[0][:6, 1].expand(2, 6, 16))
+    assert torch.equal(out[:, :, 0], z[:, :, 0])
+    assert torch.allclose(out[:, :, 1], means[0][:6, 1].expand(2, 6, d_head))
     assert [n for n, _ in ablation_hooks([(1, 0)], means)] == ["blocks.1.attn.hook_z"]
     km = key_masks(torch.ones(2, 3, dtype=torch.bool))
     assert km["rtg"][0, 1, 0] and km["cue"][0, 4, 1] and not km["rtg"][0, 0].any()

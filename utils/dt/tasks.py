@@ -25,6 +25,9 @@ TASKS = ("graph", "memory", "minigrid")
 # width 32 trained on random walks is imperfect on the far nodes (headroom, not a 1.0 ceiling)
 GRAPH = dict(n_nodes=24, p_edge=0.05, graph_seed=0, goal=0, max_steps=14)
 GRAPH_MODEL = dict(d_model=32, n_heads=4, d_mlp=64)
+# 4 heads per layer on the corridor: with 2 (4 heads in all) a "random head pair" often shared a head
+# with the named pair, so named-versus-random patching could not separate
+MEMORY_MODEL = dict(d_model=32, n_heads=4, d_mlp=64)
 MEMORY = dict(length=4, max_steps=8)
 
 
@@ -34,8 +37,8 @@ def check_task(task: str) -> None:
 
 
 def make_model(task: str, seed: int, use_rtg: bool = True, **kwargs) -> DecisionTransformer:
-    """The chapter's DT for a task: 1 layer (4 heads, width 32) on the graph, 2 layers on the memory corridor and on
-    MiniGrid memory (`utils.dt.minigrid.make_model`)."""
+    """The chapter's DT for a task: 1 layer (4 heads, width 32) on the graph, 2 layers (4 heads each) on the memory corridor and
+    2 layers on MiniGrid memory (`utils.dt.minigrid.make_model`)."""
     check_task(task)
     if task == "minigrid":
         from utils.dt.minigrid import make_model as minigrid_model
@@ -46,7 +49,7 @@ def make_model(task: str, seed: int, use_rtg: bool = True, **kwargs) -> Decision
                        use_rtg=use_rtg, **{**GRAPH_MODEL, **kwargs})
     else:
         cfg = DTConfig(n_states=MEMORY["length"] + 1, n_actions=3, context_len=MEMORY["max_steps"], n_layers=2,
-                       rtg_scale=1.0, seed=seed, use_rtg=use_rtg, **kwargs)
+                       rtg_scale=1.0, seed=seed, use_rtg=use_rtg, **{**MEMORY_MODEL, **kwargs})
     return DecisionTransformer(cfg)
 
 
