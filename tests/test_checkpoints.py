@@ -161,11 +161,12 @@ def test_released_rl_agents_are_listed_with_their_licence():
     released = json.loads((REPO_ROOT / "data" / "manifest.json").read_text())["released"]
     for module, _writer in AGENT_FIXTURES:
         mod = importlib.import_module(module)
-        repo = mod.HUB_REPO
-        assert repo in released, f"{module} downloads {repo}: list it in data/manifest.json 'released' with its licence"
-        licence = released[repo]["licence"]
-        assert licence and " ".join(licence.split()) in " ".join(mod.__doc__.split()), \
-            f"{module}'s docstring does not state {repo}'s licence ({licence!r})"
+        repos = list(mod.REPOS.values()) if hasattr(mod, "REPOS") else [mod.HUB_REPO]
+        for repo in repos:
+            assert repo in released, f"{module} downloads {repo}: list it in data/manifest.json 'released' with its licence"
+            licence = released[repo]["licence"]
+            assert licence and " ".join(licence.split()) in " ".join(mod.__doc__.split()), \
+                f"{module}'s docstring does not state {repo}'s licence ({licence!r})"
 
 
 def test_a_new_artifact_gets_the_course_licence(tmp_path):

@@ -20,7 +20,7 @@ writes both repositories with RANDOM weights at full shape in the hub's cache la
 (`utils.lm.fixtures`), with a README whose model-card metadata carries FIXTURE_MARKER (read by
 `AtariAgent.is_fixture`) and no mean return. `model_card_return` reads the card's `mean_reward`
 (model-index metadata) so that the run compares its own evaluation with the published one.
-Licences: CleanRL's models are MIT (the card says so); the RL Zoo card states none (listed as such).
+Licences: CleanRL's models: MIT (the card says so); the RL Zoo model: none stated on its card.
 """
 from __future__ import annotations
 
