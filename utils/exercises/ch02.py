@@ -40,11 +40,11 @@ def _pattern(b: int, h: int, t: int, g: torch.Generator) -> torch.Tensor:
 @check
 def check_make_tokens(make_tokens_fn) -> None:
     """make_tokens(obs, actions, rewards, none_action) -> tokens [n, E * L, 3]."""
-    for (n, e, l) in ((3, 4, 5), (2, 1, 7), (1, 3, 1), (4, 2, 20)):
+    for (n, e, l), none in zip(((3, 4, 5), (2, 1, 7), (1, 3, 1), (4, 2, 20)), (5, 9, 5, 6)):
         obs, act, rew = _random_history(n, e, l, seed=n * 100 + e)
-        want = make_tokens(obs, act, rew, 5)
+        want = make_tokens(obs, act, rew, none)
         o2, a2, r2 = obs.clone(), act.clone(), rew.clone()
-        got = make_tokens_fn(o2, a2, r2, 5)
+        got = make_tokens_fn(o2, a2, r2, none)
         if not isinstance(got, torch.Tensor):
             raise ExerciseFailed(f"make_tokens should return a tensor, got {type(got).__name__}")
         for name, before, after in (("obs", obs, o2), ("actions", act, a2), ("rewards", rew, r2)):
@@ -56,6 +56,10 @@ def check_make_tokens(make_tokens_fn) -> None:
         if l > 1 and torch.equal(got[..., 1], act.reshape(n, -1)):
             raise ExerciseFailed("column 1 holds the action taken at this step: that is the label, and the model would just copy it; use the previous action")
         starts = torch.arange(e * l) % l == 0
+        if not torch.equal(got[:, starts, 1], want[:, starts, 1]) and torch.equal(got[:, starts, 2], want[:, starts, 2]) \
+                and (got[:, starts, 1] == got[0, 0, 1]).all():
+            raise ExerciseFailed(f"none_action={none}: the first step of every episode must hold the none_action "
+                                 "ARGUMENT as previous action (do not hard-code a value)")
         if not torch.equal(got[:, starts, 1:], want[:, starts, 1:]):
             raise ExerciseFailed("at the first step of every episode the previous action must be none_action and the previous reward 0 (episodes do not continue each other)")
         if not torch.equal(got, want):
@@ -203,8 +207,14 @@ def check_grouped_test_mask(grouped_test_mask_fn) -> None:
     g2 = groups.clone()
     masks = []
     for seed in (0, 1, 2):
-        m = torch.as_tensor(grouped_test_mask_fn(g2, 0.25, seed))
+        with torch.random.fork_rng():
+            before = torch.get_rng_state()
+            m = torch.as_tensor(grouped_test_mask_fn(g2, 0.25, seed))
+            moved = not torch.equal(before, torch.get_rng_state())
         assert_unchanged("groups", groups, g2)
+        if moved:
+            raise ExerciseFailed("your split drew from (or reseeded) the global random generator: draw the test groups "
+                                 "with torch.Generator().manual_seed(seed), so the split does not shift later draws")
         if m.dtype != torch.bool or m.shape != groups.shape:
             raise ExerciseFailed(f"return a boolean mask of shape {tuple(groups.shape)}, got {m.dtype} {tuple(m.shape)}")
         leaked = set(groups[m].tolist()) & set(groups[~m].tolist())
@@ -218,6 +228,12 @@ def check_grouped_test_mask(grouped_test_mask_fn) -> None:
         masks.append(m)
     if torch.equal(masks[0], masks[1]) and torch.equal(masks[1], masks[2]):
         raise ExerciseFailed("different seeds give the same split: draw the test groups at random from the seed")
+    for frac in (0.5, 0.1):
+        m = torch.as_tensor(grouped_test_mask_fn(groups.clone(), frac, 0))
+        n_test, n_groups = len(groups[m].unique()), len(groups.unique())
+        if abs(n_test - round(frac * n_groups)) > 1:
+            raise ExerciseFailed(f"with test_frac={frac}, about {round(frac * n_groups)} of the {n_groups} groups "
+                                 f"should be test groups, got {n_test}: use the test_frac argument")
     small = torch.tensor([5, 5, 9, 9, 9])
     m = torch.as_tensor(grouped_test_mask_fn(small, 0.25, 0))
     if not m.any() or m.all():
@@ -255,6 +271,15 @@ def check_mean_diff_probe(mean_diff_probe_fn) -> None:
     if abs(acc - want_acc) > 1e-6:
         raise ExerciseFailed(f"test accuracy: classify a test row as 1 when (x - midpoint) . direction > 0, with the "
                              f"midpoint of the two training means; expected {want_acc:.3f}, got {acc:.3f}")
+    # exact boundary: two test rows (label 1) sit exactly on the midpoint, so (x - midpoint) . direction == 0
+    small = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [1.0, 1.0], [1.0, 1.0], [3.0, 1.0]])
+    small_labels = torch.tensor([0, 1, 0, 1, 1, 1, 1])
+    small_test = torch.tensor([False, False, False, False, True, True, True])
+    _, want_acc = mean_diff_probe(small, small_labels, small_test)
+    acc = float(mean_diff_probe_fn(small.clone(), small_labels.clone(), small_test.clone())[1])
+    if abs(acc - want_acc) > 1e-6:
+        raise ExerciseFailed(f"a test row exactly on the midpoint ((x - midpoint) . direction == 0) is class 0: use a "
+                             f"strict > 0; expected accuracy {want_acc:.3f}, got {acc:.3f}")
 
 
 @check
@@ -282,6 +307,22 @@ def check_random_direction_like(random_direction_like_fn) -> None:
         raise ExerciseFailed("the same seed must give the same direction")
     if torch.allclose(r, torch.as_tensor(random_direction_like_fn(direction, 4))):
         raise ExerciseFailed("different seeds must give different directions")
+    small = torch.tensor([0.3, -0.1, 0.2, 0.05, -0.4, 0.1, 0.0, 0.25])  # another size and norm
+    s2 = small.clone()
+    rs = torch.as_tensor(random_direction_like_fn(s2, 5))
+    assert_unchanged("direction", small, s2)
+    if rs.shape != small.shape or abs(float(rs.norm()) - float(small.norm())) > 1e-3 * float(small.norm()):
+        raise ExerciseFailed(f"for a direction of shape {tuple(small.shape)} and norm {float(small.norm()):.3f} the "
+                             "control must have that shape and norm (read both from the argument)")
+    draws = torch.stack([torch.as_tensor(random_direction_like_fn(direction, s)).float() for s in range(10, 30)])
+    unit = draws / draws.norm(dim=1, keepdim=True)
+    frac_pos = float((unit > 0).float().mean())
+    if not 0.1 < frac_pos < 0.9:
+        raise ExerciseFailed(f"{100 * frac_pos:.0f}% of the coordinates are positive: draw from an isotropic Gaussian "
+                             "(torch.randn), not torch.rand (uniform on [0, 1), all in the positive orthant)")
+    if float(unit.mean(0).norm()) > 0.5 or not 0.4 < frac_pos < 0.6:
+        raise ExerciseFailed("directions from different seeds share a common component (their average is far from "
+                             "0): an isotropic Gaussian direction (torch.randn, centred) has no preferred axis")
 
 
 @check
@@ -290,18 +331,32 @@ def check_steering_hook(steering_hook_fn) -> None:
     g = torch.Generator().manual_seed(6)
     act = 5 * torch.randn(3, 7, 16, generator=g)
     direction = torch.randn(16, generator=g) * 3
-    for scale in (1.0, -2.5, 0.0):
-        a2 = act.clone()
-        out = steering_hook_fn(direction.clone(), scale)(a2, None)
+    for scale, dvec in ((1.0, direction), (-2.5, direction), (0.0, direction), (0.7, -0.5 * direction.flip(0))):
+        a2, d2 = act.clone(), dvec.clone()
+        hook = steering_hook_fn(d2, scale)
+        out = hook(a2, None)
         assert_unchanged("act", act, a2)
-        want = act + scale * direction
+        assert_unchanged("direction", dvec, d2)
+        want = act + scale * dvec
         if out is None or tuple(out.shape) != tuple(act.shape):
             raise ExerciseFailed(f"the hook must RETURN the new activation of shape {tuple(act.shape)}")
         if not torch.allclose(out, want, atol=1e-5):
             raise ExerciseFailed(f"scale {scale}: add scale * direction (unnormalised) at every batch row and position")
+        again = hook(act.clone(), None)
+        if not torch.allclose(again, want, atol=1e-5):
+            raise ExerciseFailed("the hook runs on every forward pass: a second call must add the same vector again "
+                                 "(do not update the direction or any state inside the hook)")
+    out64 = steering_hook_fn(direction.double(), 2.0)(act.clone(), None)
+    if out64.dtype != act.dtype:
+        raise ExerciseFailed(f"a float64 direction (e.g. from numpy) turned the {act.dtype} activation into "
+                             f"{out64.dtype}: cast the direction to act.dtype, the model's later layers expect it")
     x = act.clone().requires_grad_(True)
-    if not steering_hook_fn(direction, 1.0)(x, None).requires_grad:
+    y = steering_hook_fn(direction, 1.0)(x, None)
+    if not y.requires_grad:
         raise ExerciseFailed("the steered activation must stay differentiable (no torch.no_grad, no detach)")
+    grad, = torch.autograd.grad((y * act).sum(), x)
+    if not torch.allclose(grad, act, atol=1e-5):
+        raise ExerciseFailed("the gradient through the hook must pass unchanged to the activation (d out / d act = 1)")
 
 
 @check
@@ -367,6 +422,10 @@ def _tokens_in_place(obs, actions, rewards, none_action):
 
 def _tokens_first_row_only(obs, actions, rewards, none_action):
     return make_tokens(obs[:1], actions[:1], rewards[:1], none_action).expand(obs.shape[0], -1, -1)
+
+
+def _tokens_hardcoded_none(obs, actions, rewards, none_action):
+    return make_tokens(obs, actions, rewards, 5)  # the n_actions of the notebook, not the argument
 
 
 def _loss_shifted(logits, targets):
@@ -510,6 +569,19 @@ def _split_group_ids_as_indices(groups, test_frac, seed):
     return torch.isin(groups, ids)
 
 
+def _split_global_rng(groups, test_frac, seed):
+    torch.manual_seed(seed)  # reseeds the notebook's generator
+    uniq = torch.unique(groups)
+    k = min(len(uniq) - 1, max(1, round(len(uniq) * test_frac)))
+    return torch.isin(groups, uniq[torch.randperm(len(uniq))[:k]])
+
+
+def _split_quarter_always(groups, test_frac, seed):
+    uniq = torch.unique(groups)
+    k = max(1, len(uniq) // 4)  # the notebook's 0.25, not test_frac
+    return torch.isin(groups, uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(seed))[:k]])
+
+
 def _probe_fit_on_all(acts, labels, test_mask):
     mu1, mu0 = acts[labels == 1].mean(0), acts[labels == 0].mean(0)
     d = mu1 - mu0
@@ -536,6 +608,14 @@ def _probe_train_accuracy(acts, labels, test_mask):
     return d, float((pred == labels[tr]).float().mean())
 
 
+def _probe_ge_boundary(acts, labels, test_mask):
+    d, _ = mean_diff_probe(acts, labels, test_mask)
+    tr = ~test_mask
+    mid = (acts[tr & (labels == 1)].mean(0) + acts[tr & (labels == 0)].mean(0)) / 2
+    pred = ((acts[test_mask] - mid) @ d >= 0).long()  # a row on the midpoint becomes class 1
+    return d, float((pred == labels[test_mask]).float().mean())
+
+
 def _random_global(direction, seed):
     torch.manual_seed(seed)
     r = torch.randn(direction.shape)
@@ -549,6 +629,44 @@ def _random_unit(direction, seed):
 
 def _random_ignores_seed(direction, seed):
     return norm_matched_random(direction, 0)
+
+
+def _random_uniform(direction, seed):
+    r = torch.rand(direction.shape, generator=torch.Generator().manual_seed(seed))  # positive orthant only
+    return r / r.norm() * direction.norm()
+
+
+def _random_fixed_size(direction, seed):
+    r = torch.randn(64, generator=torch.Generator().manual_seed(seed))  # d_model hard-coded
+    return r / r.norm() * direction.norm()
+
+
+def _random_shared_offset(direction, seed):
+    r = torch.randn(direction.shape, generator=torch.Generator().manual_seed(seed)) + 1.0  # not centred
+    return r / r.norm() * direction.norm()
+
+
+def _steer_scales_direction(direction, scale):
+    direction.mul_(scale)  # writes into the caller's direction
+
+    def hook(act, hook):
+        return act + direction
+    return hook
+
+
+def _steer_accumulates(direction, scale):
+    state = {"total": torch.zeros_like(direction)}
+
+    def hook(act, hook):
+        state["total"] = state["total"] + scale * direction  # grows on every forward pass
+        return act + state["total"]
+    return hook
+
+
+def _steer_keeps_float64(direction, scale):
+    def hook(act, hook):
+        return act + scale * direction  # a float64 direction promotes the activation to float64
+    return hook
 
 
 def _steer_in_place(direction, scale):
@@ -596,15 +714,20 @@ def _ablate_always_zero(head, value=None):
 
 
 WRONG_ANSWERS = {
-    "make_tokens": [_tokens_no_shift, _tokens_no_reset, _tokens_in_place, _tokens_first_row_only],
+    "make_tokens": [_tokens_no_shift, _tokens_no_reset, _tokens_in_place, _tokens_first_row_only,
+                    _tokens_hardcoded_none],
     "ad_loss": [_loss_shifted, _loss_last_only, _loss_no_grad, _loss_first_row],
     "window_tokens": [_window_last_tokens, _window_whole_episode, _window_excludes_step, _window_k_earlier],
     "attention_to_reward": [_attn_all_queries, _attn_mean_over_keys, _attn_mean_of_row_means, _attn_nan_when_empty],
     "same_state_mass": [_same_state_any_episode, _same_state_shift_across_episodes, _same_state_chance_over_all_keys],
     "head_patching": [_patch_reversed, _patch_every_position, _patch_raw_metric],
-    "grouped_test_mask": [_split_rows, _split_first_groups, _split_group_ids_as_indices],
-    "mean_diff_probe": [_probe_fit_on_all, _probe_threshold_zero, _probe_normalised, _probe_train_accuracy],
-    "random_direction_like": [_random_global, _random_unit, _random_ignores_seed],
-    "steering_hook": [_steer_in_place, _steer_normalised, _steer_last_position, _steer_detached],
+    "grouped_test_mask": [_split_rows, _split_first_groups, _split_group_ids_as_indices, _split_global_rng,
+                          _split_quarter_always],
+    "mean_diff_probe": [_probe_fit_on_all, _probe_threshold_zero, _probe_normalised, _probe_train_accuracy,
+                        _probe_ge_boundary],
+    "random_direction_like": [_random_global, _random_unit, _random_ignores_seed, _random_uniform,
+                              _random_fixed_size, _random_shared_offset],
+    "steering_hook": [_steer_in_place, _steer_normalised, _steer_last_position, _steer_detached,
+                      _steer_scales_direction, _steer_accumulates, _steer_keeps_float64],
     "ablate_head_hook": [_ablate_in_place, _ablate_wrong_axis, _ablate_always_zero],
 }
