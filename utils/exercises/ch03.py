@@ -311,6 +311,35 @@ def check_random_delta_like(random_delta_like) -> None:
             raise ExerciseFailed(f"{what}: the same generator seed must give the same null (draw only from generator)")
         if torch.allclose(other, got):
             raise ExerciseFailed(f"{what}: a different generator seed gave the same null")
+        if got.dtype != d.dtype:
+            raise ExerciseFailed(f"{what}: dW is {d.dtype}, the null is {got.dtype}: return dW's dtype "
+                                 "(.to(dW.dtype)); the chapter adds it to the model's weights")
+        # Both singular-vector sides must be random: the null's top left (right) singular vector
+        # should be nowhere near dW's own (for a random unit vector |cos| is about 1/sqrt(dim)).
+        Ud, _, Vhd = torch.linalg.svd(d.double(), full_matrices=False)
+        Ug, _, Vhg = torch.linalg.svd(got.double(), full_matrices=False)
+        r_keep = min(r_want, 2)
+        left = float((Ud[:, :r_keep].T @ Ug[:, :r_keep]).norm() ** 2) / r_keep
+        right = float((Vhd[:r_keep] @ Vhg[:r_keep].T).norm() ** 2) / r_keep
+        if left > 0.8:
+            raise ExerciseFailed(f"{what}: the null keeps dW's LEFT singular vectors (U); draw random orthonormal "
+                                 "columns for both sides, U' and V'")
+        if right > 0.8:
+            raise ExerciseFailed(f"{what}: the null keeps dW's RIGHT singular vectors (V); draw random orthonormal "
+                                 "columns for both sides, U' and V'")
+    # The distribution: random directions are centred (a Gaussian draw orthonormalised), so
+    # the mean of many nulls shrinks towards 0; positive-only draws (torch.rand) do not.
+    d = _with_singular_values([1.0], 20, 16, 9)
+    draws = torch.stack([random_delta_like(d, _gen(100 + i)).double() for i in range(24)])
+    spread = float(draws.mean(0).norm() / draws[0].norm())
+    if spread > 0.5:
+        raise ExerciseFailed(f"24 nulls of a rank-1 delta have a mean of relative norm {spread:.2f} (about 0.2 "
+                             "expected): the random directions are not centred; draw them with torch.randn "
+                             "(Gaussian), not torch.rand (uniform on [0, 1))")
+    d64 = _with_singular_values([2.0, 1.0], 10, 8, 4).double()
+    got = random_delta_like(d64, _gen(5))
+    if got.dtype != torch.float64:
+        raise ExerciseFailed(f"a float64 dW gave a {got.dtype} null: return dW's dtype")
     v = torch.randn(30, generator=_gen(3))
     got = random_delta_like(v, _gen(4))
     if tuple(got.shape) != (30,) or not math.isclose(float(got.norm()), float(v.norm()), rel_tol=1e-4):
@@ -564,6 +593,39 @@ def _null_negated(dW, generator):
     return -dW.clone()
 
 
+def _null_left_only(dW, generator):
+    d = dW.double()
+    U, S, Vh = torch.linalg.svd(d, full_matrices=False)
+    r = int((S > S.max() * 1e-10).sum())
+    Q, _ = torch.linalg.qr(torch.randn(d.shape[0], r, generator=generator, dtype=torch.float64))
+    return ((Q * S[:r]) @ Vh[:r]).to(dW.dtype)      # V kept: only one side randomised
+
+
+def _null_right_only(dW, generator):
+    d = dW.double()
+    U, S, Vh = torch.linalg.svd(d, full_matrices=False)
+    r = int((S > S.max() * 1e-10).sum())
+    Q, _ = torch.linalg.qr(torch.randn(d.shape[1], r, generator=generator, dtype=torch.float64))
+    return ((U[:, :r] * S[:r]) @ Q.T).to(dW.dtype)  # U kept: only one side randomised
+
+
+def _null_uniform_directions(dW, generator):
+    d = dW.double()
+    if d.ndim == 1:
+        v = torch.rand(d.shape, generator=generator, dtype=torch.float64)
+        return (v * d.norm() / v.norm()).to(dW.dtype)
+    S = torch.linalg.svdvals(d)
+    r = int((S > S.max() * 1e-10).sum())
+    U, _ = torch.linalg.qr(torch.rand(d.shape[0], r, generator=generator, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.rand(d.shape[1], r, generator=generator, dtype=torch.float64))
+    U, V = U * U[0].sign(), V * V[0].sign()        # "tidy" signs: every direction in one orthant
+    return ((U * S[:r]) @ V.T).to(dW.dtype)
+
+
+def _null_float64(dW, generator):
+    return M.random_delta_like(dW.double(), generator)
+
+
 def _overlap_fraction(a, b, k):
     return len(set(torch.topk(a, k).indices.tolist()) & set(torch.topk(b, k).indices.tolist())) / k
 
@@ -622,7 +684,8 @@ WRONG_ANSWERS = {
     "rank_k_model": [_rank_k_model_in_place, _rank_k_model_with_1d, _rank_k_model_ignores_k],
     "recovery_curve": [_recovery_clipped, _recovery_no_baseline, _recovery_zero_gap_is_zero,
                        _recovery_full_model_each_k],
-    "random_delta_like": [_null_gaussian_norm_matched, _null_shuffled_entries, _null_global_rng, _null_negated],
+    "random_delta_like": [_null_gaussian_norm_matched, _null_shuffled_entries, _null_global_rng, _null_negated,
+                          _null_left_only, _null_right_only, _null_uniform_directions, _null_float64],
     "topk_jaccard": [_overlap_fraction, _bottom_k_jaccard, _jaccard_of_values],
     "disrupted_features": [_disrupted_absolute, _disrupted_no_min_freq, _disrupted_at_least,
                            _disrupted_base_alive_only],
