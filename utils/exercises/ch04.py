@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import torch
 from scipy.stats import chi2_contingency, fisher_exact
 
-from utils.exercises import ExerciseFailed, check
+from utils.exercises import ExerciseFailed, assert_unchanged, check
 from utils.stats import fisher_exact_p as ref_fisher
 from utils.steering import analysis as A
 from utils.steering.hook import steer_resid as ref_steer_resid
@@ -38,11 +38,14 @@ def check_steer_resid(steer_resid_fn) -> None:
     feats[0, 0], feats[1, 2], feats[2, 4] = -1, 11, 0
     for coef in (4.0, -2.5):
         want = ref_steer_resid(resid, sae, feats, coef)
-        arg = resid.clone()
-        got = steer_resid_fn(arg, sae, feats.clone(), coef)
+        arg, farg = resid.clone(), feats.clone()
+        got = steer_resid_fn(arg, sae, farg, coef)
         if not torch.equal(arg, resid):
             raise ExerciseFailed("you wrote into the caller's residual tensor in place: return a new tensor "
                                  "(a hook that edits its input can corrupt the cache other hooks read)")
+        if not torch.equal(farg, feats):
+            raise ExerciseFailed("you wrote into the caller's `features` (e.g. replaced the -1 entries in place): the "
+                                 "policy's chosen features are logged afterwards; index with a clamped COPY")
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(resid.shape):
             raise ExerciseFailed(f"return a tensor of the residual's shape {tuple(resid.shape)}")
         off = feats < 0
@@ -85,6 +88,12 @@ def _wrong_steer_inplace(resid, sae, features, coef):
     return resid
 
 
+def _wrong_steer_fills_features(resid, sae, features, coef):
+    on = features >= 0
+    features[~on] = 0                                                      # "safe" indices, in the caller's tensor
+    return resid + on[..., None] * coef * sae.W_dec[features]
+
+
 def _wrong_steer_first_row(resid, sae, features, coef):
     on = (features[:1] >= 0)[..., None]                                    # row 0's features for every row
     return resid + on * coef * sae.W_dec[features[:1].clamp(min=0)]
@@ -100,10 +109,13 @@ def check_masked_categorical(masked_categorical_fn) -> None:
     mask[0] = False                  # a token with no active feature
     mask[1] = False
     mask[1, 3] = True                # exactly one allowed feature
-    arg = logits.clone().requires_grad_(True)
-    d = masked_categorical_fn(arg, mask.clone())
+    arg, marg = logits.clone().requires_grad_(True), mask.clone()
+    d = masked_categorical_fn(arg, marg)
     if not torch.equal(arg.detach(), logits):
         raise ExerciseFailed("you changed the caller's logits in place (masked_fill_): use the out-of-place masked_fill")
+    if not torch.equal(marg, mask):
+        raise ExerciseFailed("you wrote into the caller's mask (e.g. set the empty rows to True in place): build the "
+                             "fallback mask as a new tensor (mask | ~mask.any(-1, keepdim=True))")
     if not isinstance(d, torch.distributions.Categorical):
         raise ExerciseFailed(f"return a torch.distributions.Categorical, got {type(d).__name__}")
     want = ref_masked_categorical(logits, mask)
@@ -149,6 +161,13 @@ def _wrong_mask_inplace(logits, mask):
     return torch.distributions.Categorical(logits=logits.data.masked_fill_(~mask, float("-inf")))
 
 
+def _wrong_mask_fallback_inplace(logits, mask):
+    if mask is None:
+        return torch.distributions.Categorical(logits=logits)
+    mask[~mask.any(-1)] = True                                             # the fallback, written into the caller's mask
+    return torch.distributions.Categorical(logits=logits.masked_fill(~mask, float("-inf")))
+
+
 def _wrong_mask_detached(logits, mask):
     with torch.no_grad():
         return ref_masked_categorical(logits, mask)
@@ -169,19 +188,29 @@ def check_ppo_ratio(ppo_ratio_fn) -> None:
     logits_old = torch.randn(6, 9, generator=g)
     mask = torch.rand(6, 9, generator=g) > 0.4
     mask[:, 0] = True
+    mask[5] = False                  # a token with no active feature: the categorical falls back to all features
     d_old = ref_masked_categorical(logits_old, mask)
     actions = torch.multinomial(d_old.probs, 1, generator=g)[:, 0]
     logp_old = d_old.log_prob(actions)
     same = ppo_ratio_fn(logits_old.clone(), mask.clone(), actions.clone(), logp_old.clone())
     if not isinstance(same, torch.Tensor) or tuple(same.shape) != (6,):
         raise ExerciseFailed("return one ratio per action, shape [B]")
+    empty = ~mask.any(-1)
+    if not torch.allclose(same[empty], torch.ones(int(empty.sum())), atol=1e-5) and \
+            torch.allclose(same[~empty], torch.ones(int((~empty).sum())), atol=1e-5):
+        raise ExerciseFailed("a row whose mask allows no feature must fall back to the plain categorical over ALL "
+                             "features (as masked_categorical does), so its ratio is 1 before any update")
     if not torch.allclose(same, torch.ones(6), atol=1e-5):
         raise ExerciseFailed("before any update (new logits = old logits) every ratio must be exactly 1: compute "
                              "the new log-prob with the same masked categorical that produced logp_old")
     logits_new = logits_old + 0.5 * torch.randn(6, 9, generator=g)
     want = ref_ppo_ratio(logits_new, mask, actions, logp_old)
     arg = logits_new.clone().requires_grad_(True)
-    got = ppo_ratio_fn(arg, mask.clone(), actions.clone(), logp_old.clone())
+    m2, a2, l2 = mask.clone(), actions.clone(), logp_old.clone()
+    got = ppo_ratio_fn(arg, m2, a2, l2)
+    assert_unchanged("logits_new", logits_new, arg.detach())
+    for name, before, after in (("mask", mask, m2), ("actions", actions, a2), ("logp_old", logp_old, l2)):
+        assert_unchanged(name, before, after)
     if not torch.allclose(got.detach(), want, atol=1e-5):
         raise ExerciseFailed("ratio = exp(log pi_new(a|s) - logp_old), pi_new the masked categorical of the new logits "
                              "(not the inverse pi_old / pi_new)")
@@ -213,6 +242,17 @@ def _wrong_ratio_divide(logits_new, mask, actions, logp_old):
 
 def _wrong_ratio_inverted(logits_new, mask, actions, logp_old):
     return torch.exp(logp_old - ref_masked_categorical(logits_new, mask).log_prob(actions))
+
+
+def _wrong_ratio_fallback_inplace(logits_new, mask, actions, logp_old):
+    if mask is not None:
+        mask[~mask.any(-1)] = True                                         # writes into the rollout buffer's mask
+    return ref_ppo_ratio(logits_new, mask, actions, logp_old)
+
+
+def _wrong_ratio_no_fallback(logits_new, mask, actions, logp_old):
+    lg = logits_new if mask is None else logits_new.masked_fill(~mask, -1e9)   # an empty row: uniform, not softmax
+    return torch.exp(torch.distributions.Categorical(logits=lg).log_prob(actions) - logp_old)
 
 
 def _wrong_ratio_detached(logits_new, mask, actions, logp_old):
@@ -554,7 +594,9 @@ def check_random_direction_control(random_direction_control_fn) -> None:
     w = torch.randn(64, generator=g)
     linear = lambda d: float(w @ d)
     before = torch.get_rng_state()
-    out = random_direction_control_fn(linear, direction.clone(), 30, seed=3)
+    darg = direction.clone()
+    out = random_direction_control_fn(linear, darg, 30, seed=3)
+    assert_unchanged("direction", direction, darg)
     if not torch.equal(before, torch.get_rng_state()):
         raise ExerciseFailed("you drew from the global random generator: use torch.Generator().manual_seed(...) "
                              "(utils.interp.steering.norm_matched_random does)")
@@ -580,6 +622,22 @@ def check_random_direction_control(random_direction_control_fn) -> None:
         raise ExerciseFailed("the same seed must give the same random directions")
     if torch.allclose(torch.as_tensor(other["random"], dtype=torch.float64).flatten(), rnd):
         raise ExerciseFailed("a different seed must give different random directions")
+    seen = []
+    random_direction_control_fn(lambda d: seen.append(torch.as_tensor(d).detach().double().clone()) or 0.0,
+                                direction.clone(), 25, seed=7)
+    draws = torch.stack([d for d in seen if not torch.allclose(d, direction.double())])
+    if len(draws) != 25:
+        raise ExerciseFailed(f"effect should be called once on the direction and once on each of the 25 random "
+                             f"directions, got {len(draws)} distinct random calls")
+    unit = draws / draws.norm(dim=1, keepdim=True)
+    cos = unit @ unit.T - torch.eye(len(unit), dtype=unit.dtype)
+    if float(cos.max()) > 0.999:
+        raise ExerciseFailed("two random directions are identical: draw a NEW direction for every one of the n_random "
+                             "(e.g. seed + i), not one draw reused")
+    frac_pos = float((unit > 0).double().mean())
+    if not 0.4 < frac_pos < 0.6 or float(unit.mean(0).norm()) > 0.5:
+        raise ExerciseFailed(f"{100 * frac_pos:.0f}% of the random coordinates are positive: draw isotropic Gaussian "
+                             "directions (torch.randn), not torch.rand (positive orthant only), then match the norm")
     best = random_direction_control_fn(lambda d: float(direction @ d), direction.clone(), 20, seed=0)
     if abs(float(best["p"]) - 1 / 21) > 1e-9:
         raise ExerciseFailed("a direction that beats every random one must get p = 1 / (1 + n_random)")
@@ -602,6 +660,29 @@ def _wrong_rdc_global_rng(effect, direction, n_random, seed=0):
     rnd = torch.tensor(rnd)
     eff = float(effect(direction))
     return {"effect": eff, "random": rnd, "p": (1 + int((rnd >= eff).sum())) / (1 + n_random)}
+
+
+def _wrong_rdc_one_draw(effect, direction, n_random, seed=0):
+    r = torch.randn(direction.shape, generator=torch.Generator().manual_seed(seed))
+    r = r / r.norm() * direction.norm()                                    # one draw for every "random" direction
+    rnd = torch.tensor([float(effect(r)) for _ in range(n_random)])
+    eff = float(effect(direction))
+    return {"effect": eff, "random": rnd, "p": (1 + int((rnd >= eff).sum())) / (1 + n_random)}
+
+
+def _wrong_rdc_uniform(effect, direction, n_random, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rs = [torch.rand(direction.shape, generator=g) for _ in range(n_random)]   # positive orthant only
+    rnd = torch.tensor([float(effect(r / r.norm() * direction.norm())) for r in rs])
+    eff = float(effect(direction))
+    return {"effect": eff, "random": rnd, "p": (1 + int((rnd >= eff).sum())) / (1 + n_random)}
+
+
+def _wrong_rdc_normalises_direction(effect, direction, n_random, seed=0):
+    norm = float(direction.norm())
+    direction /= norm                                                      # in place: the caller's vector shrinks
+    out = A.random_direction_control(effect, direction * norm, n_random, seed)
+    return out
 
 
 def _wrong_rdc_no_plus_one(effect, direction, n_random, seed=0):
@@ -737,11 +818,11 @@ CHECKS = {
 
 WRONG_ANSWERS = {
     "steer_resid": [_wrong_steer_bias, _wrong_steer_all_positions, _wrong_steer_encoder, _wrong_steer_inplace,
-                    _wrong_steer_first_row],
+                    _wrong_steer_first_row, _wrong_steer_fills_features],
     "masked_categorical": [_wrong_mask_multiply, _wrong_mask_ignored, _wrong_mask_no_fallback, _wrong_mask_inplace,
-                           _wrong_mask_detached],
+                           _wrong_mask_detached, _wrong_mask_fallback_inplace],
     "ppo_ratio": [_wrong_ratio_unmasked, _wrong_ratio_gaussian, _wrong_ratio_divide, _wrong_ratio_inverted,
-                  _wrong_ratio_detached],
+                  _wrong_ratio_detached, _wrong_ratio_fallback_inplace, _wrong_ratio_no_fallback],
     "encode_at_site": [_wrong_encode_first, _wrong_encode_mean, _wrong_encode_dense, _wrong_encode_layer],
     "top_contexts": [_wrong_top_with_bos, _wrong_top_one_per_doc, _wrong_top_padded_topk, _wrong_top_ascending],
     "steered_greedy": [_wrong_greedy_last_only, _wrong_greedy_whole_prompt, _wrong_greedy_off_by_one,
@@ -749,7 +830,8 @@ WRONG_ANSWERS = {
     "feature_attribution": [_wrong_attr_gradient_only, _wrong_attr_all_positions, _wrong_attr_encoder,
                             _wrong_attr_backward],
     "random_direction_control": [_wrong_rdc_unit_norm, _wrong_rdc_global_rng, _wrong_rdc_no_plus_one,
-                                 _wrong_rdc_two_sided],
+                                 _wrong_rdc_two_sided, _wrong_rdc_one_draw, _wrong_rdc_uniform,
+                                 _wrong_rdc_normalises_direction],
     "constant_dist": [_wrong_const_std, _wrong_const_unbatched, _wrong_const_reads_board, _wrong_const_detached],
     "board_dependence": [_wrong_bd_per_feature, _wrong_bd_unweighted, _wrong_bd_nan],
     "fisher_exact_p": [_wrong_fisher_one_sided, _wrong_fisher_z, _wrong_fisher_chi2, _wrong_fisher_strict],
