@@ -273,8 +273,19 @@ def _check_heldout_unit_patching(heldout_fn) -> None:
     keep = a_c != a_x
     pairs = {"clean": clean[keep], "corrupt": corrupt[keep], "a_clean": a_c[keep], "a_corrupt": a_x[keep]}
     saved = {k: v.clone() for k, v in pairs.items()}
+    saved_params = [p.detach().clone() for p in model.parameters()]
     for layer, k, seed in (("layers.0.hook_post", 4, 3), ("layers.1.hook_post", 3, 0)):
+        rng = torch.get_rng_state()
         got = heldout_fn(model, pairs, layer, k=k, seed=seed)
+        if not torch.equal(rng, torch.get_rng_state()):
+            raise ExerciseFailed("heldout_unit_patching touched the global random generator (torch.manual_seed, "
+                                 "torch.randperm without generator=): split with split_pairs(pairs, seed) and draw "
+                                 "the random units from torch.Generator().manual_seed(seed + 1)")
+        for key, v in pairs.items():
+            if not torch.equal(v, saved[key]):
+                raise ExerciseFailed(f"pairs['{key}'] was modified in place: split into new tensors")
+        if any(not torch.equal(p.detach(), p0) for p, p0 in zip(model.parameters(), saved_params)):
+            raise ExerciseFailed("the model's weights changed: patch activations with a hook, never parameters")
         want = heldout_unit_patching(model, pairs, layer, k=k, seed=seed)
         if not isinstance(got, dict) or set(want) - set(got):
             raise ExerciseFailed(f"return a dict with keys {sorted(want)}")
@@ -297,7 +308,7 @@ def _check_heldout_unit_patching(heldout_fn) -> None:
 def check_top_k_share(share_fn) -> None:
     """top_k_share(scores, k) -> share of the total |score| held by the k largest |scores| per row."""
     s = torch.tensor([[0.5, 0.5, 0.5, 0.5], [1.0, 0.0, 0.0, 0.0], [0.6, -0.3, 0.2, 0.1]])
-    got = share_fn(s.clone(), 1)
+    got = _share_call(share_fn, s.clone(), 1)
     if isinstance(got, torch.Tensor) and got.shape == (3,):
         if abs(float(got[0]) - 0.25) > 1e-6:
             raise ExerciseFailed(f"four tied scores, k=1: the share is 1/4, got {float(got[0]):.4f}")
@@ -311,9 +322,29 @@ def check_top_k_share(share_fn) -> None:
     for shape, k in (((5, 64), 16), ((64,), 8), ((2, 3, 10), 10)):
         x = torch.randn(shape, generator=g) * 1.5      # negative scores and scores above 1, as in patching
         saved = x.clone()
-        _same(share_fn(x, k), top_k_share(saved, k), f"scores of shape {shape}, k={k}", atol=1e-5)
+        _same(_share_call(share_fn, x, k), top_k_share(saved, k), f"scores of shape {shape}, k={k}", atol=1e-5)
         if not torch.equal(x, saved):
             raise ExerciseFailed("top_k_share modified the scores in place (abs_ or sort_): work on a copy")
+    # Boundaries: k = d keeps everything (share 1 in every row); a batch of as many rows as units
+    # (a wrong axis has the right length); a row whose largest score is negative.
+    sq = torch.tensor([[-2.0, 1.0, 0.5, 0.5], [0.1, 0.1, -0.1, 0.1], [0.0, 3.0, -1.0, 0.0], [0.2, 0.3, 0.1, -0.4]])
+    full = torch.as_tensor(_share_call(share_fn, sq.clone(), 4))
+    if full.shape == (4,) and not torch.allclose(full.double(), torch.ones(4, dtype=torch.float64), atol=1e-6):
+        raise ExerciseFailed(f"k = d keeps every unit: the share is 1 in every row, got {full.tolist()}")
+    for k in (1, 2, 3):
+        _same(_share_call(share_fn, sq.clone(), k), top_k_share(sq, k),
+              f"4 rows of 4 units (rows and units easy to mix up), k={k}: rank |score| along the LAST dim", atol=1e-6)
+
+
+def _share_call(share_fn, scores, k):
+    try:
+        return share_fn(scores, k)
+    except NotImplementedError:
+        raise
+    except (RuntimeError, IndexError, ValueError) as e:
+        raise ExerciseFailed(f"scores of shape {tuple(scores.shape)}, k={k}: your function raised "
+                             f"{type(e).__name__} ({str(e)[:80]}); work along the last dim (dim=-1) and sum "
+                             "the |scores| of each row separately") from e
 
 
 def _isolated(fn, *args):
@@ -377,12 +408,27 @@ def _check_steering_effect(steer_fn) -> None:
     g = torch.Generator().manual_seed(9)
     obs = torch.randn(80, 10, generator=g)
     direction = torch.randn(16, generator=g) * 2.0
-    saved = direction.clone()
-    scales = [-1.0, 0.0, 1.0, 3.0]
-    for layer, action, seed in (("layers.1.hook_post", 2, 0), ("layers.0.hook_post", 0, 5)):
+    saved, saved_obs = direction.clone(), obs.clone()
+    saved_params = [p.detach().clone() for p in model.parameters()]
+    for layer, action, seed, scales in (("layers.1.hook_post", 2, 0, [-1.0, 0.0, 1.0, 3.0]),
+                                        ("layers.0.hook_post", 0, 5, (4.0, -2.0, 0.5))):
+        rng = torch.get_rng_state()
         got = steer_fn(model, obs, layer, direction, scales, action, seed=seed)
+        if not torch.equal(rng, torch.get_rng_state()):
+            raise ExerciseFailed("steering_effect touched the global random generator (torch.manual_seed or "
+                                 "torch.randn): the control comes from norm_matched_random(direction, seed), "
+                                 "which uses its own generator")
         if not torch.equal(direction, saved):
             raise ExerciseFailed("the direction was modified in place (e.g. direction *= scale): build a new tensor")
+        if not torch.equal(obs, saved_obs):
+            raise ExerciseFailed("the observations were modified in place: the hook must add to the activation, "
+                                 "never to obs")
+        if any(not torch.equal(p.detach(), p0) for p, p0 in zip(model.parameters(), saved_params)):
+            raise ExerciseFailed("the model's weights changed: steer with a hook at `layer`, never by editing "
+                                 "parameters")
+        if isinstance(got, dict) and len(torch.as_tensor(got.get("direction", [])).reshape(-1)) != len(scales):
+            raise ExerciseFailed(f"return one rate per scale: {len(scales)} scales {list(scales)}, got "
+                                 f"{len(torch.as_tensor(got.get('direction', [])).reshape(-1))} rates")
         want = steering_effect(model, obs, layer, direction, scales, action, seed=seed)
         if not isinstance(got, dict) or set(want) - set(got):
             raise ExerciseFailed(f"return a dict with keys {sorted(want)}")
@@ -621,6 +667,41 @@ def _heldout_random_is_top(model, pairs, layer, k=16, seed=0):
     return {**ref, "random_ci": ref["top_ci"]}
 
 
+def _heldout_global_rng(model, pairs, layer, k=16, seed=0):
+    torch.manual_seed(seed)     # seeds the global generator: the same split, but it resets the caller's stream
+    ref = heldout_unit_patching(model, pairs, layer, k, seed)
+    torch.randperm(len(ref["single"]))
+    return ref
+
+
+def _heldout_pairs_shuffled_in_place(model, pairs, layer, k=16, seed=0):
+    ref = heldout_unit_patching(model, pairs, layer, k, seed)
+    perm = torch.randperm(len(pairs["clean"]), generator=torch.Generator().manual_seed(seed))
+    for v in pairs.values():
+        v.copy_(v[perm])        # shuffles the caller's pairs
+    return ref
+
+
+def _share_first_axis(scores, k):
+    mag = scores.abs()
+    return mag.topk(k, dim=0).values.sum(0) / mag.sum(0)      # ranks down the batch, not across units
+
+
+def _share_relu(scores, k):
+    mag = scores.clamp_min(0)                                 # drops negative scores instead of |score|
+    return mag.topk(k, dim=-1).values.sum(-1) / mag.sum(-1)
+
+
+def _share_sorted_rows(scores, k):
+    mag = scores.abs()
+    return mag.sort(-1, descending=True).values[:k].sum(-1) / mag.sum(-1)   # [:k] slices rows
+
+
+def _share_global_total(scores, k):
+    mag = scores.abs()
+    return mag.topk(k, dim=-1).values.sum(-1) / mag.sum()     # one total for the whole batch
+
+
 def _share_signed(scores, k):
     return scores.topk(k, dim=-1).values.sum(-1) / scores.sum(-1)
 
@@ -698,6 +779,31 @@ def _steer_flip_rate(model, obs, layer, direction, scales, action, seed=0):
     return out
 
 
+def _steer_global_reseed(model, obs, layer, direction, scales, action, seed=0):
+    torch.manual_seed(seed)                       # the same numbers as norm_matched_random, but reseeds
+    rand = torch.randn(direction.shape)
+    rand = rand / rand.norm() * direction.norm()
+    out = {}
+    for name, d in (("direction", direction), ("random", rand)):
+        out[name] = torch.stack([(model.run_with_hooks(obs, fwd_hooks=[(layer, add_hook(d, s))]).argmax(-1) == action)
+                                 .float().mean() for s in scales])
+    return out
+
+
+def _steer_fixed_scales(model, obs, layer, direction, scales, action, seed=0):
+    return steering_effect(model, obs, layer, direction, [-1.0, 0.0, 1.0, 3.0], action, seed)
+
+
+def _steer_obs_in_place(model, obs, layer, direction, scales, action, seed=0):
+    ref = steering_effect(model, obs, layer, direction, scales, action, seed)
+    obs.clamp_(-3.0, 3.0)                         # "tidying" the batch in place
+    return ref
+
+
+def _steer_ignores_layer(model, obs, layer, direction, scales, action, seed=0):
+    return steering_effect(model, obs, "layers.1.hook_post", direction, scales, action, seed)
+
+
 WRONG_ANSWERS = {
     "compute_gae": [_gae_ignores_dones, _gae_no_last_value, _gae_forgets_lambda, _gae_mask_only_bootstrap,
                     _gae_returns_not_advantages, _gae_bool_dones_broken, _gae_in_place],
@@ -708,9 +814,12 @@ WRONG_ANSWERS = {
     "counterfactual_cue_pairs": [_pairs_keep_all, _pairs_swapped, _pairs_keep_same, _pairs_layouts_unfiltered,
                                  _pairs_mutates_layout],
     "patch_units_hook": [_hook_in_place, _hook_first_row, _hook_all_units, _hook_returns_source_units_only],
-    "heldout_unit_patching": [_heldout_same_pairs, _heldout_bottom_units, _heldout_random_is_top],
-    "top_k_share": [_share_signed, _share_bottom, _share_mean, _share_in_place, _share_clamped],
+    "heldout_unit_patching": [_heldout_same_pairs, _heldout_bottom_units, _heldout_random_is_top,
+                              _heldout_global_rng, _heldout_pairs_shuffled_in_place],
+    "top_k_share": [_share_signed, _share_bottom, _share_mean, _share_in_place, _share_clamped,
+                    _share_first_axis, _share_relu, _share_sorted_rows, _share_global_total],
     "probe_with_controls": [_probe_no_groups, _probe_gain_vs_majority, _probe_gain_vs_random_net,
                             _probe_random_net_on_trained],
-    "steering_effect": [_steer_unit_random, _steer_normalised_direction, _steer_in_place, _steer_flip_rate],
+    "steering_effect": [_steer_unit_random, _steer_normalised_direction, _steer_in_place, _steer_flip_rate,
+                        _steer_global_reseed, _steer_fixed_scales, _steer_obs_in_place, _steer_ignores_layer],
 }
