@@ -265,7 +265,7 @@ def _wrong_ratio_detached(logits_new, mask, actions, logp_old):
 def check_fisher_exact_p(fisher_exact_p_fn) -> None:
     """fisher_exact_p(k1, n1, k2, n2) -> two-sided p-value of Fisher's exact test."""
     cases = [(1, 100, 3, 100), (0, 5, 5, 5), (10, 1000, 30, 1000), (3, 7, 2, 9), (160, 1000, 200, 1000),
-             (0, 10, 0, 10), (7, 20, 1, 15)]
+             (0, 10, 0, 10), (7, 20, 1, 15), (2, 20, 8, 20), (4, 40, 12, 40)]  # the last two: float ties
     for c in cases:
         want, got = ref_fisher(*c), float(fisher_exact_p_fn(*c))
         if not math.isfinite(got) or not 0 <= got <= 1 + 1e-9:
@@ -274,6 +274,9 @@ def check_fisher_exact_p(fisher_exact_p_fn) -> None:
             hint = ""
             if c == (1, 100, 3, 100):
                 hint = " (AutoSteer's 1/100 vs 3/100: the two-sided exact p is about 0.62)"
+            elif c[1] == c[3] and got < want:
+                hint = (" (equal n: the mirrored table is exactly as likely as the observed one, but floating point "
+                        "may compute it a hair larger; compare with a relative tolerance, p <= p_obs * (1 + 1e-7))")
             raise ExerciseFailed(f"{c}: expected p = {want:.6g}, got {got:.6g}{hint}; sum the hypergeometric "
                                  f"probabilities of every table at most as likely as the observed one")
 
@@ -294,6 +297,14 @@ def _wrong_fisher_strict(k1, n1, k2, n2):
     h = [math.comb(K, x) * math.comb(N - K, n1 - x) / math.comb(N, n1) for x in range(max(0, K - n2), min(K, n1) + 1)]
     obs = math.comb(K, k1) * math.comb(N - K, n1 - k1) / math.comb(N, n1)
     return sum(p for p in h if p < obs * (1 - 1e-7))
+
+
+def _wrong_fisher_no_tolerance(k1, n1, k2, n2):
+    from scipy.stats import hypergeom
+    rv = hypergeom(n1 + n2, k1 + k2, n1)
+    obs = rv.pmf(k1)
+    support = range(max(0, k1 + k2 - n2), min(k1 + k2, n1) + 1)
+    return float(sum(rv.pmf(x) for x in support if rv.pmf(x) <= obs))  # exact <=: float ties drop out
 
 
 def _wrong_fisher_chi2(k1, n1, k2, n2):
@@ -429,6 +440,11 @@ def _wrong_top_padded_topk(acts, k):
     return [(float(x), int(j) // T, int(j) % T) for x, j in zip(v, i)]
 
 
+def _wrong_top_reverse_tuples(acts, k):
+    found = [(float(a[p]), d, p) for d, a in enumerate(acts) for p in range(1, len(a)) if a[p] > 0]
+    return sorted(found, reverse=True)[:k]                                 # ties: the HIGHER doc first
+
+
 def _wrong_top_ascending(acts, k):
     return sorted(A.top_contexts(acts, 10 ** 6), key=lambda t: (t[0], t[1], t[2]))[-k:][::-1] if k else []
 
@@ -440,12 +456,21 @@ def check_steered_greedy(steered_greedy_fn) -> None:
     lm, sae = _reviews()
     prompts = ["the movie was", "the food felt", "the plot was"]      # three prompts of one token length
     tokens = torch.tensor([lm.tokenizer(p)["input_ids"] for p in prompts])
+    with torch.no_grad():
+        clean = lm.tl(tokens)
     for feature, coef, n_new in ((86, 8.0, 8), (40, 12.0, 8), (495, 12.0, 8)):
         want = A.steered_greedy(lm.tl, sae, tokens, feature, coef, n_new)
         arg = tokens.clone()
         got = steered_greedy_fn(lm.tl, sae, arg, feature, coef, n_new)
         if not torch.equal(arg, tokens):
             raise ExerciseFailed("you changed the caller's prompt tokens (concatenate into a new tensor)")
+        with torch.no_grad():
+            after = lm.tl(tokens)
+        if not torch.allclose(after, clean, atol=1e-5):
+            lm.tl.reset_hooks(including_permanent=True)
+            raise ExerciseFailed("the model is still steered after your function returned: a hook added with "
+                                 "model.add_hook stays until reset_hooks(); use run_with_hooks (or the hooks "
+                                 "context manager) so the steering ends with the call")
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != (len(prompts), n_new):
             raise ExerciseFailed(f"return the generated ids only, shape [B, n_new] = {(len(prompts), n_new)}")
         if not torch.equal(got.long().cpu(), want.cpu()):
@@ -495,6 +520,20 @@ def _wrong_greedy_whole_prompt(model, sae, tokens, feature, coef, n_new):
 def _wrong_greedy_off_by_one(model, sae, tokens, feature, coef, n_new):
     _greedy_with.coef = coef            # starts at the first generated token: the first prediction is unsteered
     return _greedy_with(model, sae, tokens, n_new, lambda s, T0: _feats(s, T0, feature))
+
+
+def _wrong_greedy_leaves_hook(model, sae, tokens, feature, coef, n_new):
+    T0 = tokens.shape[1]
+
+    def h(r, hook):
+        f = torch.full(r.shape[:2], -1)
+        f[:, T0 - 1:] = feature
+        return ref_steer_resid(r, sae, f, coef)
+    model.add_hook(sae.cfg.metadata.hook_name, h)                         # never removed
+    ids = tokens
+    for _ in range(n_new):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1)[:, None]], 1)
+    return ids[:, T0:]
 
 
 def _wrong_greedy_decode_bias(model, sae, tokens, feature, coef, n_new):
@@ -824,9 +863,10 @@ WRONG_ANSWERS = {
     "ppo_ratio": [_wrong_ratio_unmasked, _wrong_ratio_gaussian, _wrong_ratio_divide, _wrong_ratio_inverted,
                   _wrong_ratio_detached, _wrong_ratio_fallback_inplace, _wrong_ratio_no_fallback],
     "encode_at_site": [_wrong_encode_first, _wrong_encode_mean, _wrong_encode_dense, _wrong_encode_layer],
-    "top_contexts": [_wrong_top_with_bos, _wrong_top_one_per_doc, _wrong_top_padded_topk, _wrong_top_ascending],
+    "top_contexts": [_wrong_top_with_bos, _wrong_top_one_per_doc, _wrong_top_padded_topk, _wrong_top_ascending,
+                     _wrong_top_reverse_tuples],
     "steered_greedy": [_wrong_greedy_last_only, _wrong_greedy_whole_prompt, _wrong_greedy_off_by_one,
-                       _wrong_greedy_decode_bias],
+                       _wrong_greedy_decode_bias, _wrong_greedy_leaves_hook],
     "feature_attribution": [_wrong_attr_gradient_only, _wrong_attr_all_positions, _wrong_attr_encoder,
                             _wrong_attr_backward],
     "random_direction_control": [_wrong_rdc_unit_norm, _wrong_rdc_global_rng, _wrong_rdc_no_plus_one,
@@ -834,5 +874,6 @@ WRONG_ANSWERS = {
                                  _wrong_rdc_normalises_direction],
     "constant_dist": [_wrong_const_std, _wrong_const_unbatched, _wrong_const_reads_board, _wrong_const_detached],
     "board_dependence": [_wrong_bd_per_feature, _wrong_bd_unweighted, _wrong_bd_nan],
-    "fisher_exact_p": [_wrong_fisher_one_sided, _wrong_fisher_z, _wrong_fisher_chi2, _wrong_fisher_strict],
+    "fisher_exact_p": [_wrong_fisher_one_sided, _wrong_fisher_z, _wrong_fisher_chi2, _wrong_fisher_strict,
+                       _wrong_fisher_no_tolerance],
 }
