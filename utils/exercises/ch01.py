@@ -124,19 +124,32 @@ def check_td_target(td_target_fn) -> None:
         if abs(float(got[0]) - 2.0) > 1e-6:
             if abs(float(got[0]) - 1.5) < 1e-6:
                 raise ExerciseFailed("bootstrap from the *max* over next actions (Q-learning), not the mean")
-            raise ExerciseFailed(f"r=1, gamma=0.5, max next Q=2, not terminated: target should be 2.0, got {float(got[0]):.3f}")
+            raise ExerciseFailed(f"r=1, gamma=0.5, max next Q=2, not terminated: target should be 2.0, got {float(got[0]):.3f} "
+                                 "(r + gamma * the max over ACTIONS, next_q.max(-1), of row i)")
     g = torch.Generator().manual_seed(2)
+    # Writes first: a target that zeroes next_q where terminated, in place, corrupts the buffer.
+    r, nq, term = torch.randn(16, generator=g), torch.randn(16, 4, generator=g), torch.rand(16, generator=g) < 0.5
+    saved = (r.clone(), nq.clone(), term.clone())
+    td_target_fn(r, nq, term, 0.9)
+    for x, x0, what in zip((r, nq, term), saved, ("rewards", "next_q", "terminated")):
+        if not torch.equal(x, x0):
+            raise ExerciseFailed(f"td_target changed the caller's {what} in place: the replay buffer would be "
+                                 "corrupted (mask with (1 - terminated) in a new tensor)")
+    # As many transitions as actions: a max over the wrong axis (dim 0) has the right shape here.
+    nq_sq = torch.tensor([[0.0, 5.0, 1.0, 2.0], [3.0, -1.0, 0.0, 0.5], [-2.0, -3.0, -1.0, -4.0], [1.0, 1.0, 1.0, 1.0]])
+    r_sq, t_sq = torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([False, False, False, True])
+    got = td_target_fn(r_sq, nq_sq, t_sq, 0.5)
+    want = td_target(r_sq, nq_sq, t_sq, 0.5)
+    if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(
+            got, r_sq + 0.5 * (1.0 - t_sq.float()) * nq_sq.max(0).values) and not torch.allclose(got, want):
+        raise ExerciseFailed("the max runs over the batch (dim 0): take the max over ACTIONS, next_q.max(-1)")
+    _close(got, want, "4 transitions x 4 actions, negative Q-values in row 2")
     for gamma in (0.99, 0.9, 0.0):
         r = torch.randn(32, generator=g)
         nq = torch.randn(32, 4, generator=g)
         term = torch.rand(32, generator=g) < 0.3
         _close(td_target_fn(r, nq, term, gamma), td_target(r, nq, term, gamma), f"random batch, gamma={gamma}")
         _close(td_target_fn(r, nq, term.float(), gamma), td_target(r, nq, term, gamma), f"float terminated flags, gamma={gamma}")
-    r, nq, term = torch.randn(16, generator=g), torch.randn(16, 4, generator=g), torch.rand(16, generator=g) < 0.5
-    saved = (r.clone(), nq.clone(), term.clone())
-    td_target_fn(r, nq, term, 0.9)
-    if not (torch.equal(r, saved[0]) and torch.equal(nq, saved[1]) and torch.equal(term, saved[2])):
-        raise ExerciseFailed("td_target changed its inputs in place: the replay buffer would be corrupted")
 
 
 @check
@@ -144,10 +157,18 @@ def check_direct_logit_attribution(dla_fn) -> None:
     """direct_logit_attribution(h, W, a, b) -> [batch, d] contributions h * (W[a] - W[b])."""
     g = torch.Generator().manual_seed(3)
     h = torch.relu(torch.randn(8, 6, generator=g))
-    W = torch.randn(4, 6, generator=g)
+    # As in the notebook: W is the actor's weight, a Parameter that requires grad, read under no_grad.
+    W = torch.nn.Parameter(torch.randn(4, 6, generator=g))
     a = torch.randint(0, 4, (8,), generator=g)
     b = (a + 1 + torch.randint(0, 3, (8,), generator=g)) % 4
-    got = dla_fn(h, W, a, b)
+    saved = [x.detach().clone() for x in (h, W, a, b)]
+    with torch.no_grad():
+        got = dla_fn(h, W, a, b)
+    for x, x0, what in zip((h, W, a, b), saved, ("h", "W", "a", "b")):
+        if not torch.equal(x.detach(), x0):
+            raise ExerciseFailed(f"direct_logit_attribution changed the caller's {what} in place: the cached "
+                                 "activations and the actor's weights are shared")
+    W = W.detach()
     want = direct_logit_attribution(h, W, a, b)
     if isinstance(got, torch.Tensor) and got.shape == (8,):
         raise ExerciseFailed("return one contribution per unit, shape [batch, d]: do not sum over units")
@@ -535,6 +556,19 @@ def _dla_no_activation(h, W, a, b):
     return (W[a] - W[b]).expand_as(h).clone()
 
 
+def _td_max_over_batch(rewards, next_q, terminated, gamma):
+    return rewards + gamma * (1 - terminated.float()) * next_q.max(0).values
+
+
+def _td_zero_next_q_in_place(rewards, next_q, terminated, gamma):
+    next_q[terminated.bool()] = 0.0          # "no bootstrap after the end", written into the buffer's tensor
+    return rewards + gamma * next_q.max(-1).values * (1 - terminated.float())
+
+
+def _dla_first_pair(h, W, a, b):
+    return h * (W[a[0]] - W[b[0]])           # one action pair for the whole batch
+
+
 def _gae_bool_dones_broken(rewards, values, dones, last_value, gamma, gae_lambda):
     T = rewards.shape[0]
     adv, running = torch.zeros_like(rewards), torch.zeros_like(last_value)
@@ -809,8 +843,9 @@ WRONG_ANSWERS = {
                     _gae_returns_not_advantages, _gae_bool_dones_broken, _gae_in_place],
     "clipped_surrogate_loss": [_loss_unclipped, _loss_max, _loss_objective_sign, _loss_no_exp, _loss_always_clipped,
                                _loss_no_grad, _loss_detached_ratio],
-    "td_target": [_td_no_mask, _td_mean, _td_mask_inverted, _td_no_gamma, _td_in_place, _td_min],
-    "direct_logit_attribution": [_dla_summed, _dla_only_a, _dla_no_activation, _dla_in_place],
+    "td_target": [_td_no_mask, _td_mean, _td_mask_inverted, _td_no_gamma, _td_in_place, _td_min,
+                  _td_max_over_batch, _td_zero_next_q_in_place],
+    "direct_logit_attribution": [_dla_summed, _dla_only_a, _dla_no_activation, _dla_in_place, _dla_first_pair],
     "counterfactual_cue_pairs": [_pairs_keep_all, _pairs_swapped, _pairs_keep_same, _pairs_layouts_unfiltered,
                                  _pairs_mutates_layout],
     "patch_units_hook": [_hook_in_place, _hook_first_row, _hook_all_units, _hook_returns_source_units_only],
