@@ -256,6 +256,24 @@ def check_patch_units_hook(make_hook) -> None:
     """patch_units_hook(source, units) -> hook(act, hook) that overwrites units of act with source."""
     g = torch.Generator().manual_seed(5)
     hp = HookPoint()
+    # Units given as a tensor (e.g. a top-k index), and a batch as wide as it is long, where
+    # indexing rows instead of units has the right shape.
+    sq_act, sq_src = torch.randn(5, 5, generator=g), torch.randn(5, 5, generator=g)
+    square = []
+    for u in (torch.tensor([0, 3]), [2]):
+        got = make_hook(sq_src, u)(sq_act.clone(), hp)
+        want = replace_hook(sq_src, u)(sq_act.clone(), hp)
+        idx = torch.as_tensor(u)
+        if got is None:
+            raise ExerciseFailed("the hook returned None, so TransformerLens keeps the ORIGINAL activation (no "
+                                 "patch): return the patched copy")
+        rows = torch.ones(5, dtype=torch.bool)
+        rows[idx] = False
+        if isinstance(got, torch.Tensor) and got.shape == want.shape and not torch.allclose(got, want) \
+                and torch.equal(got[idx], sq_src[idx]) and torch.equal(got[rows], sq_act[rows]):
+            raise ExerciseFailed(f"units {idx.tolist()} patched ROWS of the batch: units index the last dim, "
+                                 "act[..., units] = source[..., units]")
+        square.append((got, want, f"a [5, 5] batch, units {idx.tolist()}"))
     act, src = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     saved_act, saved_src = act.clone(), src.clone()
     units = [1, 4, 6]
@@ -266,6 +284,9 @@ def check_patch_units_hook(make_hook) -> None:
     if not torch.equal(src, saved_src):
         raise ExerciseFailed("the hook modified its source")
     want = replace_hook(src, units)(act, hp)
+    if got is None:
+        raise ExerciseFailed("the hook returned None, so TransformerLens keeps the ORIGINAL activation (no patch): "
+                             "return the patched copy")
     if isinstance(got, torch.Tensor) and got.shape == want.shape:
         if torch.allclose(got[:, units], src[0, units].expand(6, 3)) and not torch.allclose(src[0], src[1]):
             raise ExerciseFailed("every row got the FIRST source row: patch row i from source row i")
@@ -276,6 +297,8 @@ def check_patch_units_hook(make_hook) -> None:
     _same(make_hook(src[:1], [0, 7])(act, hp), replace_hook(src[:1], [0, 7])(act, hp),
           "a source of one row [1, d] broadcast over the batch")
     _same(make_hook(src, None)(act, hp), src, "units=None patches every unit")
+    for got, want, what in square:
+        _same(got, want, what)
 
 
 @check
@@ -368,11 +391,11 @@ def _share_call(share_fn, scores, k):
                              "the |scores| of each row separately") from e
 
 
-def _isolated(fn, *args):
-    """fn(*args, seed=1) with the global RNG restored afterwards (a torch.nn.Linear probe draws
+def _isolated(fn, *args, seed: int = 1):
+    """fn(*args, seed=seed) with the global RNG restored afterwards (a torch.nn.Linear probe draws
     its initial weights from it before they are overwritten)."""
     with torch.random.fork_rng():
-        return fn(*args, seed=1)
+        return fn(*args, seed=seed)
 
 
 @check
@@ -393,7 +416,14 @@ def _check_probe_with_controls(probe_fn) -> None:
     labels = group_label[groups]
     acts = torch.eye(n_groups)[groups] + 0.05 * torch.randn(n_groups * per, n_groups, generator=g)
     rand_acts = torch.randn(n_groups * per, 12, generator=g)
-    got, want = _isolated(probe_fn, acts, labels, rand_acts, groups), _isolated(probe_with_controls, acts, labels, rand_acts, groups)
+    inputs = {"acts": acts, "labels": labels, "random_acts": rand_acts, "groups": groups}
+    saved = {k: v.clone() for k, v in inputs.items()}
+    got = _isolated(probe_fn, acts, labels, rand_acts, groups)
+    for k, v in inputs.items():
+        if not torch.equal(v, saved[k]):
+            raise ExerciseFailed(f"probe_with_controls changed the caller's {k} in place (e.g. standardising or "
+                                 "shuffling it): work on copies, the same activations feed every row of the table")
+    want = _isolated(probe_with_controls, acts, labels, rand_acts, groups)
     if not isinstance(got, dict) or set(want) - set(got):
         raise ExerciseFailed(f"return a dict with keys {sorted(want)}")
     if got["probe"] > want["probe"] + 0.2:
@@ -404,8 +434,15 @@ def _check_probe_with_controls(probe_fn) -> None:
     labels2 = torch.randint(0, 2, (n_groups * per,), generator=g)
     acts2 = torch.randn(n_groups * per, 16, generator=g)
     acts2[:, 0] += 2.0 * (labels2.float() - 0.5)
-    _probe_rows_match(_isolated(probe_fn, acts2, labels2, rand_acts, groups),
-                      _isolated(probe_with_controls, acts2, labels2, rand_acts, groups), "real signal")
+    # A second seed: the split, the shuffled labels and the interval all follow `seed`.
+    got2 = _isolated(probe_fn, acts2, labels2, rand_acts, groups, seed=2)
+    want2 = _isolated(probe_with_controls, acts2, labels2, rand_acts, groups, seed=2)
+    if any(abs(float(got2[k]) - float(want2[k])) > 1e-6 for k in ("probe", "shuffled", "low", "high")):
+        seed1 = _isolated(probe_with_controls, acts2, labels2, rand_acts, groups, seed=1)
+        if all(abs(float(got2[k]) - float(seed1[k])) < 1e-6 for k in ("probe", "shuffled", "low", "high")):
+            raise ExerciseFailed("with seed=2 you returned the seed=1 result: pass `seed` on (seed=seed) to the "
+                                 "split, the shuffled labels and the interval instead of fixing it")
+    _probe_rows_match(got2, want2, "real signal, seed=2")
 
 
 def _probe_rows_match(got: dict, want: dict, name: str) -> None:
@@ -673,6 +710,23 @@ def _hook_returns_source_units_only(source, units=None):
     return hook
 
 
+def _hook_units_as_rows(source, units=None):
+    def hook(act, hook):
+        act = act.clone()
+        idx = slice(None) if units is None else torch.as_tensor(units)
+        act[idx] = source.expand_as(act)[idx]        # indexes the batch, not the units
+        return act
+    return hook
+
+
+def _hook_returns_none(source, units=None):
+    def hook(act, hook):
+        act = act.clone()
+        idx = slice(None) if units is None else torch.as_tensor(units)
+        act[..., idx] = source.expand_as(act)[..., idx]   # patched copy built, never returned
+    return hook
+
+
 def _heldout_same_pairs(model, pairs, layer, k=16, seed=0):
     from utils.interp.patching import patching_sweep, run_patched
     from utils.interp.hooks import cache_activations
@@ -785,6 +839,16 @@ def _probe_random_net_on_trained(acts, labels, random_acts, groups, seed=0):
     return _probe_row(acts, labels, acts, groups, seed)
 
 
+def _probe_ignores_seed(acts, labels, random_acts, groups, seed=0):
+    return _probe_row(acts, labels, random_acts, groups, 1)       # a seed fixed inside the function
+
+
+def _probe_standardise_in_place(acts, labels, random_acts, groups, seed=0):
+    acts -= acts.mean(0)                                          # standardising the caller's activations
+    acts /= acts.std(0).clamp_min(1e-6)
+    return _probe_row(acts, labels, random_acts, groups, seed)
+
+
 def _steer_unit_random(model, obs, layer, direction, scales, action, seed=0):
     ref = steering_effect(model, obs, layer, direction, scales, action, seed)
     rand = norm_matched_random(direction, seed) / direction.norm()
@@ -848,13 +912,14 @@ WRONG_ANSWERS = {
     "direct_logit_attribution": [_dla_summed, _dla_only_a, _dla_no_activation, _dla_in_place, _dla_first_pair],
     "counterfactual_cue_pairs": [_pairs_keep_all, _pairs_swapped, _pairs_keep_same, _pairs_layouts_unfiltered,
                                  _pairs_mutates_layout],
-    "patch_units_hook": [_hook_in_place, _hook_first_row, _hook_all_units, _hook_returns_source_units_only],
+    "patch_units_hook": [_hook_in_place, _hook_first_row, _hook_all_units, _hook_returns_source_units_only,
+                         _hook_units_as_rows, _hook_returns_none],
     "heldout_unit_patching": [_heldout_same_pairs, _heldout_bottom_units, _heldout_random_is_top,
                               _heldout_global_rng, _heldout_pairs_shuffled_in_place],
     "top_k_share": [_share_signed, _share_bottom, _share_mean, _share_in_place, _share_clamped,
                     _share_first_axis, _share_relu, _share_sorted_rows, _share_global_total],
     "probe_with_controls": [_probe_no_groups, _probe_gain_vs_majority, _probe_gain_vs_random_net,
-                            _probe_random_net_on_trained],
+                            _probe_random_net_on_trained, _probe_ignores_seed, _probe_standardise_in_place],
     "steering_effect": [_steer_unit_random, _steer_normalised_direction, _steer_in_place, _steer_flip_rate,
                         _steer_global_reseed, _steer_fixed_scales, _steer_obs_in_place, _steer_ignores_layer],
 }
