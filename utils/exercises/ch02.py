@@ -75,7 +75,14 @@ def check_ad_loss(ad_loss_fn) -> None:
     want = ad_loss(logits, targets)
     want_grad, = torch.autograd.grad(want, logits)
     lg, tg = logits.detach().clone().requires_grad_(True), targets.clone()
-    got = torch.as_tensor(ad_loss_fn(lg, tg))
+    try:
+        got = torch.as_tensor(ad_loss_fn(lg, tg))
+    except NotImplementedError:
+        raise
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise ExerciseFailed(f"your loss crashed on logits [4, 12, 5] and targets [4, 12] ({type(e).__name__}: "
+                             f"{str(e)[:120]}); F.cross_entropy reads the classes from dimension 1, so flatten the "
+                             "logits to [B * T, A] and the targets to [B * T] first") from None
     assert_unchanged("targets", targets, tg)
     if got.ndim != 0:
         raise ExerciseFailed(f"the loss should be a scalar, got shape {tuple(got.shape)}")
@@ -83,6 +90,9 @@ def check_ad_loss(ad_loss_fn) -> None:
     got_v, want_v, shifted_v = float(got.detach()), float(want.detach()), float(shifted.detach())
     if abs(got_v - shifted_v) < 1e-5 and abs(shifted_v - want_v) > 1e-5:
         raise ExerciseFailed("you shifted targets by one as in language modelling; here token t already holds o_t, so logits at t predict a_t itself")
+    if got_v < 0:
+        raise ExerciseFailed(f"a cross-entropy is never negative, got {got_v:.4f}: F.nll_loss expects LOG-probabilities "
+                             "(log_softmax), or use F.cross_entropy on the raw logits")
     if abs(got_v - want_v) > 1e-5:
         raise ExerciseFailed(f"expected mean cross-entropy {want_v:.4f} over every position of every window, got {got_v:.4f}")
     if not got.requires_grad:
@@ -91,6 +101,20 @@ def check_ad_loss(ad_loss_fn) -> None:
     grad, = torch.autograd.grad(got, lg)
     if not torch.allclose(grad, want_grad, atol=1e-6):
         raise ExerciseFailed("the gradient of your loss differs from the mean cross-entropy's")
+    # a second shape with T == A (7 actions, windows of 7): classes on the wrong axis no longer crash
+    sq = 2 * torch.randn(3, 7, 7, generator=g)
+    sq_t = torch.randint(0, 7, (3, 7), generator=g)
+    sq_want = float(ad_loss(sq, sq_t))
+    sq2, sqt2 = sq.clone(), sq_t.clone()
+    sq_got = float(torch.as_tensor(ad_loss_fn(sq2, sqt2)).detach())
+    assert_unchanged("logits", sq, sq2)
+    assert_unchanged("targets", sq_t, sqt2)
+    if abs(sq_got - float(torch.nn.functional.cross_entropy(sq, sq_t))) < 1e-5 and abs(sq_got - sq_want) > 1e-5:
+        raise ExerciseFailed("F.cross_entropy reads the classes from dimension 1, here the positions: flatten the "
+                             "logits to [B * T, A] and the targets to [B * T] first")
+    if abs(sq_got - sq_want) > 1e-5:
+        raise ExerciseFailed(f"logits [3, 7, 7] (7 actions): expected {sq_want:.4f}, got {sq_got:.4f}; read the number "
+                             "of actions from logits.shape[-1]")
     perfect = torch.nn.functional.one_hot(targets, 5).float() * 50
     if float(torch.as_tensor(ad_loss_fn(perfect, targets)).detach()) > 1e-3:
         raise ExerciseFailed("logits that put all mass on the target should give a loss near 0")
@@ -441,6 +465,15 @@ def _loss_no_grad(logits, targets):
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def _loss_classes_dim1(logits, targets):
+    return torch.nn.functional.cross_entropy(logits, targets)  # classes read from dim 1 (the positions)
+
+
+def _loss_nll_on_probs(logits, targets):
+    probs = torch.softmax(logits, -1)  # nll_loss wants log-probabilities
+    return torch.nn.functional.nll_loss(probs.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
 def _loss_first_row(logits, targets):
     return torch.nn.functional.cross_entropy(logits[0], targets[0])
 
@@ -716,7 +749,8 @@ def _ablate_always_zero(head, value=None):
 WRONG_ANSWERS = {
     "make_tokens": [_tokens_no_shift, _tokens_no_reset, _tokens_in_place, _tokens_first_row_only,
                     _tokens_hardcoded_none],
-    "ad_loss": [_loss_shifted, _loss_last_only, _loss_no_grad, _loss_first_row],
+    "ad_loss": [_loss_shifted, _loss_last_only, _loss_no_grad, _loss_first_row, _loss_classes_dim1,
+                _loss_nll_on_probs],
     "window_tokens": [_window_last_tokens, _window_whole_episode, _window_excludes_step, _window_k_earlier],
     "attention_to_reward": [_attn_all_queries, _attn_mean_over_keys, _attn_mean_of_row_means, _attn_nan_when_empty],
     "same_state_mass": [_same_state_any_episode, _same_state_shift_across_episodes, _same_state_chance_over_all_keys],

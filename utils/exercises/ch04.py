@@ -566,7 +566,9 @@ def check_feature_attribution(feature_attribution_fn) -> None:
         tokens = _tokens(b, t, seed)
         want = A.feature_attribution(lm.tl, sae, tokens, metric)
         _no_grads(lm.tl)
-        got = feature_attribution_fn(lm.tl, sae, tokens.clone(), metric)
+        targ = tokens.clone()
+        got = feature_attribution_fn(lm.tl, sae, targ, metric)
+        assert_unchanged("tokens", tokens, targ)
         left = [n for n, p in lm.tl.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
         _no_grads(lm.tl)
         if left:
@@ -578,6 +580,10 @@ def check_feature_attribution(feature_attribution_fn) -> None:
         active = A.encode_at_site(lm.tl, sae, tokens) > 0
         if got[~active].abs().max() > 1e-6:
             raise ExerciseFailed("inactive features (activation 0) must get attribution 0: multiply by the activation")
+        if torch.allclose(got * b, want, atol=1e-4, rtol=1e-3):
+            raise ExerciseFailed(f"your attributions are the reference's / B (B={b}): you took the gradient of the MEAN "
+                                 "metric over the batch; each row needs the gradient of its own metric, so sum the "
+                                 "rows' metrics before autograd.grad")
         if not torch.allclose(got, want, atol=1e-4, rtol=1e-3):
             raise ExerciseFailed("expected a_f * (W_dec[f] . d metric / d resid) with the gradient at the LAST position "
                                  "of the SAE's hook (the decoder row, not the encoder column)")
@@ -609,6 +615,19 @@ def _wrong_attr_all_positions(model, sae, tokens, metric):
 def _wrong_attr_encoder(model, sae, tokens, metric):
     x, g = _attr_parts(model, sae, tokens, metric)
     return sae.encode(x[:, -1]).detach() * (g[:, -1] @ sae.W_enc.detach())
+
+
+def _wrong_attr_mean_metric(model, sae, tokens, metric):
+    store = {}
+
+    def grab(r, hook):
+        r = r.detach().requires_grad_(True)
+        store["x"] = r
+        return r
+    with torch.enable_grad():
+        m = metric(model.run_with_hooks(tokens, fwd_hooks=[(sae.cfg.metadata.hook_name, grab)])[:, -1])
+        (g,) = torch.autograd.grad(m.mean(), store["x"])                  # mean: every row's gradient / B
+    return sae.encode(store["x"][:, -1].detach()).detach() * (g[:, -1] @ sae.W_dec.detach().T)
 
 
 def _wrong_attr_backward(model, sae, tokens, metric):
@@ -868,7 +887,7 @@ WRONG_ANSWERS = {
     "steered_greedy": [_wrong_greedy_last_only, _wrong_greedy_whole_prompt, _wrong_greedy_off_by_one,
                        _wrong_greedy_decode_bias, _wrong_greedy_leaves_hook],
     "feature_attribution": [_wrong_attr_gradient_only, _wrong_attr_all_positions, _wrong_attr_encoder,
-                            _wrong_attr_backward],
+                            _wrong_attr_backward, _wrong_attr_mean_metric],
     "random_direction_control": [_wrong_rdc_unit_norm, _wrong_rdc_global_rng, _wrong_rdc_no_plus_one,
                                  _wrong_rdc_two_sided, _wrong_rdc_one_draw, _wrong_rdc_uniform,
                                  _wrong_rdc_normalises_direction],
