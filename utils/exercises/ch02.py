@@ -124,17 +124,22 @@ def check_ad_loss(ad_loss_fn) -> None:
 def check_window_tokens(window_tokens_fn) -> None:
     """window_tokens(obs, actions, rewards, episode, step, context_episodes, none_action) -> tokens [n, T, 3]."""
     obs, act, rew = _random_history(3, 6, 4, seed=7)
-    for episode, step, k in ((0, 0, 3), (0, 2, 3), (2, 1, 3), (5, 3, 3), (5, 0, 2), (4, 2, 1), (3, 3, 6)):
-        want = window_tokens(obs, act, rew, episode, step, k, 5)
+    cases = ((0, 0, 3, 5), (0, 2, 3, 5), (2, 1, 3, 5), (5, 3, 3, 5), (5, 0, 2, 8), (4, 2, 1, 5), (3, 3, 6, 7))
+    for episode, step, k, none in cases:
+        want = window_tokens(obs, act, rew, episode, step, k, none)
         o2, a2, r2 = obs.clone(), act.clone(), rew.clone()
-        got = window_tokens_fn(o2, a2, r2, episode, step, k, 5)
+        got = window_tokens_fn(o2, a2, r2, episode, step, k, none)
         for name, before, after in (("obs", obs, o2), ("actions", act, a2), ("rewards", rew, r2)):
             assert_unchanged(name, before, after)
-        where = f"episode {episode}, step {step}, context {k} episodes"
+        where = f"episode {episode}, step {step}, context {k} episodes, none_action {none}"
         if tuple(got.shape) != tuple(want.shape):
             raise ExerciseFailed(f"{where}: expected {want.shape[1]} tokens ({min(episode, k - 1)} whole earlier episodes and {step + 1} steps of this one), got shape {tuple(got.shape)}")
         if not torch.equal(got[..., 0], want[..., 0]):
             raise ExerciseFailed(f"{where}: the observations are wrong; the window must start at the first step of an episode")
+        first = torch.arange(got.shape[1]) % obs.shape[2] == 0
+        if not torch.equal(got[:, first, 1], want[:, first, 1]) and torch.equal(got[:, ~first], want[:, ~first]):
+            raise ExerciseFailed(f"{where}: the first step of every episode must hold the none_action ARGUMENT as "
+                                 "previous action (pass it on to make_tokens, do not hard-code it)")
         if not torch.equal(got, want):
             raise ExerciseFailed(f"{where}: previous actions/rewards are wrong; reset them at every episode start (use make_tokens on the episodes)")
 
@@ -390,9 +395,11 @@ def check_ablate_head_hook(ablate_head_hook_fn) -> None:
     z = 3 * torch.randn(4, 6, 3, 5, generator=g)
     mean = z[:, :, 1].mean((0, 1)) + 1.0
     for head, value in ((1, mean), (2, None), (0, mean)):
-        z2 = z.clone()
-        out = ablate_head_hook_fn(head, value)(z2, None)
+        z2, v2 = z.clone(), None if value is None else value.clone()
+        out = ablate_head_hook_fn(head, v2)(z2, None)
         assert_unchanged("z", z, z2)
+        if value is not None:
+            assert_unchanged("value", value, v2)
         want = z.clone()
         want[:, :, head] = 0.0 if value is None else value
         if out is None or tuple(out.shape) != tuple(z.shape):
@@ -403,6 +410,10 @@ def check_ablate_head_hook(ablate_head_hook_fn) -> None:
         if not torch.allclose(out, want, atol=1e-6):
             raise ExerciseFailed(f"head {head}: replace its output at EVERY batch row and position by "
                                  + ("zeros (value None)" if value is None else "the given mean [d_head]"))
+    out64 = ablate_head_hook_fn(1, mean.double())(z.clone(), None)
+    if out64.dtype != z.dtype:
+        raise ExerciseFailed(f"a float64 mean (e.g. from numpy) turned z ({z.dtype}) into {out64.dtype}: cast the "
+                             "value to z.dtype, the model's next layer expects it")
 
 
 CHECKS = {
@@ -497,6 +508,10 @@ def _window_k_earlier(obs, actions, rewards, episode, step, context_episodes, no
     first = max(0, episode - context_episodes)  # k whole earlier episodes: one too many
     tokens = make_tokens(obs[:, first:episode + 1], actions[:, first:episode + 1], rewards[:, first:episode + 1], none_action)
     return tokens[:, :(episode - first) * obs.shape[2] + step + 1]
+
+
+def _window_hardcoded_none(obs, actions, rewards, episode, step, context_episodes, none_action):
+    return window_tokens(obs, actions, rewards, episode, step, context_episodes, 5)
 
 
 def _attn_all_queries(pattern, rewarded, query_mask):
@@ -742,6 +757,14 @@ def _ablate_wrong_axis(head, value=None):
     return hook
 
 
+def _ablate_float64(head, value=None):
+    def hook(z, hook):
+        mask = torch.zeros(z.shape[2], 1, dtype=torch.bool)
+        mask[head] = True
+        return torch.where(mask, 0.0 if value is None else value, z)  # a float64 value promotes z
+    return hook
+
+
 def _ablate_always_zero(head, value=None):
     return ablate_head_hook(head, None)
 
@@ -751,7 +774,8 @@ WRONG_ANSWERS = {
                     _tokens_hardcoded_none],
     "ad_loss": [_loss_shifted, _loss_last_only, _loss_no_grad, _loss_first_row, _loss_classes_dim1,
                 _loss_nll_on_probs],
-    "window_tokens": [_window_last_tokens, _window_whole_episode, _window_excludes_step, _window_k_earlier],
+    "window_tokens": [_window_last_tokens, _window_whole_episode, _window_excludes_step, _window_k_earlier,
+                      _window_hardcoded_none],
     "attention_to_reward": [_attn_all_queries, _attn_mean_over_keys, _attn_mean_of_row_means, _attn_nan_when_empty],
     "same_state_mass": [_same_state_any_episode, _same_state_shift_across_episodes, _same_state_chance_over_all_keys],
     "head_patching": [_patch_reversed, _patch_every_position, _patch_raw_metric],
@@ -763,5 +787,5 @@ WRONG_ANSWERS = {
                               _random_fixed_size, _random_shared_offset],
     "steering_hook": [_steer_in_place, _steer_normalised, _steer_last_position, _steer_detached,
                       _steer_scales_direction, _steer_accumulates, _steer_keeps_float64],
-    "ablate_head_hook": [_ablate_in_place, _ablate_wrong_axis, _ablate_always_zero],
+    "ablate_head_hook": [_ablate_in_place, _ablate_wrong_axis, _ablate_always_zero, _ablate_float64],
 }
