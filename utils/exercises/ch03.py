@@ -151,10 +151,17 @@ def check_rank_k_approx(rank_k_approx) -> None:
                 raise ExerciseFailed(f"k={k}: the result has rank {r}, not {k}")
             if not torch.allclose(got.float(), want.float(), atol=1e-5 * float(A_.abs().max()) + 1e-7):
                 sv = torch.linalg.svdvals(got.double())[:k]
+                U_, S_, V_ = torch.svd(A_)
+                v_rows = (U_[:, :k] * S_[:k]) @ V_[:k]
                 hint = ("its singular values are all 1: multiply by S_k" if torch.allclose(sv, torch.ones_like(sv), atol=1e-4)
+                        else "torch.svd returns V, not V^T: use V[:, :k].T (or torch.linalg.svd, whose third "
+                             "output is already Vh)" if v_rows.shape == got.shape and torch.allclose(got.float(), v_rows, atol=1e-5)
                         else "keep the k LARGEST singular directions (torch.linalg.svd sorts them in descending order)")
                 raise ExerciseFailed(f"k={k}: not the best rank-{k} approximation; {hint}")
     A_ = torch.randn(5, 3, generator=_gen(7))
+    full = rank_k_approx(A_.clone(), 3)
+    if not isinstance(full, torch.Tensor) or tuple(full.shape) != (5, 3) or not torch.allclose(full.float(), A_, atol=1e-5):
+        raise ExerciseFailed("k = min(m, n) keeps every direction: the result should be dW itself")
     z = rank_k_approx(A_.clone(), 0)
     if tuple(z.shape) != (5, 3) or float(z.abs().max()) > 1e-6:
         raise ExerciseFailed("k=0 should give a zero matrix of dW's shape (no directions kept: the base model)")
@@ -413,9 +420,12 @@ def check_feature_reward_correlation(feature_reward_correlation) -> None:
     noise = torch.rand(n, 6, generator=g)
     feats = torch.stack([3 * r + 1, -0.5 * r + 2, noise[:, 0], torch.full((n,), 0.7), torch.zeros(n),
                          r.clamp_min(0) + 0.1 * noise[:, 1]], dim=1)
-    cases = [("hand-made features", feats, r),
+    sq = torch.rand(n, n, generator=g) ** 2 + 0.5 * r[:, None] * torch.linspace(-1, 1, n)
+    cases = [("40 documents x 40 features", sq, r),
+             ("hand-made features", feats, r),
              ("rewards shifted and scaled", feats, 5 * r - 3),
-             ("64 random features", torch.rand(n, 64, generator=g) ** 2, r)]
+             ("64 random features", torch.rand(n, 64, generator=g) ** 2, r),
+             ("constant rewards (no evidence for any feature: all 0)", feats, torch.full((n,), 0.5))]
     for what, f, y in cases:
         want = M.feature_reward_correlation(f, y)
         cf, cy = f.clone(), y.clone()
@@ -427,6 +437,16 @@ def check_feature_reward_correlation(feature_reward_correlation) -> None:
         if torch.isnan(got).any():
             raise ExerciseFailed(f"{what}: a feature that never varies gave NaN; return 0 for it (no evidence)")
         if not torch.allclose(got.float(), want, atol=1e-4):
+            fc, yc = f.double() - f.double().mean(1)[None, :], y.double() - y.double().mean()
+            wrong_axis = (fc * yc[:, None]).sum(0) / (fc.norm(dim=0) * yc.norm()).clamp_min(1e-300)
+            if f.shape[0] == f.shape[1] and torch.allclose(got.double(), wrong_axis, atol=1e-4):
+                raise ExerciseFailed(f"{what}: you centred each feature by a mean over FEATURES; centre over "
+                                     "documents, feature_acts.mean(0) (dim 0 is the document axis)")
+            n_ = len(y)
+            if torch.allclose(got.double() * n_ / (n_ - 1), want.double(), atol=1e-4):
+                raise ExerciseFailed(f"{what}: every correlation is (n-1)/n of the right one: the covariance and "
+                                     "the standard deviations must use the same normalisation (or use norms of the "
+                                     "centred vectors)")
             i = int((got.float() - want).abs().argmax())
             raise ExerciseFailed(f"{what}: feature {i}: expected r = {float(want[i]):.4f}, got {float(got[i]):.4f} "
                                  "(Pearson: centre both, divide the covariance by both standard deviations; "
@@ -496,6 +516,11 @@ def _rank_k_in_place(dW, k):
     U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
     dW.copy_((U[:, :k] * S[:k]) @ Vh[:k])
     return dW
+
+
+def _rank_k_torch_svd_v(dW, k):
+    U, S, V = torch.svd(dW)                      # torch.svd returns V, not V^T
+    return (U[:, :k] * S[:k]) @ V[:k]
 
 
 def _align_no_abs(dA, dB, k=5):
@@ -657,6 +682,19 @@ def _disrupted_base_alive_only(fb, ft, threshold=0.05, min_freq=1e-3):
     return (fb >= min_freq) & ((ft - fb).abs() > threshold * fb)
 
 
+def _corr_centre_wrong_axis(f, r):
+    fc, rc = f - f.mean(-1), r - r.mean()     # mean over features instead of documents
+    denom = fc.norm(dim=0) * rc.norm()
+    return torch.where(denom > 0, (fc * rc[:, None]).sum(0) / denom.clamp_min(1e-12), torch.zeros_like(denom))
+
+
+def _corr_mixed_ddof(f, r):
+    fc, rc = f - f.mean(0), r - r.mean()
+    cov = (fc * rc[:, None]).sum(0) / len(r)                  # biased covariance ...
+    sd = f.std(0) * r.std()                                   # ... over unbiased standard deviations
+    return torch.where(sd > 0, cov / sd.clamp_min(1e-12), torch.zeros_like(sd))
+
+
 def _corr_covariance(f, r):
     return ((f - f.mean(0)) * (r - r.mean())[:, None]).mean(0)
 
@@ -678,7 +716,7 @@ def _corr_cosine(f, r):
 WRONG_ANSWERS = {
     "effective_rank": [_erank_unsquared, _erank_entropy_only, _erank_matrix_rank],
     "top1_energy": [_top1_unsquared, _top1_smallest, _top1_largest_entry],
-    "rank_k_approx": [_rank_k_without_s, _rank_k_smallest, _rank_k_in_place],
+    "rank_k_approx": [_rank_k_without_s, _rank_k_smallest, _rank_k_in_place, _rank_k_torch_svd_v],
     "direction_alignment": [_align_no_abs, _align_right_vectors, _align_mean_all],
     "weight_deltas": [_deltas_reversed, _deltas_2d_only, _deltas_keep_grad, _deltas_in_place],
     "rank_k_model": [_rank_k_model_in_place, _rank_k_model_with_1d, _rank_k_model_ignores_k],
@@ -689,5 +727,6 @@ WRONG_ANSWERS = {
     "topk_jaccard": [_overlap_fraction, _bottom_k_jaccard, _jaccard_of_values],
     "disrupted_features": [_disrupted_absolute, _disrupted_no_min_freq, _disrupted_at_least,
                            _disrupted_base_alive_only],
-    "feature_reward_correlation": [_corr_covariance, _corr_nan_constant, _corr_clamped, _corr_cosine],
+    "feature_reward_correlation": [_corr_covariance, _corr_nan_constant, _corr_clamped, _corr_cosine,
+                                   _corr_centre_wrong_axis, _corr_mixed_ddof],
 }
