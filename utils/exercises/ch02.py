@@ -185,18 +185,22 @@ def check_same_state_mass(same_state_mass_fn) -> None:
     pattern = _pattern(b, h, t, g)
     tokens = torch.stack([torch.randint(0, 4, (b, t), generator=g), torch.randint(0, 6, (b, t), generator=g),
                           torch.randint(0, 2, (b, t), generator=g)], -1)  # few cells: many repeats
-    for induction in (False, True):
-        want, want_base = same_state_mass(pattern, tokens, l, induction=induction)
+    for induction, ep_len in ((False, l), (True, l), (False, 3), (True, 3)):  # episodes of 5 steps, then of 3
+        want, want_base = same_state_mass(pattern, tokens, ep_len, induction=induction)
         p2, t2 = pattern.clone(), tokens.clone()
-        out = same_state_mass_fn(p2, t2, l, induction=induction)
+        out = same_state_mass_fn(p2, t2, ep_len, induction=induction)
         assert_unchanged("pattern", pattern, p2)
         assert_unchanged("tokens", tokens, t2)
         if not isinstance(out, tuple) or len(out) != 2:
             raise ExerciseFailed("return a tuple (score per head [H], chance level as a float)")
         got, base = torch.as_tensor(out[0]), float(out[1])
-        kind = "induction (next-token)" if induction else "same-state"
+        kind = ("induction (next-token)" if induction else "same-state") + f", episode_len {ep_len}"
         if tuple(got.shape) != (h,):
             raise ExerciseFailed(f"{kind}: expected one score per head, shape ({h},), got {tuple(got.shape)}")
+        if ep_len != l and torch.allclose(got, same_state_mass(pattern, tokens, l, induction=induction)[0], atol=1e-5) \
+                and not torch.allclose(got, want, atol=1e-5):
+            raise ExerciseFailed(f"{kind}: your score is the one for episodes of {l} steps; split the episodes with "
+                                 "the episode_len argument")
         if not torch.allclose(got, want, atol=1e-5):
             raise ExerciseFailed(f"{kind} score: keys must be in EARLIER episodes with the query's observation"
                                  + (", shifted to the next token of the same episode" if induction else "")
@@ -560,6 +564,10 @@ def _same_state_shift_across_episodes(pattern, tokens, episode_len, induction=Fa
     return mass, float(((same.float() * causal).sum(-1) / causal.sum(-1)).mean())
 
 
+def _same_state_fixed_len(pattern, tokens, episode_len, induction=False):
+    return same_state_mass(pattern, tokens, 5, induction)  # the chapter's episode length, not the argument
+
+
 def _same_state_chance_over_all_keys(pattern, tokens, episode_len, induction=False):
     mass, _ = same_state_mass(pattern, tokens, episode_len, induction)
     o = tokens[..., 0]
@@ -777,7 +785,8 @@ WRONG_ANSWERS = {
     "window_tokens": [_window_last_tokens, _window_whole_episode, _window_excludes_step, _window_k_earlier,
                       _window_hardcoded_none],
     "attention_to_reward": [_attn_all_queries, _attn_mean_over_keys, _attn_mean_of_row_means, _attn_nan_when_empty],
-    "same_state_mass": [_same_state_any_episode, _same_state_shift_across_episodes, _same_state_chance_over_all_keys],
+    "same_state_mass": [_same_state_any_episode, _same_state_shift_across_episodes, _same_state_chance_over_all_keys,
+                        _same_state_fixed_len],
     "head_patching": [_patch_reversed, _patch_every_position, _patch_raw_metric],
     "grouped_test_mask": [_split_rows, _split_first_groups, _split_group_ids_as_indices, _split_global_rng,
                           _split_quarter_always],
