@@ -191,6 +191,15 @@ def check_direction_alignment(direction_alignment) -> None:
         _unchanged(ca, a, "dA")
         _unchanged(cb, b, "dB")
         if not math.isclose(got, want, abs_tol=1e-4):
+            Ua = torch.linalg.svd(a.double(), full_matrices=False)[0]
+            Ub = torch.linalg.svd(b.double(), full_matrices=False)[0]
+            if math.isclose(got, float((Ua[:, :k].T @ Ub[:, :k]).abs().max(dim=0).values.mean()), abs_tol=1e-6):
+                raise ExerciseFailed(f"{what}, k={k}: you took, for each direction of dB, its best match in dA (max "
+                                     "over dim 0); the measure is mean over i (dA's directions) of max over j (dB's): "
+                                     "max(dim=1)")
+            if math.isclose(got, float((Ua[:k] @ Ub[:k].T).abs().max(dim=1).values.mean()), abs_tol=1e-6):
+                raise ExerciseFailed(f"{what}, k={k}: U[:k] takes ROWS of U; the singular directions are its "
+                                     "columns, U[:, :k]")
             raise ExerciseFailed(f"{what}, k={k}: expected {want:.4f}, got {got:.4f}; take the top-k LEFT singular "
                                  "vectors (columns of U), the absolute cosine |u_i . u_j|, the max over j, then the "
                                  "mean over i")
@@ -541,6 +550,18 @@ def _align_mean_all(dA, dB, k=5):
     return float((Ua.T @ Ub).abs().mean())
 
 
+def _align_best_match_in_a(dA, dB, k=5):
+    Ua = torch.linalg.svd(dA.double(), full_matrices=False)[0][:, :k]
+    Ub = torch.linalg.svd(dB.double(), full_matrices=False)[0][:, :k]
+    return float((Ua.T @ Ub).abs().max(dim=0).values.mean())    # max over the wrong axis
+
+
+def _align_rows_of_u(dA, dB, k=5):
+    Ua = torch.linalg.svd(dA.double(), full_matrices=False)[0][:k]
+    Ub = torch.linalg.svd(dB.double(), full_matrices=False)[0][:k]
+    return float((Ua @ Ub.T).abs().max(dim=1).values.mean())     # rows of U, not its columns
+
+
 def _deltas_reversed(base, tuned):
     b = dict(base.named_parameters())
     return {n: (b[n] - p).detach() for n, p in tuned.named_parameters()}
@@ -717,7 +738,8 @@ WRONG_ANSWERS = {
     "effective_rank": [_erank_unsquared, _erank_entropy_only, _erank_matrix_rank],
     "top1_energy": [_top1_unsquared, _top1_smallest, _top1_largest_entry],
     "rank_k_approx": [_rank_k_without_s, _rank_k_smallest, _rank_k_in_place, _rank_k_torch_svd_v],
-    "direction_alignment": [_align_no_abs, _align_right_vectors, _align_mean_all],
+    "direction_alignment": [_align_no_abs, _align_right_vectors, _align_mean_all, _align_best_match_in_a,
+                            _align_rows_of_u],
     "weight_deltas": [_deltas_reversed, _deltas_2d_only, _deltas_keep_grad, _deltas_in_place],
     "rank_k_model": [_rank_k_model_in_place, _rank_k_model_with_1d, _rank_k_model_ignores_k],
     "recovery_curve": [_recovery_clipped, _recovery_no_baseline, _recovery_zero_gap_is_zero,
