@@ -171,6 +171,19 @@ def check_attention_to_reward(attention_to_reward_fn) -> None:
     ones = attention_to_reward_fn(pattern, torch.ones_like(rewarded), query_mask)
     if not torch.allclose(ones, torch.ones(h), atol=1e-5):
         raise ExerciseFailed("with every key rewarded the score must be 1 (all the mass)")
+    # B == H: putting the batch axis of `rewarded` on the heads no longer crashes
+    sq = _pattern(4, 4, t, g)
+    sq_r = torch.rand(4, t, generator=g) < 0.4
+    sq_q = torch.rand(4, t, generator=g) < 0.6
+    sq_want = attention_to_reward(sq, sq_r, sq_q)
+    sq_got = torch.as_tensor(attention_to_reward_fn(sq.clone(), sq_r.clone(), sq_q.clone()))
+    if not torch.allclose(sq_got, sq_want, atol=1e-5):
+        heads_axis = (sq * sq_r[None, :, None, :].float()).sum(-1)
+        w = sq_q[:, None, :].float()
+        if torch.allclose(sq_got, (heads_axis * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1), atol=1e-5):
+            raise ExerciseFailed("with B == H your score changed: rewarded [B, K] was broadcast onto the HEAD axis; "
+                                 "index it as rewarded[:, None, None, :] to match pattern [B, H, Q, K]")
+        raise ExerciseFailed(f"B = H = 4: expected {sq_want.tolist()}, got {sq_got.tolist()}")
     empty = torch.as_tensor(attention_to_reward_fn(pattern, rewarded, torch.zeros_like(query_mask)))
     if not torch.isfinite(empty).all() or not torch.allclose(empty, torch.zeros(h)):
         raise ExerciseFailed("with no query selected the score must be 0, not NaN (guard the division)")
@@ -535,6 +548,14 @@ def _attn_mean_of_row_means(pattern, rewarded, query_mask):
     return per_row.mean(0)
 
 
+def _attn_rewarded_on_heads(pattern, rewarded, query_mask):
+    if pattern.shape[0] != pattern.shape[1]:
+        return attention_to_reward(pattern, rewarded, query_mask)  # only B == H reveals it (else a crash)
+    mass = (pattern * rewarded[None, :, None, :].float()).sum(-1)
+    w = query_mask[:, None, :].float()
+    return (mass * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1)
+
+
 def _attn_nan_when_empty(pattern, rewarded, query_mask):
     mass = (pattern * rewarded[:, None, None, :].float()).sum(-1)
     w = query_mask[:, None, :].float()
@@ -784,7 +805,8 @@ WRONG_ANSWERS = {
                 _loss_nll_on_probs],
     "window_tokens": [_window_last_tokens, _window_whole_episode, _window_excludes_step, _window_k_earlier,
                       _window_hardcoded_none],
-    "attention_to_reward": [_attn_all_queries, _attn_mean_over_keys, _attn_mean_of_row_means, _attn_nan_when_empty],
+    "attention_to_reward": [_attn_all_queries, _attn_mean_over_keys, _attn_mean_of_row_means, _attn_nan_when_empty,
+                            _attn_rewarded_on_heads],
     "same_state_mass": [_same_state_any_episode, _same_state_shift_across_episodes, _same_state_chance_over_all_keys,
                         _same_state_fixed_len],
     "head_patching": [_patch_reversed, _patch_every_position, _patch_raw_metric],
