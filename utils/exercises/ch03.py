@@ -86,12 +86,20 @@ def check_effective_rank(effective_rank) -> None:
         ("a random 16 x 24 matrix", torch.randn(16, 24, generator=_gen(3))),
         ("a scaled random matrix", 1e-3 * torch.randn(12, 5, generator=_gen(4))),
         ("a wide 6 x 40 delta", 0.02 * torch.randn(6, 40, generator=_gen(5))),
+        ("a delta that moved two units only (exact zero singular values)",
+         torch.diag(torch.tensor([3.0, 1.0, 0.0, 0.0]))),
     ]
     for what, A_ in cases:
         want = M.effective_rank_energy(A_)
         before = A_.clone()
         got = float(effective_rank(A_))
         _unchanged(before, A_, "dW")
+        if math.isnan(got):
+            raise ExerciseFailed(f"{what}: got NaN; a zero singular value gives 0 * log(0): drop the p_i that are "
+                                 "0 before taking the entropy (they contribute nothing)")
+        if math.isclose(got, 2 ** math.log(want), rel_tol=1e-4) and not math.isclose(want, got, rel_tol=1e-4):
+            raise ExerciseFailed(f"{what}: you raised 2 to a natural-log entropy: use the same base for the log "
+                                 "and the exponential (exp of the entropy in nats)")
         if math.isclose(got, M.effective_rank_roy_vetterli(A_), rel_tol=1e-4) and not math.isclose(want, got, rel_tol=1e-4):
             raise ExerciseFailed(f"{what}: you used p_i = s_i / sum s_j (the classic Roy-Vetterli definition); "
                                  f"the source's effective rank squares them: p_i = s_i^2 / sum s_j^2")
@@ -124,6 +132,8 @@ def check_top1_energy(top1_energy) -> None:
             s = torch.linalg.svdvals(A_.double())
             hint = (" (that is s_1 / sum s_j: square the singular values, energy is s^2)"
                     if math.isclose(got, float(s[0] / s.sum()), rel_tol=1e-4) else
+                    " (that is s_1 / ||dW||_F, a norm ratio: the energy share is its square)"
+                    if math.isclose(got, float(s[0] / s.norm()), rel_tol=1e-4) else
                     " (use the LARGEST singular value, s[0] from torch.linalg.svdvals)")
             raise ExerciseFailed(f"{what}: expected {want:.4f}, got {got:.4f}{hint}")
     got = float(top1_energy(torch.zeros(3, 3)))
@@ -511,6 +521,32 @@ def _top1_largest_entry(dW):
     return 0.0 if d.norm() == 0 else float(d.abs().max() ** 2 / d.norm() ** 2)
 
 
+def _erank_mixed_base(dW):
+    s = torch.linalg.svdvals(dW.double())
+    p = s ** 2 / (s ** 2).sum()
+    p = p[p > 0]
+    return float(2 ** -(p * p.log()).sum())          # natural-log entropy, base-2 exponential
+
+
+def _erank_nan_zeros(dW):
+    s = torch.linalg.svdvals(dW.double())
+    if s.sum() == 0:
+        return 0.0
+    p = s ** 2 / (s ** 2).sum()
+    return float(torch.exp(-(p * p.log()).sum()))    # 0 * log 0 = NaN for zero singular values
+
+
+def _top1_norm_ratio(dW):
+    s = torch.linalg.svdvals(dW.double())
+    return 0.0 if s.sum() == 0 else float(s[0] / s.norm())
+
+
+def _top1_first_entry_of_svd(dW):
+    s = torch.linalg.svdvals(dW.double())
+    e = s.flip(0) ** 2                              # sorted ascending "to be safe", then the first taken
+    return 0.0 if s.sum() == 0 else float(e[0] / e.sum())
+
+
 def _rank_k_without_s(dW, k):
     U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
     return U[:, :k] @ Vh[:k]
@@ -686,6 +722,11 @@ def _jaccard_of_values(a, b, k):
     return len(A_ & B_) / len(A_ | B_)
 
 
+def _jaccard_over_2k(a, b, k):
+    A_, B_ = set(torch.topk(a, k).indices.tolist()), set(torch.topk(b, k).indices.tolist())
+    return len(A_ & B_) / (2 * k)                    # the union is not 2k when they overlap
+
+
 def _disrupted_absolute(fb, ft, threshold=0.05, min_freq=1e-3):
     return M.disrupted_features(fb, ft, threshold, relative=False)
 
@@ -735,8 +776,9 @@ def _corr_cosine(f, r):
 
 
 WRONG_ANSWERS = {
-    "effective_rank": [_erank_unsquared, _erank_entropy_only, _erank_matrix_rank],
-    "top1_energy": [_top1_unsquared, _top1_smallest, _top1_largest_entry],
+    "effective_rank": [_erank_unsquared, _erank_entropy_only, _erank_matrix_rank, _erank_mixed_base,
+                       _erank_nan_zeros],
+    "top1_energy": [_top1_unsquared, _top1_smallest, _top1_largest_entry, _top1_norm_ratio],
     "rank_k_approx": [_rank_k_without_s, _rank_k_smallest, _rank_k_in_place, _rank_k_torch_svd_v],
     "direction_alignment": [_align_no_abs, _align_right_vectors, _align_mean_all, _align_best_match_in_a,
                             _align_rows_of_u],
@@ -746,7 +788,7 @@ WRONG_ANSWERS = {
                        _recovery_full_model_each_k],
     "random_delta_like": [_null_gaussian_norm_matched, _null_shuffled_entries, _null_global_rng, _null_negated,
                           _null_left_only, _null_right_only, _null_uniform_directions, _null_float64],
-    "topk_jaccard": [_overlap_fraction, _bottom_k_jaccard, _jaccard_of_values],
+    "topk_jaccard": [_overlap_fraction, _bottom_k_jaccard, _jaccard_of_values, _jaccard_over_2k],
     "disrupted_features": [_disrupted_absolute, _disrupted_no_min_freq, _disrupted_at_least,
                            _disrupted_base_alive_only],
     "feature_reward_correlation": [_corr_covariance, _corr_nan_constant, _corr_clamped, _corr_cosine,
