@@ -770,7 +770,8 @@ def check_constant_dist(constant_dist_fn) -> None:
     if not isinstance(d, torch.distributions.Normal):
         raise ExerciseFailed(f"return a torch.distributions.Normal, got {type(d).__name__}")
     if not (torch.equal(mean.detach(), snap[0]) and torch.equal(log_std.detach(), snap[1]) and torch.equal(obs_a, snap[2])):
-        raise ExerciseFailed("you changed an input in place")
+        raise ExerciseFailed("you changed an input in place (mean, log_std or obs): clamp or transform a copy, the "
+                             "optimizer owns the parameters")
     if tuple(d.batch_shape) != (6, k):
         raise ExerciseFailed(f"batch shape must be [B, k] = {(6, k)} (one row per board, as PPO's rollout buffers), "
                              f"got {tuple(d.batch_shape)}")
@@ -799,6 +800,16 @@ def _wrong_const_unbatched(mean, log_std, obs):
 
 def _wrong_const_reads_board(mean, log_std, obs):
     return torch.distributions.Normal(mean + 0.1 * obs.sum(-1, keepdim=True), log_std.exp().expand(len(obs), -1))
+
+
+def _wrong_const_obs_width(mean, log_std, obs):
+    n = obs.shape[-1]                                                      # 9 cells, not the B boards
+    return torch.distributions.Normal(mean.expand(n, -1), log_std.exp().expand(n, -1))
+
+
+def _wrong_const_clamps_inplace(mean, log_std, obs):
+    log_std.data.clamp_(min=-1.0)                                          # "stability", on the learned parameter
+    return torch.distributions.Normal(mean.expand(len(obs), -1), log_std.exp().expand(len(obs), -1))
 
 
 def _wrong_const_detached(mean, log_std, obs):
@@ -891,7 +902,8 @@ WRONG_ANSWERS = {
     "random_direction_control": [_wrong_rdc_unit_norm, _wrong_rdc_global_rng, _wrong_rdc_no_plus_one,
                                  _wrong_rdc_two_sided, _wrong_rdc_one_draw, _wrong_rdc_uniform,
                                  _wrong_rdc_normalises_direction],
-    "constant_dist": [_wrong_const_std, _wrong_const_unbatched, _wrong_const_reads_board, _wrong_const_detached],
+    "constant_dist": [_wrong_const_std, _wrong_const_unbatched, _wrong_const_reads_board, _wrong_const_detached,
+                      _wrong_const_obs_width, _wrong_const_clamps_inplace],
     "board_dependence": [_wrong_bd_per_feature, _wrong_bd_unweighted, _wrong_bd_nan],
     "fisher_exact_p": [_wrong_fisher_one_sided, _wrong_fisher_z, _wrong_fisher_chi2, _wrong_fisher_strict,
                        _wrong_fisher_no_tolerance],
