@@ -281,10 +281,14 @@ def check_recovery_curve(recovery_curve) -> None:
         return A.rebuilt_model(b, d, k)
 
     ks = [0, 1, 2, 5, None]
+    sb, dcopy = _state(base), {n: d.clone() for n, d in deltas.items()}
     # the real gap, a made-up tuned score that makes recovery > 1 and < 0, and a negative gap
     for st in (s_tuned, s_base + 0.1 * (s_tuned - s_base), s_base - 2.0):
         calls.clear()
-        got = [float(x) for x in recovery_curve(_logit_score, base, deltas, ks, s_base, st, build)]
+        got = [float(x) for x in recovery_curve(_logit_score, base, deltas, list(ks), s_base, st, build)]
+        _same_state(base, sb, "the base model")
+        for n in deltas:
+            _unchanged(dcopy[n], deltas[n], f"deltas[{n!r}]")
         want = A.recovery_curve(_logit_score, base, deltas, ks, s_base, st)
         if sorted(calls, key=str) != sorted(ks, key=str):
             raise ExerciseFailed(f"build the rank-k model once per k with build(base, deltas, k); it was called "
@@ -657,6 +661,13 @@ def _recovery_full_model_each_k(score_fn, base, deltas, ks, score_base, score_tu
     return out
 
 
+def _recovery_zeroes_1d_deltas(score_fn, base, deltas, ks, score_base, score_tuned, build):
+    for d in deltas.values():
+        if d.ndim == 1:
+            d.zero_()            # "rank-k models keep 1-D parameters at base", written into the caller's deltas
+    return A.recovery_curve(score_fn, base, deltas, ks, score_base, score_tuned, build)
+
+
 def _null_gaussian_norm_matched(dW, generator):
     x = torch.randn(dW.shape, generator=generator, dtype=torch.float64)
     return (x * dW.double().norm() / x.norm()).to(dW.dtype)
@@ -785,7 +796,7 @@ WRONG_ANSWERS = {
     "weight_deltas": [_deltas_reversed, _deltas_2d_only, _deltas_keep_grad, _deltas_in_place],
     "rank_k_model": [_rank_k_model_in_place, _rank_k_model_with_1d, _rank_k_model_ignores_k],
     "recovery_curve": [_recovery_clipped, _recovery_no_baseline, _recovery_zero_gap_is_zero,
-                       _recovery_full_model_each_k],
+                       _recovery_full_model_each_k, _recovery_zeroes_1d_deltas],
     "random_delta_like": [_null_gaussian_norm_matched, _null_shuffled_entries, _null_global_rng, _null_negated,
                           _null_left_only, _null_right_only, _null_uniform_directions, _null_float64],
     "topk_jaccard": [_overlap_fraction, _bottom_k_jaccard, _jaccard_of_values, _jaccard_over_2k],
