@@ -244,6 +244,19 @@ def _check_counterfactual_cue_pairs(pairs_fn) -> None:
         _same(got[k], want[k], f"{k} (48 layouts)")
     if (got["a_clean"] == got["a_corrupt"]).any():
         raise ExerciseFailed("every pair must change the greedy action (a_clean != a_corrupt)")
+    # A second grid size: the observation width is 3 * size**2 + 2, so `size` must reach encode().
+    agent6, tiles6, _ = random_layouts(24, size=6, seed=12)
+    model6 = _LinearPolicy(torch.randn(3 * 36 + 2, 4, generator=g))
+    try:
+        got6 = pairs_fn(model6, agent6, tiles6, size=6)
+    except NotImplementedError:
+        raise
+    except Exception as e:   # a shape error in the model, or encode() refusing cells outside a 5 x 5 room
+        raise ExerciseFailed(f"size=6 (observations of width 110) failed ({str(e)[:60]}): pass `size` on to "
+                             "encode(agent, tiles, goal, size) instead of the default 5") from e
+    want6 = counterfactual_cue_pairs(model6, agent6, tiles6, size=6)
+    for k in ("clean", "corrupt", "a_clean", "a_corrupt"):
+        _same(got6[k], want6[k], f"{k} (24 layouts on a 6 x 6 grid, size=6)")
     cue_blind = _LinearPolicy(torch.cat([torch.randn(75, 4, generator=g), torch.zeros(2, 4)]))
     empty = pairs_fn(cue_blind, agent, tiles)
     if len(empty["clean"]) != 0 or tuple(empty["clean"].shape) != (0, 77):
@@ -678,6 +691,10 @@ def _pairs_mutates_layout(model, agent, tiles, size=5):
     return p
 
 
+def _pairs_ignores_size(model, agent, tiles, size=5):
+    return counterfactual_cue_pairs(model, agent, tiles)     # the grid size never reaches encode()
+
+
 def _hook_in_place(source, units=None):
     def hook(act, hook):
         idx = slice(None) if units is None else torch.as_tensor(units)
@@ -911,7 +928,7 @@ WRONG_ANSWERS = {
                   _td_max_over_batch, _td_zero_next_q_in_place],
     "direct_logit_attribution": [_dla_summed, _dla_only_a, _dla_no_activation, _dla_in_place, _dla_first_pair],
     "counterfactual_cue_pairs": [_pairs_keep_all, _pairs_swapped, _pairs_keep_same, _pairs_layouts_unfiltered,
-                                 _pairs_mutates_layout],
+                                 _pairs_mutates_layout, _pairs_ignores_size],
     "patch_units_hook": [_hook_in_place, _hook_first_row, _hook_all_units, _hook_returns_source_units_only,
                          _hook_units_as_rows, _hook_returns_none],
     "heldout_unit_patching": [_heldout_same_pairs, _heldout_bottom_units, _heldout_random_is_top,
