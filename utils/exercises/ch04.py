@@ -839,7 +839,11 @@ def check_board_dependence(board_dependence_fn) -> None:
         raise ExerciseFailed("constant strengths (the constant-strength control) must give 0, not nan")
     if abs(float(board_dependence_fn(x, ["one"] * 22))) > 1e-9:
         raise ExerciseFailed("a single group explains nothing: 0")
-    if abs(float(board_dependence_fn(x, list(range(22)))) - 1) > 1e-9:
+    singles = float(board_dependence_fn(x, list(range(22))))
+    if not math.isfinite(singles):
+        raise ExerciseFailed(f"one group per row gave {singles}: a group of a single row has within-group sum of "
+                             "squares 0 (torch.var of one row is nan; use ((x - group mean) ** 2).sum())")
+    if abs(singles - 1) > 1e-9:
         raise ExerciseFailed("one group per row explains everything: 1")
     ids = torch.tensor([{"quiet": 0, "must block": 1, "opening": 2}[s] for s in groups])
     if abs(float(board_dependence_fn(x, ids.tolist())) - want) > 1e-6:
@@ -859,6 +863,21 @@ def _wrong_bd_unweighted(strengths, groups):
     labels = sorted(set(groups), key=str)
     means = torch.stack([x[[i for i, s in enumerate(groups) if s == lab]].mean(0) for lab in labels])
     return float(((means - x.mean(0)) ** 2).sum() * len(x) / len(labels)) / total
+
+
+def _wrong_bd_unbiased_var(strengths, groups):
+    x = strengths.double()
+    total = float(((x - x.mean(0)) ** 2).sum())
+    if total == 0:
+        return 0.0
+    by = {}
+    for i, s in enumerate(groups):
+        by.setdefault(s, []).append(i)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        within = sum(float(x[i].var(0).sum()) * (len(i) - 1) for i in by.values())   # var of one row: nan
+    return 1 - within / total
 
 
 def _wrong_bd_nan(strengths, groups):
@@ -904,7 +923,7 @@ WRONG_ANSWERS = {
                                  _wrong_rdc_normalises_direction],
     "constant_dist": [_wrong_const_std, _wrong_const_unbatched, _wrong_const_reads_board, _wrong_const_detached,
                       _wrong_const_obs_width, _wrong_const_clamps_inplace],
-    "board_dependence": [_wrong_bd_per_feature, _wrong_bd_unweighted, _wrong_bd_nan],
+    "board_dependence": [_wrong_bd_per_feature, _wrong_bd_unweighted, _wrong_bd_nan, _wrong_bd_unbiased_var],
     "fisher_exact_p": [_wrong_fisher_one_sided, _wrong_fisher_z, _wrong_fisher_chi2, _wrong_fisher_strict,
                        _wrong_fisher_no_tolerance],
 }
