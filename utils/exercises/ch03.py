@@ -630,6 +630,15 @@ def _rank_k_model_in_place(base, deltas, k):
     return base
 
 
+def _rank_k_model_shallow_copy(base, deltas, k):
+    model = copy.copy(base)                      # a shallow copy shares base's parameter tensors
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if deltas[n].ndim == 2:
+                p.add_(deltas[n] if k is None else M.truncate_rank(deltas[n], k))
+    return model
+
+
 def _rank_k_model_with_1d(base, deltas, k):
     return A.rebuilt_model(base, deltas, k, keep_1d=True)
 
@@ -794,7 +803,8 @@ WRONG_ANSWERS = {
     "direction_alignment": [_align_no_abs, _align_right_vectors, _align_mean_all, _align_best_match_in_a,
                             _align_rows_of_u],
     "weight_deltas": [_deltas_reversed, _deltas_2d_only, _deltas_keep_grad, _deltas_in_place],
-    "rank_k_model": [_rank_k_model_in_place, _rank_k_model_with_1d, _rank_k_model_ignores_k],
+    "rank_k_model": [_rank_k_model_in_place, _rank_k_model_with_1d, _rank_k_model_ignores_k,
+                     _rank_k_model_shallow_copy],
     "recovery_curve": [_recovery_clipped, _recovery_no_baseline, _recovery_zero_gap_is_zero,
                        _recovery_full_model_each_k, _recovery_zeroes_1d_deltas],
     "random_delta_like": [_null_gaussian_norm_matched, _null_shuffled_entries, _null_global_rng, _null_negated,
