@@ -545,12 +545,6 @@ def _top1_norm_ratio(dW):
     return 0.0 if s.sum() == 0 else float(s[0] / s.norm())
 
 
-def _top1_first_entry_of_svd(dW):
-    s = torch.linalg.svdvals(dW.double())
-    e = s.flip(0) ** 2                              # sorted ascending "to be safe", then the first taken
-    return 0.0 if s.sum() == 0 else float(e[0] / e.sum())
-
-
 def _rank_k_without_s(dW, k):
     U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
     return U[:, :k] @ Vh[:k]
