@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from utils.core import CourseError
+from utils.rlhf.analysis import HookedRewardModel
 
 BASE_REPO = "lvwerra/gpt2-imdb"
 TUNED_REPO = "lvwerra/gpt2-imdb-pos-v2"
@@ -56,8 +57,9 @@ PROMPTER, ASSISTANT, EOT = "<|prompter|>", "<|assistant|>", "<|endoftext|>"
 def _offline() -> bool:
     import huggingface_hub.constants as hc
 
-    return bool(hc.HF_HUB_OFFLINE) or any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    from utils.lm.api import hub_offline_env
+
+    return bool(hc.HF_HUB_OFFLINE) or hub_offline_env()
 
 
 def _snapshot(repo: str) -> Path:
@@ -160,19 +162,9 @@ class HookedNeoXRewardModel:
                              add_special_tokens=False)
         return enc["input_ids"], enc["attention_mask"].sum(-1) - 1
 
-    @torch.no_grad()
-    def score_ids(self, ids: Tensor, last: Tensor | None = None, fwd_hooks=()) -> Tensor:
-        if last is None:
-            last = torch.full((ids.shape[0],), ids.shape[1] - 1)
-        store = {}
-
-        def grab(x, hook):
-            store["n"] = x
-        self.tl.run_with_hooks(ids, fwd_hooks=[*fwd_hooks, ("ln_final.hook_normalized", grab)], return_type=None)
-        return store["n"][torch.arange(len(ids)), last] @ self.w + self.b
-
-    def score(self, texts: Sequence[str]) -> Tensor:
-        return self.score_ids(*self.tokens(texts))
+    # scoring reads ln_final at each row's last token, exactly as the chapter's own reward model does
+    score_ids = HookedRewardModel.score_ids
+    score = HookedRewardModel.score
 
 
 def format_reply(prompt: str, reply: str) -> str:
