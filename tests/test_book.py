@@ -35,7 +35,7 @@ from utils.course import REPO_ROOT
 from utils.course.book import build
 from utils.course.chapters import ready_chapters
 from utils.course.check import _toc_files
-from utils.course.notebooks import FOLD_CAPTIONS
+from utils.course.notebooks import FOLD_CAPTIONS, has_exercise
 from utils.course.setup_cell import repository
 
 SCREENSHOTS = REPO_ROOT / "_build" / "screenshots"
@@ -305,6 +305,9 @@ _MEASURE = r"""(() => {
     return {caption: title ? title.textContent.trim() : '', open: d.open,
             codeVisible: [...d.querySelectorAll('pre')].some(visible), oneLine: h > 0 && h < 1.6 * lh};
   });
+  const hints = [...article.querySelectorAll('details.exercise-hint')].map(d => ({
+    summary: d.querySelector('summary').textContent.trim(), open: d.open,
+    bodyVisible: [...d.children].filter(c => c.tagName !== 'SUMMARY').some(visible)}));
   const setupVisible = [...article.querySelectorAll('pre')].some(p => p.textContent.includes('def course_setup(') && visible(p));
   const codeCut = [...article.querySelectorAll('div.cell_input pre, div.highlight pre')].filter(p => visible(p)
       && p.scrollWidth > p.clientWidth + 1).map(p => p.textContent.split('\n').find(l => l.length > 80) || p.textContent.slice(0, 80));
@@ -320,7 +323,7 @@ _MEASURE = r"""(() => {
     tracebacks: [...article.querySelectorAll('.cell_output')].filter(o => o.querySelector('.traceback, .error')
                   || o.textContent.includes('Traceback (most recent call last)')).length
                 + (text.includes('An Exception was encountered at') ? 1 : 0),  // papermill's banner
-    folded, setupVisible, codeCut,
+    folded, hints, setupVisible, codeCut,
     rawTables: (text.match(/\|\s*:?-{3,}:?\s*\|/g) || []).length,
     rawTableSample: (text.match(/.{0,60}\|\s*:?-{3,}:?\s*\|.{0,20}/) || [''])[0],
     verdictTables: [...article.querySelectorAll('table.verdict-table')].map(t => ({
@@ -347,6 +350,15 @@ def _widgets_in_notebook(site: Path, page: str) -> int:
     nb = nbformat.read(nb_path, as_version=4)
     html = [o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     return sum(len(re.findall(r'id="circuits-vis-', "".join(h) if isinstance(h, list) else h)) for h in html)
+
+
+def _exercises_in_notebook(site: Path, page: str) -> int:
+    """How many exercise cells the notebook behind a page has."""
+    nb_path = site.parent / "site_src" / page.replace(".html", ".ipynb")
+    if not nb_path.exists():
+        return 0
+    nb = nbformat.read(nb_path, as_version=4)
+    return sum(c.cell_type == "code" and has_exercise(c.source) for c in nb.cells)
 
 
 def check_page(browser: Browser, site: Path, page: str) -> tuple[dict, list[str]]:
@@ -387,6 +399,13 @@ def check_page(browser: Browser, site: Path, page: str) -> tuple[dict, list[str]
             problems.append(f"the setup cell is not folded (folded cells: {m['folded']})")
         if not any(f["caption"].startswith(FOLD_CAPTIONS["parameters"]) and not f["codeVisible"] for f in m["folded"]):
             problems.append("the parameters cell is not folded")
+        n_exercises = _exercises_in_notebook(site, page)
+        solutions = [f for f in m["folded"] if f["caption"].startswith("Solution:")]
+        if len(solutions) != n_exercises or any(f["open"] or f["codeVisible"] for f in solutions):
+            problems.append(f"{n_exercises} exercises but {len(solutions)} folded solution cells: {solutions[:2]}")
+        first = [h for h in m["hints"] if h["summary"].startswith("Hint 1")]
+        if len(first) < n_exercises or any(h["open"] or h["bodyVisible"] for h in m["hints"]):
+            problems.append(f"{n_exercises} exercises but {len(first)} folded first hints: {m['hints'][:2]}")
         if not all(f["oneLine"] for f in m["folded"]):
             problems.append(f"a folded cell's caption is not one line: {m['folded']}")
     if m["codeCut"]:

@@ -1,5 +1,7 @@
 """The single-source generator, the fast checks, the runner CLI and the setup cell."""
+import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,8 +11,9 @@ import nbformat
 import pytest
 
 from utils.course import REPO_ROOT
-from utils.course.check import problems
-from utils.course.notebooks import STUB, ExerciseMarkupError, generate, stub_source
+from utils.course.check import exercise_problems, problems
+from utils.course.notebooks import (HINTS_TAG, STUB, STUCK, ExerciseMarkupError, exercise_notebook, exercise_regions,
+                                    fold_exercises, generate, hint_problems, stub_source)
 from utils.course.setup_cell import setup_cell_source
 
 SOLUTION = '''import torch
@@ -19,7 +22,9 @@ SOLUTION = '''import torch
 def f(x):
     """Docstring stays."""
     # EXERCISE BEGIN
-    # Hint: double it.
+    # Hint 1: what does twice mean?
+    # Hint 2: multiply by 2
+    # and return it.
     y = x * 2
     return y
     # EXERCISE END
@@ -28,15 +33,68 @@ def f(x):
 print("top level stays")'''
 
 
-def test_stub_source_keeps_signature_docstring_hints():
+def test_stub_source_keeps_signature_docstring_and_points_to_the_hints():
     out = stub_source(SOLUTION)
-    assert 'def f(x):\n    """Docstring stays."""\n    # Hint: double it.\n    ' + STUB in out
-    assert "y = x * 2" not in out and "EXERCISE" not in out
+    assert 'def f(x):\n    """Docstring stays."""\n    ' + STUCK + "\n    " + STUB in out
+    assert "y = x * 2" not in out and "EXERCISE" not in out and "Hint" not in out
     assert 'print("top level stays")' in out
     ns = {}
     exec(out, ns)
     with pytest.raises(NotImplementedError):
         ns["f"](1)
+
+
+def test_hints_at_two_depths_and_the_solution_fold_out_below_the_exercise_cell():
+    [region] = exercise_regions(SOLUTION)
+    assert region.function == "f" and region.hints == {1: "what does twice mean?", 2: "multiply by 2 and return it."}
+    assert region.code == ["y = x * 2", "return y"] and not region.unmarked
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("**Exercise 1** (difficulty 1, about 5 min)"), nbformat.v4.new_code_cell(SOLUTION),
+                nbformat.v4.new_code_cell("check(f)")]
+    ex = exercise_notebook(nb, "demo")
+    code, hints, after = ex.cells[1:]
+    assert STUB in code.source and after.source == "check(f)" and HINTS_TAG in hints.metadata.tags
+    blocks = re.findall(r"<details[^>]*><summary>(.*?)</summary>\n\n(.*?)\n\n</details>", hints.source, re.S)
+    assert [b[0] for b in blocks] == ["Hint 1", "Hint 2", "Solution: the body of <code>f</code>"]
+    assert blocks[1][1] == "multiply by 2 and return it." and "y = x * 2\nreturn y" in blocks[2][1]
+    assert hints.id == code.id[:56] + "-hints"
+    # on the site: the hints (no solution text) before the solution cell, whose code is folded; idempotent
+    site = fold_exercises(fold_exercises(copy.deepcopy(nb)))
+    assert [c.cell_type for c in site.cells] == ["markdown", "markdown", "code", "code"]
+    assert "Hint 2" in site.cells[1].source and "Solution" not in site.cells[1].source
+    assert "hide-input" in site.cells[2].metadata.tags and site.cells[2].metadata.mystnb.code_prompt_show == "Solution: the code of f"
+    # older notebooks: a bare '# Hint:' is the first hint, a second one continues it
+    [old] = exercise_regions("def g():\n    # EXERCISE BEGIN\n    # Hint: a\n    # Hint: b\n    return 1\n    # EXERCISE END")
+    assert old.hints == {1: "a b"}
+
+
+def test_hint_rules_name_what_is_missing():
+    one = "def g():\n    # EXERCISE BEGIN\n    # Hint 1: a\n    return 1\n    # EXERCISE END"
+    assert any("no '# Hint 2:'" in p and "`g`" in p for p in hint_problems(one, "x"))
+    bare = "def g():\n    # EXERCISE BEGIN\n    # note\n    # Hint 2: b\n    return 1\n    # EXERCISE END"
+    assert any("without a '# Hint N:' marker" in p for p in hint_problems(bare, "x"))
+    assert hint_problems(SOLUTION, "x") == []
+    with pytest.raises(ExerciseMarkupError, match="two '# Hint 2:'"):
+        exercise_regions("def g():\n    # EXERCISE BEGIN\n    # Hint 2: a\n    # Hint 2: b\n    return 1\n    # EXERCISE END")
+
+
+def test_exercise_headers_are_checked(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    path = tmp_path / "solutions" / "demo.ipynb"
+
+    def write(*headers):
+        nb = nbformat.v4.new_notebook()
+        for h in headers:
+            nb.cells += [nbformat.v4.new_markdown_cell(h), nbformat.v4.new_code_cell(SOLUTION)]
+        nbformat.write(nb, path)
+        return exercise_problems(path)
+
+    assert write("**Exercise 1** (difficulty 1, about 5 min)", "**Exercise 2** (difficulty 3, about 30 min)") == []
+    assert write("**Exercise 1** (difficulty 1, about 5 min)", "**Exercise 1b** (difficulty 2, about 5 min)") == []
+    assert any("0 headers" in p or "1 headers" in p for p in write("**Exercise 1** (difficulty 1)", "**Exercise 2**"))
+    assert any("in order" in p for p in write("**Exercise 1** (difficulty 1, about 5 min)", "**Exercise 3** (difficulty 1, about 5 min)"))
+    assert any("two exercises numbered 1" in p
+               for p in write("**Exercise 1** (difficulty 1, about 5 min)", "**Exercise 1** (difficulty 1, about 5 min)"))
 
 
 @pytest.mark.parametrize("bad, msg", [

@@ -5,7 +5,8 @@ book/ and the solution notebooks: the committed ones (no outputs) or, with
 `executed=True`, the papermill-executed ones from _build/executed/, so the site shows
 real outputs while jupyter-book itself never executes anything. Staging folds the
 plumbing cells (setup, parameters, papermill's injected parameters) behind one-line
-captions (`utils.course.notebooks.fold_plumbing`), and points the site's MathJax cache at
+captions (`utils.course.notebooks.fold_plumbing`), puts each exercise's hints, folded, before
+its solution cell and folds the solution's code (`fold_exercises`), and points the site's MathJax cache at
 _build/mathjax so the pinned MathJax copy (book/_ext/site_assets.py) is fetched once, and
 puts the licence (LICENSE, LICENSE-CONTENT) in every page's footer.
 """
@@ -22,7 +23,7 @@ import yaml
 from utils.core import CourseError
 from utils.course import REPO_ROOT
 from utils.course.chapters import ready_chapters
-from utils.course.notebooks import fold_plumbing
+from utils.course.notebooks import fold_exercises, fold_plumbing
 
 
 def licence_footer(root: Path = REPO_ROOT) -> str:
@@ -55,7 +56,7 @@ def stage(root: Path, build_dir: Path, executed: bool, executed_dir: Path | None
         nb = ((executed_dir or build_dir / "executed") / f"{ch.id}.ipynb") if executed else (root / "solutions" / f"{ch.id}.ipynb")
         if not nb.exists():
             raise CourseError(f"{nb} is missing: run `python -m utils.course run --profile cpu` first")
-        nbformat.write(fold_plumbing(nbformat.read(nb, as_version=4)), src / "solutions" / nb.name)
+        nbformat.write(fold_exercises(fold_plumbing(nbformat.read(nb, as_version=4))), src / "solutions" / nb.name)
     return src
 
 

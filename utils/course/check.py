@@ -17,7 +17,7 @@ import yaml
 
 from utils.course import REPO_ROOT
 from utils.course.chapters import CHAPTERS, ready_chapters
-from utils.course.notebooks import FOLD_TAG, ExerciseMarkupError, generate, is_folded
+from utils.course.notebooks import FOLD_TAG, ExerciseMarkupError, generate, has_exercise, hint_problems, is_folded
 from utils.course.setup_cell import SETUP_TAG, setup_cell_source
 
 MAX_CODE_LINE = 100       # characters in a line of a code cell
@@ -32,6 +32,42 @@ NUMBERS_FAIL = True       # False: static numbers are warnings; True: they are p
 _PROBLEM_ID = re.compile(r"8\.(?:[1-9]|1\d|2[01])")  # Nanda's problem numbers 8.1-8.21 are names, not results
 _NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+|\d+(?:\.\d+)?\s?%)")
 _SKIP = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\]\([^)]*\)|\{cite[^}]*\}`[^`]*`", re.S)
+
+
+# Every exercise shows its number, difficulty and minutes in the markdown before its cell, and
+# hints at two depths at the top of its region (folded on the site and in the exercise notebook).
+HINTS_FAIL = False   # True once every exercise has both hint depths (issue 38)
+_EXERCISE_HEADER = re.compile(r"\*\*Exercise (\d+)([a-z]?)\*\*\s*\(difficulty ([1-3]), about (\d+) min")
+
+
+def exercise_problems(path: Path) -> list[str]:
+    """A solution notebook's exercises: one header `**Exercise N** (difficulty D, about M min)`
+    per exercise cell, before it and numbered in order; both hint depths in every region."""
+    rel = path.relative_to(path.parents[1])
+    nb = nbformat.read(path, as_version=4)
+    probs: list[str] = []
+    headers: list[tuple[int, int, str]] = []   # (cell index, number, suffix)
+    cells: list[int] = []
+    for n, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            headers += [(n, int(m.group(1)), m.group(2)) for m in _EXERCISE_HEADER.finditer(cell.source)]
+        elif cell.cell_type == "code" and has_exercise(cell.source):
+            cells.append(n)
+            try:
+                probs += hint_problems(cell.source, f"{rel} cell {n}") if HINTS_FAIL else []
+            except ExerciseMarkupError:
+                pass   # reported by generate()
+    if len(headers) != len(cells):
+        probs.append(f"{rel}: {len(cells)} exercise cells but {len(headers)} headers "
+                     "'**Exercise N** (difficulty D, about M min)'")
+    for k, ((h, num, _), c) in enumerate(zip(headers, cells)):
+        if h > c:
+            probs.append(f"{rel}: the header of Exercise {num} (cell {h}) comes after its exercise cell {c}")
+        if k and num not in (headers[k - 1][1], headers[k - 1][1] + 1):
+            probs.append(f"{rel}: Exercise {num} follows Exercise {headers[k - 1][1]}: number the exercises in order")
+        elif k and num == headers[k - 1][1] and not headers[k][2]:
+            probs.append(f"{rel}: two exercises numbered {num}: give the second a letter (e.g. {num}b) or renumber")
+    return probs
 
 
 def _tags(cell) -> list[str]:
@@ -145,6 +181,8 @@ def problems(root: Path = REPO_ROOT) -> list[str]:
     for folder in ("solutions", "notebooks"):
         for path in sorted((root / folder).glob("*.ipynb")):
             out += notebook_problems(path, setup_src)
+    for path in sorted((root / "solutions").glob("*.ipynb")):
+        out += exercise_problems(path)
     try:
         stale = generate(root, write=False)
     except ExerciseMarkupError as e:
