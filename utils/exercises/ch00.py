@@ -77,8 +77,10 @@ def check_get_hidden(get_hidden) -> None:
 def check_counterfactual_obs(counterfactual_obs) -> None:
     """counterfactual_obs(obs, length) -> obs with the cue swapped, everything else unchanged."""
     g = torch.Generator().manual_seed(2)
-    for length, n_noise in ((7, 6), (5, 3)):
+    for length, n_noise, noisy in ((7, 6, False), (5, 3, False), (7, 4, True)):
         obs = _corridor_batch(g, 6, length, n_noise)
+        if noisy:  # cue readings with noise (as the env's cue_noise gives): not a clean one-hot
+            obs[:, length:length + 2] += 0.6 * torch.randn(6, 2, generator=g)
         before = obs.clone()
         got = counterfactual_obs(obs, length)
         _unchanged(before, obs, "obs")
@@ -90,6 +92,10 @@ def check_counterfactual_obs(counterfactual_obs) -> None:
             raise ExerciseFailed("the position one-hot changed: a counterfactual changes the cue only")
         if not torch.equal(got[:, length + 2:], before[:, length + 2:]):
             raise ExerciseFailed("the distractor readings changed: keep them, so the pair differs in the cue alone")
+        if noisy and not torch.equal(got[:, length:length + 2], want[:, length:length + 2]):
+            raise ExerciseFailed("with noisy cue readings (not a clean one-hot) the cue entries must be the same "
+                                 "two readings SWAPPED (column length <-> length + 1); you recomputed them "
+                                 "(e.g. 1 - x or a one-hot of the argmax) instead of swapping")
         if not torch.equal(got[:, length:length + 2], want[:, length:length + 2]):
             raise ExerciseFailed(f"length={length}: the cue entries (columns {length} and {length + 1}) should "
                                  "be swapped in every row (goal left <-> goal right), whatever that row's cue is")
@@ -198,7 +204,38 @@ def check_probe_report(probe_report) -> None:
         _check_probe(probe_report)
 
 
+def _shuffled_matches(got, acts, labels, seed, groups) -> bool:
+    """Whether the shuffled baseline is train_probe on labels permuted by a generator seeded with
+    seed or seed + 1 (same split, same probe seed)."""
+    for s in (seed, seed + 1):
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(s))
+        want = train_probe(acts, labels[perm], seed=seed, groups=groups)
+        if (abs(got.test_acc - want.test_acc) < 1e-6 and abs(got.train_acc - want.train_acc) < 1e-6
+                and np.allclose(got.test_ci, want.test_ci)):
+            return True
+    return False
+
+
 def _check_probe(probe_report) -> None:
+    acts, labels, random_acts, groups = _probe_data(11, False)
+    for seed, global_seed in ((3, 0), (7, 12345)):
+        torch.manual_seed(global_seed)   # inside the fork_rng of check_probe_report
+        state = torch.get_rng_state()
+        _ = [train_probe(a, y, seed=seed, groups=groups) for a, y in ((acts, labels), (acts, labels),
+                                                                      (random_acts, labels))]
+        after_reference = torch.get_rng_state()
+        torch.set_rng_state(state)
+        rep = probe_report(acts, labels, random_acts, seed=seed, groups=groups)
+        if not isinstance(rep, ProbeReport) or rep.shuffled is None:
+            raise ExerciseFailed("return ProbeReport(probe, shuffled, random_model), three ProbeResults from train_probe")
+        if not torch.equal(torch.get_rng_state(), after_reference):
+            raise ExerciseFailed("your function reseeded or drew from PyTorch's global random generator: permute "
+                                 "the labels with torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))")
+        if not _shuffled_matches(rep.shuffled, acts, labels, seed, groups):
+            raise ExerciseFailed(f"seed={seed}: the shuffled baseline should be train_probe(acts, labels[perm], "
+                                 "seed=seed, groups=groups) with perm = torch.randperm(n, generator=torch.Generator()"
+                                 ".manual_seed(seed + 1)) (or seed): a permutation that follows `seed`, not a fixed "
+                                 "or global one, and the same probe seed and split as the real probe")
     for leaky in (True, False):
         acts, labels, random_acts, groups = _probe_data(7, leaky)
         before = [t.clone() for t in (acts, labels, random_acts, groups)]
@@ -258,6 +295,11 @@ def check_steering_directions(steering_directions) -> None:
     if abs(float(torch.nn.functional.cosine_similarity(control, want, dim=0))) > 0.9:
         raise ExerciseFailed("the control is (anti-)parallel to the direction: draw a RANDOM direction, "
                              "then rescale it to the same norm")
+    positive = float((control > 0).float().mean())
+    if not 0.15 < positive < 0.85:
+        raise ExerciseFailed(f"{positive:.0%} of the control's entries are positive: draw it from a standard "
+                             "Gaussian (torch.randn, isotropic), not torch.rand (uniform on [0, 1), every entry "
+                             "positive)")
     if not torch.equal(control, again):
         raise ExerciseFailed("the control changed between two calls with the same seed: seed a local generator")
     if torch.equal(control, other):
@@ -359,10 +401,16 @@ def check_tost(tost) -> None:
     """tost(diffs, margin, alpha) -> (low, high, p): the (1 - 2 alpha) t-interval and the TOST p."""
     cases = [(np.array([0.004, -0.006, 0.01]), 0.02, 0.05), (np.array([0.03, 0.012, 0.05, 0.02]), 0.02, 0.05),
              (np.array([-0.01, 0.002, -0.004, 0.001, -0.003]), 0.02, 0.1),
-             (np.array([0.0, 0.05, -0.02]), 0.1, 0.05), (np.array([-0.08, -0.07, -0.09]), 0.1, 0.05)]
+             (np.array([0.0, 0.05, -0.02]), 0.1, 0.05), (np.array([-0.08, -0.07, -0.09]), 0.1, 0.05),
+             (np.array([0.01, 0.01, 0.01]), 0.02, 0.05), (np.array([0.05, 0.05, 0.05, 0.05]), 0.02, 0.05)]
     for diffs, margin, alpha in cases:
         before = diffs.copy()
-        got = tost(diffs, margin, alpha)
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                got = tost(diffs, margin, alpha)
+        except ZeroDivisionError:
+            raise ExerciseFailed(f"diffs={diffs.tolist()} (every unit agrees, s = 0): division by zero; with no "
+                                 "spread the mean is exact, so p is 0 when |mean| < margin and 1 otherwise") from None
         if not np.array_equal(before, diffs):
             raise ExerciseFailed("your function changed `diffs` in place; work on a copy")
         want = tost_equivalence(diffs, margin, alpha)
@@ -371,6 +419,9 @@ def check_tost(tost) -> None:
         except (TypeError, ValueError):
             raise ExerciseFailed("return a tuple (low, high, p) of three numbers") from None
         n = len(diffs)
+        if np.std(diffs) == 0 and abs(p - want.p_value) > 1e-6:
+            raise ExerciseFailed(f"diffs={diffs.tolist()} (every unit agrees, s = 0): expected p = {want.p_value:g}, "
+                                 f"got {p}; with no spread the mean is exact: p is 0 when |mean| < margin, else 1")
         if abs(p - want.p_value) > 1e-6:
             lo_p, hi_p = _one_sided_ps(diffs, margin)
             hint = ("you took the SMALLER of the two one-sided p-values; equivalence needs BOTH "
@@ -688,15 +739,70 @@ def _tost_ddof0(diffs, margin, alpha=0.05):
     return m - half, m + half, p
 
 
+# counterfactual_obs: recomputes the cue instead of swapping the readings
+def _one_minus_cue(obs, length):
+    out = obs.clone()
+    out[:, length:length + 2] = 1 - obs[:, length:length + 2]
+    return out
+
+
+def _one_hot_of_argmax(obs, length):
+    out = obs.clone()
+    cue = obs[:, length:length + 2].argmax(-1)
+    out[:, length:length + 2] = torch.nn.functional.one_hot(1 - cue, 2).to(obs.dtype)
+    return out
+
+
+# probe_report: the permutation from the global generator, a reseeded one, a fixed seed
+def _probe_with_perm(acts, labels, random_acts, seed, groups, perm):
+    kw = dict(seed=seed, groups=groups)
+    return ProbeReport(probe=train_probe(acts, labels, **kw), shuffled=train_probe(acts, labels[perm], **kw),
+                       random_model=train_probe(random_acts, labels, **kw))
+
+
+def _global_perm(acts, labels, random_acts, seed=0, groups=None):
+    return _probe_with_perm(acts, labels, random_acts, seed, groups, torch.randperm(len(labels)))
+
+
+def _reseeds_global(acts, labels, random_acts, seed=0, groups=None):
+    torch.manual_seed(seed + 1)
+    return _probe_with_perm(acts, labels, random_acts, seed, groups, torch.randperm(len(labels)))
+
+
+def _fixed_perm_seed(acts, labels, random_acts, seed=0, groups=None):
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    return _probe_with_perm(acts, labels, random_acts, seed, groups, perm)
+
+
+# steering_directions: a uniform (positive-orthant) control
+def _uniform_control(acts, goal_right, seed):
+    direction = acts[goal_right].mean(0) - acts[~goal_right].mean(0)
+    r = torch.rand(direction.shape, generator=torch.Generator().manual_seed(seed))
+    return direction, r / r.norm() * direction.norm()
+
+
+# tost: divides by a zero standard error when every unit agrees
+def _tost_no_zero_spread(diffs, margin, alpha=0.05):
+    from scipy import stats as _st
+    n, mean = len(diffs), float(np.mean(diffs))
+    se = float(np.std(diffs, ddof=1) / np.sqrt(n))
+    p = max(_st.t.sf((mean + margin) / se, n - 1), _st.t.sf((margin - mean) / se, n - 1))
+    half = _st.t.ppf(1 - alpha, n - 1) * se
+    return mean - half, mean + half, float(p)
+
+
 WRONG_ANSWERS = {
     "get_hidden": [_pre_activation, _next_layer, _first_row_only],
-    "counterfactual_obs": [_flip_in_place, _always_goal_left, _hard_coded_length, _mirror_position, _drop_distractors],
+    "counterfactual_obs": [_flip_in_place, _always_goal_left, _hard_coded_length, _mirror_position, _drop_distractors,
+                           _one_minus_cue, _one_hot_of_argmax],
     "patch_units_hook": [_patch_all_units, _first_source_row, _writes_in_place, _keeps_units_patches_rest],
     "fraction_recovered": [_ratio, _no_corrupt_offset, _clamped, _absolute],
     "patch_each_unit": [_corrupt_into_clean, _raw_metric, _first_clean_row, _ignores_make_hook],
-    "probe_report": [_no_groups, _random_baseline_on_trained, _shuffles_rows_together, _shuffles_caller_labels],
-    "steering_directions": [_reversed, _unit_norm_control, _global_generator, _sums, _negated_control],
+    "probe_report": [_no_groups, _random_baseline_on_trained, _shuffles_rows_together, _shuffles_caller_labels,
+                     _global_perm, _reseeds_global, _fixed_perm_seed],
+    "steering_directions": [_reversed, _unit_norm_control, _global_generator, _sums, _negated_control,
+                            _uniform_control],
     "unit_attribution": [_attr_pre_relu, _attr_with_bias, _attr_always_right_left, _attr_layer_1],
     "run_episodes": [_counts_every_episode, _samples_actions, _ignores_hooks, _no_active_mask],
-    "tost": [_tost_95_interval, _tost_min_p, _tost_normal, _tost_ddof0],
+    "tost": [_tost_95_interval, _tost_min_p, _tost_normal, _tost_ddof0, _tost_no_zero_spread],
 }
