@@ -25,6 +25,8 @@ def test_every_chapter_has_checks_for_its_exercises():
         assert set(solved) == set(chapter_module(ch).CHECKS), f"{ch}: exercises and CHECKS differ"
         wrong = chapter_module(ch).WRONG_ANSWERS
         assert set(wrong) == set(solved) and all(wrong.values()), f"{ch}: every exercise needs a plausible wrong answer"
+        few = {name: len(fns) for name, fns in wrong.items() if len(fns) < 3}
+        assert not few, f"{ch}: every exercise needs at least three plausible wrong answers; these have fewer: {few}"
 
 
 @pytest.mark.parametrize("chapter, name", CASES)
