@@ -59,6 +59,22 @@ def _unchanged(before, after, what: str) -> None:
         raise ExerciseFailed(f"you wrote into the caller's {what} in place: work on a copy")
 
 
+def _global_rng_states():
+    return torch.get_rng_state(), np.random.get_state()
+
+
+def _global_rng_untouched(before, what: str) -> None:
+    """ExerciseFailed if the learner's call drew from (or reseeded) the global torch or numpy generator."""
+    t0, n0 = before
+    if not torch.equal(t0, torch.get_rng_state()):
+        raise ExerciseFailed(f"{what} drew from (or reseeded) the global torch generator: draw from a "
+                             "torch.Generator().manual_seed(seed) of your own")
+    n1 = np.random.get_state()
+    if n0[0] != n1[0] or not np.array_equal(n0[1], n1[1]) or n0[2:] != n1[2:]:
+        raise ExerciseFailed(f"{what} drew from (or reseeded) numpy's global generator (np.random.*): "
+                             "draw from the generator you were given")
+
+
 # ------------------------------------------------------------------ 1. PUCT
 @check
 @_quiet
@@ -122,12 +138,29 @@ def check_add_dirichlet_noise(fn) -> None:
     rng0 = np.random.default_rng(1)
     legal = rng0.random((400, 6)) > 0.3
     legal[:, 0] = True
+    legal[:50] = True            # 50 rows with the same (all-legal) mask: their noise must still differ
     priors = np.where(legal, rng0.random((400, 6)), 0)
     priors /= priors.sum(1, keepdims=True)
+    # Randomness: only the rng argument is used; same seed, same output; another seed, another output.
+    outs = []
+    for seed in (7, 7, 8):
+        p, m = priors.copy(), legal.copy()
+        before = _global_rng_states()
+        outs.append(np.asarray(fn(p, m, 0.3, 0.25, np.random.default_rng(seed)), dtype=np.float64))
+        _global_rng_untouched(before, "add_dirichlet_noise")
+        _unchanged(priors, p, "priors")
+        _unchanged(legal, m, "legal")
+    if outs[0].shape == priors.shape and not np.allclose(outs[0], outs[1]):
+        raise ExerciseFailed("two calls with generators seeded alike gave different noise: draw only from `rng` "
+                             "(no np.random.* and no fresh default_rng())")
+    if outs[0].shape == priors.shape and np.allclose(outs[0], outs[2]):
+        raise ExerciseFailed("generators with different seeds gave the same noise: you ignore `rng` (a fixed "
+                             "seed of your own?); draw the noise from the rng you were given")
     for alpha, frac in ((0.3, 0.25), (1.0, 0.5), (0.5, 0.0)):
         p, m = priors.copy(), legal.copy()
         got = np.asarray(fn(p, m, alpha, frac, np.random.default_rng(7)), dtype=np.float64)
         _unchanged(priors, p, "priors")
+        _unchanged(legal, m, "legal")
         if got.shape != priors.shape:
             raise ExerciseFailed(f"expected shape {priors.shape}, got {got.shape}")
         if np.abs(got[~legal]).max() > 1e-12:
@@ -141,6 +174,9 @@ def check_add_dirichlet_noise(fn) -> None:
         noise = (got - (1 - frac) * priors) / frac
         if (noise < -1e-9).any():
             raise ExerciseFailed("the noise part must be non-negative: mix (1 - frac) * priors + frac * noise")
+        if len(np.unique(noise[:50].round(9), axis=0)) < 50:
+            raise ExerciseFailed("rows with the same legal moves got the same noise: draw a new Dirichlet sample "
+                                 "for every row (one draw reused for the whole batch is not independent)")
         # Dirichlet(alpha) over k legal moves: each share has mean 1/k and variance (k - 1) / (k^2 (k alpha + 1))
         k = legal.sum(1)
         sel = k == 5
@@ -161,10 +197,14 @@ def check_az_loss(fn) -> None:
         logits = torch.randn(n, A, generator=g, requires_grad=True)
         value = torch.tanh(torch.randn(n, generator=g)).requires_grad_(True)
         pi = torch.softmax(torch.randn(n, A, generator=g) * 2, -1)
+        pi[:, -1] = 0.0          # as in self-play: the search never visits illegal moves, exact zeros in pi
+        pi = pi / pi.sum(-1, keepdim=True)
         z = torch.randint(-1, 2, (n,), generator=g).float()
         args = (logits.detach().clone().requires_grad_(True), value.detach().clone().requires_grad_(True),
                 pi.clone(), z.clone())
         got = fn(*args)
+        _unchanged(pi, args[2], "pi")
+        _unchanged(z, args[3], "z")
         want = T.az_loss(logits, value, pi, z)
         if not isinstance(got, Tensor) or got.ndim != 0:
             raise ExerciseFailed("return a scalar tensor (the mean over the batch)")
@@ -184,12 +224,16 @@ def check_az_loss(fn) -> None:
 @_quiet
 def check_visit_policy(fn) -> None:
     """visit_policy(visits, temperature) -> rows of a distribution."""
-    v = np.array([[10, 5, 0, 5], [0, 3, 3, 1], [7, 7, 1, 0]], dtype=float)
+    v = np.array([[10, 5, 0, 5], [0, 3, 3, 1], [7, 7, 1, 0], [60, 59, 0, 1]], dtype=float)
     for t in (1.0, 0.5, 2.0, 0.0):
         arg = v.copy()
         got = fn(arg, t)
         _unchanged(v, arg, "visits")
-        _arr_close(got, M.visit_policy(v, t), f"temperature {t}")
+        g = np.asarray(got, dtype=np.float64)
+        if t == 0 and g.shape == v.shape and not np.isclose(g[3, 1], 0) and np.allclose(g[2], [0.5, 0.5, 0, 0]):
+            raise ExerciseFailed("temperature 0: 60 visits against 59 is not a tie; give the mass to the maximum "
+                                 "exactly (visits == max), not visits ** (1 / a tiny temperature)")
+        _arr_close(got, M.visit_policy(v, t), f"temperature {t} (last row: a near tie, 60 vs 59 visits)")
     try:
         fn(np.zeros((1, 3)), 1.0)
     except NotImplementedError:
@@ -232,14 +276,21 @@ def check_orbit_ids(fn) -> None:
         flat = boards.reshape(len(boards), -1)
         cell, _ = syms[-1]
         mirrored = flat[:, cell].reshape(boards.shape)
-        both = np.concatenate([boards, mirrored])
+        # and every other symmetry applied to a few boards (rotations too, for tic-tac-toe)
+        moved = np.concatenate([flat[:10, c].reshape((10,) + boards.shape[1:]) for c, _ in syms])
+        both = np.concatenate([boards, mirrored, moved])
         arg = both.copy()
         got = np.asarray(fn(game, arg))
         _unchanged(both, arg, "boards")
         if got.shape != (len(both),):
             raise ExerciseFailed(f"{name}: one id per board, shape ({len(both)},), got {got.shape}")
-        if not np.array_equal(got[: len(boards)], got[len(boards):]):
+        if not np.array_equal(got[: len(boards)], got[len(boards): 2 * len(boards)]):
             raise ExerciseFailed(f"{name}: a board and its mirror image must get the same id (use every symmetry)")
+        same = got[2 * len(boards):].reshape(len(syms), 10) == got[None, :10]
+        if not same.all():
+            bad = sorted({int(i) for i in np.flatnonzero(~same.all(1))})
+            raise ExerciseFailed(f"{name}: a board and its image under symmetry {bad[0]} of game.symmetries() get "
+                                 "different ids: take the minimum code over EVERY symmetry (rotations included)")
         want = game.orbit_ids(both)
         same_want = want[:, None] == want[None]
         same_got = got[:, None] == got[None]
@@ -258,14 +309,34 @@ def check_nmf(fn) -> None:
         Wt = torch.rand(n, k, generator=g) ** 2
         Ht = torch.rand(k, d, generator=g) * (torch.rand(k, d, generator=g) > 0.5)
         X = Wt @ Ht + 0.01 * torch.rand(n, d, generator=g)
+        if n == 120:       # dead units and empty squares: a zero row and a zero column, as in real activations
+            X[5] = 0
+            X[:, 2] = 0
         arg = X.clone()
+        before = _global_rng_states()
         out = fn(arg, k, 300, 0)
+        _global_rng_untouched(before, "nmf")
         _unchanged(X, arg, "X")
         if not isinstance(out, tuple) or len(out) != 2:
             raise ExerciseFailed("return (W, H)")
         W, H = (torch.as_tensor(o).double() for o in out)
         if tuple(W.shape) != (n, k) or tuple(H.shape) != (k, d):
             raise ExerciseFailed(f"expected W [{n}, {k}] and H [{k}, {d}], got {tuple(W.shape)} and {tuple(H.shape)}")
+        if not (torch.isfinite(W).all() and torch.isfinite(H).all()):
+            raise ExerciseFailed("W or H has NaN/inf: a zero row or column of X makes a denominator 0 (0/0); add "
+                                 "1e-9 to both denominators")
+        again = [torch.as_tensor(o).double() for o in fn(X.clone(), k, 300, 0)]
+        if not (torch.equal(again[0], W) and torch.equal(again[1], H)):
+            raise ExerciseFailed("two calls with the same seed gave different factors: start from a "
+                                 "torch.Generator().manual_seed(seed), not the global generator")
+        other = [torch.as_tensor(o).double() for o in fn(X.clone(), k, 300, 1)]
+        if torch.allclose(other[0], W) and torch.allclose(other[1], H):
+            raise ExerciseFailed("seed 0 and seed 1 gave the same factors: seed your generator with `seed`, "
+                                 "not a fixed number")
+        short = [torch.as_tensor(o).double() for o in fn(X.clone(), k, 3, 0)]
+        if torch.allclose(short[0], W) and torch.allclose(short[1], H):
+            raise ExerciseFailed("3 iterations and 300 gave the same factors: run `iters` updates, not a fixed "
+                                 "number")
         if (W < 0).any() or (H < 0).any():
             raise ExerciseFailed("W and H must stay non-negative: multiplicative updates never change a sign")
         err = float((X.double() - W @ H).norm() / X.double().norm())
@@ -291,20 +362,30 @@ def check_ablate_component(fn) -> None:
     game = get_game("connect_four")
     net = _net("connect_four", 2)
     boards = random_positions(game, 40, seed=3, min_moves=4)
-    layer = "blocks.1.hook_resid"
-    d = R.nmf_layer(net, boards, layer, 3, seed=0, iters=60)
-    for comp in (0, 2):
-        arg = boards.copy()
-        got = fn(net, arg, layer, d["maps"].clone(), d["H"].clone(), comp)
+    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for layer, comp in (("blocks.1.hook_resid", 0), ("blocks.1.hook_resid", 2), ("blocks.0.hook_resid", 1)):
+        d = R.nmf_layer(net, boards, layer, 3, seed=0, iters=60)
+        arg, maps, H = boards.copy(), d["maps"].clone(), d["H"].clone()
+        got = fn(net, arg, layer, maps, H, comp)
         _unchanged(boards, arg, "boards")
+        _unchanged(d["maps"], maps, "maps")
+        _unchanged(d["H"], H, "H")
+        for k, v in net.state_dict().items():
+            _unchanged(params[k], v, f"network's {k}")
         want = R.ablate_component(net, boards, layer, d["maps"], d["H"], comp)
         if not isinstance(got, dict) or set(got) < {"dvalue", "kl"}:
             raise ExerciseFailed("return a dict with 'dvalue' and 'kl', one value per board")
         g = np.asarray(got["kl"], dtype=np.float64)
         if g.shape == want["kl"].shape and (g < -1e-6).any():
             raise ExerciseFailed("a KL divergence is never negative")
-        _arr_close(got["dvalue"], want["dvalue"], f"component {comp}: |change in value|", atol=1e-6)
-        _arr_close(got["kl"], want["kl"], f"component {comp}: KL(policy || ablated policy) over legal moves", atol=1e-8)
+        if layer == "blocks.0.hook_resid":
+            at_other = R.ablate_component(net, boards, "blocks.1.hook_resid", d["maps"], d["H"], comp)
+            if g.shape == want["kl"].shape and np.allclose(g, at_other["kl"], atol=1e-8):
+                raise ExerciseFailed("you ablated at blocks.1.hook_resid when asked for blocks.0.hook_resid: hook "
+                                     "the `layer` argument")
+        _arr_close(got["dvalue"], want["dvalue"], f"{layer}, component {comp}: |change in value|", atol=1e-6)
+        _arr_close(got["kl"], want["kl"], f"{layer}, component {comp}: KL(policy || ablated policy) over legal moves",
+                   atol=1e-8)
     if any(len(h._forward_hooks) for h in net.hook_dict.values()):
         raise ExerciseFailed("a hook is still attached to the network: use run_with_hooks")
 
@@ -319,9 +400,12 @@ def check_input_attribution(fn) -> None:
     boards = random_positions(game, 30, seed=2, min_moves=2)
     for layer, comp in (("blocks.0.hook_resid", 1), ("hook_stem", 0)):
         d = R.nmf_layer(net, boards, layer, 3, seed=1, iters=60)
-        arg = boards.copy()
-        got = fn(net, arg, layer, d["H"].clone(), comp)
+        arg, H = boards.copy(), d["H"].clone()
+        got = fn(net, arg, layer, H, comp)
         _unchanged(boards, arg, "boards")
+        if not torch.equal(H, d["H"]):
+            raise ExerciseFailed("you wrote into the caller's H (normalising H[comp] in place, e.g. h = H[comp]; "
+                                 "h /= h.norm(), edits H through the view): use h = H[comp] / H[comp].norm()")
         want = R.input_attribution(net, boards, layer, d["H"], comp)
         g = torch.as_tensor(np.asarray(got.detach() if isinstance(got, Tensor) else got)).float()
         if g.shape == want.shape:
@@ -562,15 +646,103 @@ def _attr_unnormalised_direction(net, boards, layer, H, comp):
     return (g * x).sum(1)
 
 
+def _noise_global_rng(priors, legal, alpha, frac, rng):
+    noise = np.zeros_like(priors, dtype=np.float64)
+    for i in range(len(priors)):       # np.random.dirichlet: the global generator, not rng
+        idx = np.flatnonzero(legal[i])
+        noise[i, idx] = np.random.dirichlet(np.full(len(idx), alpha))
+    return (1 - frac) * priors + frac * noise
+
+
+def _noise_own_seed(priors, legal, alpha, frac, rng):
+    return M.add_dirichlet_noise(priors, legal, alpha, frac, np.random.default_rng(0))
+
+
+def _noise_one_draw(priors, legal, alpha, frac, rng):
+    eta = rng.dirichlet(np.full(priors.shape[1], alpha))     # one draw for the whole batch
+    noise = np.where(legal, eta, 0.0)
+    return (1 - frac) * priors + frac * noise / noise.sum(1, keepdims=True)
+
+
+def _loss_clamps_pi_in_place(logits, value, pi, z):
+    pi.clamp_(min=1e-8)                 # "avoid log 0", written into the caller's targets
+    return T.az_loss(logits, value, pi, z)
+
+
+def _visit_zero_as_tiny_temperature(visits, temperature=1.0):
+    return M.visit_policy(visits, max(temperature, 1e-2))
+
+
+def _orbit_identity_and_mirror(game, boards):
+    flat = boards.reshape(len(boards), -1).astype(np.int64) + 1
+    pows = 3 ** np.arange(flat.shape[1])
+    syms = [game.symmetries()[0], game.symmetries()[-1]]     # forgets the rotations
+    return np.stack([(flat[:, c] * pows).sum(1) for c, _ in syms], 1).min(1)
+
+
+def _nmf_global_rng(X, k, iters=200, seed=0):
+    X = torch.as_tensor(X).double()
+    if (X < 0).any():
+        raise ValueError("negative")
+    W = torch.rand(X.shape[0], k, dtype=torch.double)       # the global generator: `seed` is ignored
+    H = torch.rand(k, X.shape[1], dtype=torch.double)
+    for _ in range(iters):
+        H = H * (W.T @ X) / (W.T @ W @ H + 1e-9)
+        W = W * (X @ H.T) / (W @ H @ H.T + 1e-9)
+    return W.float(), H.float()
+
+
+def _nmf_fixed_seed(X, k, iters=200, seed=0):
+    return R.nmf(X, k, iters, 0)
+
+
+def _nmf_fixed_iters(X, k, iters=200, seed=0):
+    return R.nmf(X, k, 300, seed)
+
+
+def _nmf_no_eps(X, k, iters=200, seed=0):
+    X = torch.as_tensor(X).double()
+    if (X < 0).any():
+        raise ValueError("negative")
+    g = torch.Generator().manual_seed(seed)
+    W = torch.rand(X.shape[0], k, generator=g, dtype=torch.double)
+    H = torch.rand(k, X.shape[1], generator=g, dtype=torch.double)
+    for _ in range(iters):
+        H = H * (W.T @ X) / (W.T @ W @ H)
+        W = W * (X @ H.T) / (W @ H @ H.T)
+    return W.float(), H.float()
+
+
+def _ablate_fixed_layer(net, boards, layer, maps, H, comp):
+    return R.ablate_component(net, boards, "blocks.1.hook_resid", maps, H, comp)
+
+
+def _ablate_normalises_h_in_place(net, boards, layer, maps, H, comp):
+    h = H[comp]
+    h /= h.norm()                          # a view of H: the caller's H changes
+    return R.ablate_component(net, boards, layer, maps * 0 + maps, H, comp)
+
+
+def _attr_normalises_h_in_place(net, boards, layer, H, comp):
+    h = H[comp]
+    h /= h.norm()
+    return R.input_attribution(net, boards, layer, H, comp)
+
+
 WRONG_ANSWERS = {
     "puct_scores": [_puct_no_mask, _puct_sqrt_no_one, _puct_w_not_q],
     "backup": [_backup_no_negation, _backup_leaf_sign, _backup_root_first_sign],
-    "add_dirichlet_noise": [_noise_all_moves, _noise_uniform, _noise_inplace],
-    "az_loss": [_loss_sum, _loss_no_log_softmax, _loss_value_only, _loss_item],
-    "visit_policy": [_visit_no_temperature, _visit_temperature_multiplies, _visit_argmax_first],
+    "add_dirichlet_noise": [_noise_all_moves, _noise_uniform, _noise_inplace, _noise_global_rng,
+                            _noise_own_seed, _noise_one_draw],
+    "az_loss": [_loss_sum, _loss_no_log_softmax, _loss_value_only, _loss_item, _loss_clamps_pi_in_place],
+    "visit_policy": [_visit_no_temperature, _visit_temperature_multiplies, _visit_argmax_first,
+                     _visit_zero_as_tiny_temperature],
     "winning_moves": [_win_ignore_player, _win_any_line_of_three, _win_after_move_any_player],
-    "orbit_ids": [_orbit_identity_only, _orbit_stone_counts, _orbit_first_symmetry_pair],
-    "nmf": [_nmf_gradient_step, _nmf_swapped_updates, _nmf_no_check],
-    "ablate_component": [_ablate_zero_channel, _ablate_no_clamp, _ablate_reverse_kl],
-    "input_attribution": [_attr_gradient_only, _attr_own_plane_only, _attr_unnormalised_direction],
+    "orbit_ids": [_orbit_identity_only, _orbit_stone_counts, _orbit_first_symmetry_pair, _orbit_identity_and_mirror],
+    "nmf": [_nmf_gradient_step, _nmf_swapped_updates, _nmf_no_check, _nmf_global_rng, _nmf_fixed_seed,
+            _nmf_fixed_iters, _nmf_no_eps],
+    "ablate_component": [_ablate_zero_channel, _ablate_no_clamp, _ablate_reverse_kl, _ablate_fixed_layer,
+                         _ablate_normalises_h_in_place],
+    "input_attribution": [_attr_gradient_only, _attr_own_plane_only, _attr_unnormalised_direction,
+                          _attr_normalises_h_in_place],
 }
