@@ -3,6 +3,7 @@
     python -m utils.lm.rehearse                       # `make rehearse`: fixtures, GPT-2 path, chapters
     python -m utils.lm.rehearse --only gpt2           # the GPT-2 path alone (what CI runs)
     python -m utils.lm.rehearse --only hopper         # chapter 07's released decision transformer
+    python -m utils.lm.rehearse --only drc33          # chapter 08's released Sokoban DRC(3,3)
 
 Each part runs in a fresh subprocess whose environment points every Hugging Face library at
 the fixtures (`HF_HOME=<fixtures> HF_HUB_OFFLINE=1`: the libraries read these at import), with
@@ -122,6 +123,47 @@ def rehearse_hopper(episodes: int = 2, steps: int = 20) -> dict:
     return out
 
 
+def rehearse_drc33(n_levels: int = 8, think_steps=(0, 2), max_steps: int = 12) -> dict:
+    """Chapter 08's released DRC(3,3) at full shape, in this process (run it with the fixture
+    environment): load `AlignmentResearch/learned-planner` through `utils.models.drc33`, play 10 x 10
+    course levels through `utils.planning.play` (thinking-time curve) and record one hidden state."""
+    import numpy as np
+
+    from utils.envs.sokoban import LevelBank
+    from utils.models import drc33
+    from utils.planning.play import play, thinking_curve
+
+    t0 = time.time()
+    drc = drc33.load_released_drc()
+    if not drc.fixture:
+        raise RuntimeError(f"expected the hub fixture for {drc33.HUB_REPO}, got the real model")
+    out: dict = {"model": {"class": type(drc).__name__, "params": sum(p.numel() for p in drc.parameters()),
+                           "seconds": round(time.time() - t0, 1)}}
+    t1 = time.time()
+    bank = LevelBank(n_levels, split="test", size=10, n_boxes=2, min_moves=4)
+    curve = thinking_curve(drc, bank, think_steps=think_steps, max_steps=max_steps)
+    out["thinking_curve"] = {str(k): round(float(np.mean(v)), 3) for k, v in curve.items()}   # solve rate
+    rec = play(drc, bank, max_steps=4, record=(drc.hook_name("h", 2, 2),))
+    out["recorded"] = {k: list(v.shape) for k, v in rec.acts.items()}
+    out["seconds"] = round(time.time() - t1, 1)
+    return out
+
+
+def _ensure_agent_fixtures(hf_home: Path) -> None:
+    """Write the released-agent fixtures a fixtures folder lacks (one written before a loader was
+    added), without rewriting the rest."""
+    import importlib
+
+    from utils.lm.fixtures import AGENT_FIXTURES
+
+    for module, writer in AGENT_FIXTURES:
+        mod = importlib.import_module(module)
+        repos = list(mod.REPOS.values()) if hasattr(mod, "REPOS") else [mod.HUB_REPO]
+        if not all((hf_home / "hub" / ("models--" + r.replace("/", "--"))).exists() for r in repos):
+            print(f"writing the missing fixture of {module} ...", flush=True)
+            getattr(mod, writer)(hf_home / "hub")
+
+
 def _env(hf_home: Path) -> dict:
     from utils.lm.fixtures import env_for
 
@@ -187,12 +229,18 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="(internal) run the GPT-2 path here and write its result to this file")
     p.add_argument("--chapter", help="(internal) execute this chapter here")
     p.add_argument("--hopper-json", help="(internal) run chapter 07's released-DT path here, result to this file")
+    p.add_argument("--drc33-json", help="(internal) run chapter 08's released-DRC path here, result to this file")
     args = p.parse_args(argv)
     if args.chapter:
         return _run_chapter(args.chapter, args.timeout)
     if args.hopper_json:
         res = rehearse_hopper()
         Path(args.hopper_json).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return 0
+    if args.drc33_json:
+        res = rehearse_drc33()
+        Path(args.drc33_json).write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return 0
     if args.json:
@@ -202,13 +250,14 @@ def main(argv=None) -> int:
         return 0
     BUILD.mkdir(parents=True, exist_ok=True)
     hf_home = Path(args.fixtures)
-    parts = args.only or ["gpt2", "hopper", *CHAPTERS]
+    parts = args.only or ["gpt2", "hopper", "drc33", *CHAPTERS]
     have = gemma_width(hf_home)
     if have is None or (args.gemma is not None and have != args.gemma):
         from utils.lm.fixtures import write_fixtures
         gemma = args.gemma or "full"
         print(f"writing the fixtures to {hf_home} (Gemma: {gemma}) ...", flush=True)
         write_fixtures(hf_home, gemma=gemma)
+    _ensure_agent_fixtures(hf_home)
     env = _env(hf_home)
     rows = []
     for part in parts:
@@ -229,6 +278,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--json", str(est)]
         elif part == "hopper":   # chapter 07's released decision transformer (no T4 estimate: 0.86M parameters)
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--hopper-json", str(BUILD / "hopper.json")]
+        elif part == "drc33":    # chapter 08's released DRC(3,3) (no T4 estimate: 1.29M parameters)
+            cmd = [sys.executable, "-m", "utils.lm.rehearse", "--drc33-json", str(BUILD / "drc33.json")]
         else:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--chapter", part, "--timeout", str(args.timeout)]
         rc, secs, peak = _run(cmd, env, log, args.timeout)
@@ -255,7 +306,7 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     for r in rows:
         results[r["part"]] = {**r, "run_at": stamp, "load": [round(x, 2) for x in load], "fixtures": str(hf_home)}
     store.write_text(json.dumps(results, indent=1))
-    order = ["gpt2", "hopper", *CHAPTERS]
+    order = ["gpt2", "hopper", "drc33", *CHAPTERS]
     parts = sorted(results, key=lambda p: (order.index(p) if p in order else len(order), p))
     from utils.course.gpu_check import T4_GPU_GIB, T4_HOST_GIB
 
