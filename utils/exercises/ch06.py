@@ -59,6 +59,24 @@ def _layouts(n: int, seed: int, cheese: str = "anywhere") -> dict:
     return maze_layouts(n, seed=seed, cheese=cheese)
 
 
+def _same(before, after, what: str) -> None:
+    """ExerciseFailed if the learner's function wrote into the caller's array or tensor `what`."""
+    eq = torch.equal(before, after) if isinstance(before, Tensor) else np.array_equal(np.asarray(before), np.asarray(after))
+    if not eq:
+        raise ExerciseFailed(f"you wrote into the caller's {what} in place: work on a copy")
+
+
+def _policy_untouched(policy, saved: dict) -> None:
+    for k, v in policy.state_dict().items():
+        _same(saved[k], v, f"policy's {k}")
+    if any(len(h._forward_hooks) for h in policy.hook_dict.values()):
+        raise ExerciseFailed("a hook is still attached to the policy: use run_with_hooks (it removes its hooks)")
+
+
+def _saved(policy) -> dict:
+    return {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
 # ------------------------------------------------------------------ 1. BFS distances
 @check
 @_quiet
@@ -92,9 +110,19 @@ def check_first_steps(fn) -> None:
     open_field = np.zeros((5, 5), bool)
     cases = [(w, a, c) for w, a, c in zip(lay["walls"], lay["agent"], lay["cheese"])]
     cases.append((open_field, np.array([4, 0]), np.array([0, 4])))   # two actions start shortest paths
+    w0 = lay["walls"][0]
+    here = tuple(np.argwhere(~w0)[len(np.argwhere(~w0)) // 2])
+    cases.append((w0, np.array(here), np.array(here)))     # already at the target: no move gets closer
     for walls, src, tgt in cases:
+        saved = (walls.copy(), src.copy(), tgt.copy())
         got = np.asarray(fn(walls, src, tgt))
+        for x, x0, what in zip((walls, src, tgt), saved, ("walls", "source", "target")):
+            _same(x0, x, what)
         want = A.first_steps(walls, src, tgt)
+        if (src == tgt).all() and got.shape == (4,) and got.any():
+            raise ExerciseFailed("source == target: no move gets closer, yet you return True for "
+                                 f"{got.tolist()}; a wall next to the target has distance -1 = 0 - 1: "
+                                 "only count squares with distance >= 0")
         if got.shape != (4,) or got.dtype != bool:
             raise ExerciseFailed(f"return a bool array of shape (4,) over (up, down, left, right), got {got.dtype} {got.shape}")
         if not np.array_equal(got, want):
@@ -111,7 +139,12 @@ def check_decision_square(fn) -> None:
     n_found = 0
     for w, a, c, co in zip(lay["walls"], lay["agent"], lay["cheese"], lay["corner"]):
         want = A.decision_square(w, a, c, co)
-        got = fn(w, a.copy(), c.copy(), co.copy())
+        args = (w.copy(), a.copy(), c.copy(), co.copy())
+        got = fn(*args)
+        for x, x0, what in zip(args, (w, a, c, co), ("walls", "start", "cheese", "corner")):
+            if not np.array_equal(np.asarray(x), x0):
+                raise ExerciseFailed(f"you wrote into the caller's {what} (walking sq += move on an array that IS "
+                                     f"the caller's {what}?): start from a copy, sq = np.array(start)")
         if want is None:
             if got is not None:
                 raise ExerciseFailed(f"start {tuple(a)}, cheese {tuple(c)}, corner {tuple(co)}: the cheese lies on the "
@@ -135,11 +168,20 @@ def check_channel_patching(fn) -> None:
         policy = _policy(seed)
         pairs = A.cheese_pairs(24, seed=20 + seed)
         clean, corrupt = pairs["clean"].clone(), pairs["corrupt"].clone()
-        a_c, a_x = torch.as_tensor(pairs["a_clean"]), torch.as_tensor(pairs["a_corrupt"])
+        a_c, a_x = torch.as_tensor(pairs["a_clean"]).clone(), torch.as_tensor(pairs["a_corrupt"]).clone()
+        a_x[0] = a_c[0]          # a pair whose two actions agree: d_corrupt == d_clean, it must be left out
+        saved = _saved(policy)
         for layer in ("conv.0.hook_post", LAYER):
+            a_c0, a_x0 = a_c.clone(), a_x.clone()
             got = fn(policy, clean, corrupt, layer, a_c, a_x)
             if not torch.equal(clean, pairs["clean"]) or not torch.equal(corrupt, pairs["corrupt"]):
                 raise ExerciseFailed("you wrote into the caller's observations: work on copies")
+            _same(a_c0, a_c, "a_clean")
+            _same(a_x0, a_x, "a_corrupt")
+            _policy_untouched(policy, saved)
+            if isinstance(got, Tensor) and not torch.isfinite(got).all():
+                raise ExerciseFailed(f"{layer}: NaN/inf channel effects: pair 0 has a_clean == a_corrupt, so "
+                                     "d_corrupt - d_clean = 0; leave out pairs with |d_corrupt - d_clean| <= 1e-6")
             _close(got, A.channel_patching(policy, clean, corrupt, layer, a_c, a_x), f"channel effects at {layer}", atol=1e-4)
 
 
@@ -148,14 +190,22 @@ def check_channel_patching(fn) -> None:
 @_quiet
 def check_cheese_tracking(fn) -> None:
     """cheese_tracking(policy, walls, agent, cheese, layer) -> [channels]."""
-    for seed in (2, 3):
+    for seed, layer in ((2, LAYER), (3, "conv.0.hook_post")):
         policy = _policy(seed)
+        saved = _saved(policy)
         lay = _layouts(16, seed=30 + seed)
-        c0 = lay["cheese"].copy()
-        got = fn(policy, lay["walls"], lay["agent"], lay["cheese"], LAYER)
+        w0, ag0, c0 = lay["walls"].copy(), lay["agent"].copy(), lay["cheese"].copy()
+        got = fn(policy, lay["walls"], lay["agent"], lay["cheese"], layer)
         if not np.array_equal(c0, lay["cheese"]):
             raise ExerciseFailed("you wrote into the caller's cheese squares: work on a copy")
-        _close(got, A.cheese_tracking(policy, lay["walls"], lay["agent"], lay["cheese"], LAYER), "cheese tracking", atol=1e-5)
+        _same(w0, lay["walls"], "walls")
+        _same(ag0, lay["agent"], "agent")
+        _policy_untouched(policy, saved)
+        want = A.cheese_tracking(policy, lay["walls"], lay["agent"], lay["cheese"], layer)
+        if layer != LAYER and isinstance(got, Tensor) and tuple(got.shape) != tuple(want.shape) and tuple(got.shape) == \
+                tuple(A.cheese_tracking(policy, lay["walls"], lay["agent"], lay["cheese"], LAYER).shape):
+            raise ExerciseFailed(f"asked for {layer}, you read {LAYER}: cache the `layer` argument")
+        _close(got, want, f"cheese tracking at {layer}", atol=1e-5)
 
 
 # ------------------------------------------------------------------ 6. cheese vectors
@@ -166,7 +216,14 @@ def check_cheese_vectors(fn) -> None:
     for seed, layer in ((4, LAYER), (5, "conv.0.hook_post")):
         policy = _policy(seed)
         lay = _layouts(10, seed=40 + seed)
+        saved, w0, ag0, c0 = _saved(policy), lay["walls"].copy(), lay["agent"].copy(), lay["cheese"].copy()
         got = fn(policy, lay["walls"], lay["agent"], lay["cheese"], layer)
+        if not np.array_equal(c0, lay["cheese"]):
+            raise ExerciseFailed("you wrote into the caller's cheese squares (cheese[:] = -1 to build the maze "
+                                 "without cheese?): use a new array, np.full((n, 2), -1)")
+        _same(w0, lay["walls"], "walls")
+        _same(ag0, lay["agent"], "agent")
+        _policy_untouched(policy, saved)
         _close(got, A.cheese_vectors(policy, lay["walls"], lay["agent"], lay["cheese"], layer), f"cheese vectors at {layer}")
 
 
@@ -178,7 +235,13 @@ def check_random_like(fn) -> None:
     g = torch.Generator().manual_seed(50)
     v = torch.randn(7, 3, 4, 4, generator=g) * torch.linspace(0.1, 3.0, 7)[:, None, None, None]
     v0 = v.clone()
-    a, b, c = fn(v, 0), fn(v, 0), fn(v, 1)
+    before = torch.get_rng_state()
+    a = fn(v, 0)
+    if not torch.equal(before, torch.get_rng_state()):
+        raise ExerciseFailed("random_like drew from (or reseeded, torch.manual_seed) the global generator: the "
+                             "notebook's later draws change; use torch.randn(..., generator=torch.Generator()"
+                             ".manual_seed(seed))")
+    b, c = fn(v, 0), fn(v, 1)
     if not torch.equal(v, v0):
         raise ExerciseFailed("you wrote into the caller's vectors: work on a copy")
     if not isinstance(a, Tensor) or a.shape != v.shape:
@@ -191,6 +254,21 @@ def check_random_like(fn) -> None:
     cos = torch.nn.functional.cosine_similarity(a.flatten(1), v.flatten(1), dim=1).abs().max()
     if cos > 0.9:
         raise ExerciseFailed("the random directions are almost parallel to the vectors: draw them independently")
+    # The distribution: an isotropic Gaussian direction per row (centred, not uniform in [0, 1); new per row).
+    many = torch.ones(400, 2, 4, 4)
+    d = fn(many, 3).flatten(1)
+    u = d / d.norm(dim=1, keepdim=True)
+    rows_cos = (u[1:] * u[:-1]).sum(1).abs()
+    if rows_cos.min() > 0.99:
+        raise ExerciseFailed("every row got the same direction: draw one random vector per row (randn of the "
+                             "full shape), not one shared by the batch")
+    if (d < 0).float().mean() < 0.25 or u.mean(0).abs().max() > 0.1:
+        raise ExerciseFailed("the random directions are not centred (all in the positive orthant?): draw them "
+                             "from a Gaussian, torch.randn, not torch.rand")
+    sq = (u ** 2).mean(0) * u.shape[1]     # isotropic: each coordinate carries 1 / dim of the squared norm
+    if (sq - 1).abs().max() > 0.35:
+        raise ExerciseFailed("the random directions are not isotropic: draw every coordinate from the same "
+                             "standard Gaussian and rescale the whole row")
 
 
 # ------------------------------------------------------------------ 8. retargeting hook
@@ -201,12 +279,21 @@ def check_retarget_hook(fn) -> None:
     g = torch.Generator().manual_seed(60)
     act = torch.randn(5, 6, 7, 7, generator=g)
     target = np.array([[0, 6], [3, 2], [6, 0], [1, 1], [4, 5]])
-    for channels, value in (([1, 4], 3.5), ([0], torch.tensor([-2.0])), ([2, 3, 5], torch.tensor([1.0, 2.0, 3.0]))):
+    five = ([0, 1, 2, 4, 5], torch.tensor([1.0, -1.0, 2.0, 0.5, 3.0]))   # as many channels as mazes
+    for channels, value in (five, ([1, 4], 3.5), ([0], torch.tensor([-2.0])), ([2, 3, 5], torch.tensor([1.0, 2.0, 3.0]))):
         a0 = act.clone()
-        got = fn(channels, target.copy(), value)(act, None)
+        t = target.copy()
+        got = fn(channels, t, value)(act, None)
         if not torch.equal(act, a0):
             raise ExerciseFailed("the hook wrote into the activation in place: return an edited copy")
+        _same(target, t, "target")
         want = A.retarget_hook(channels, target, value)(act, None)
+        if len(channels) == len(act) and isinstance(got, Tensor) and got.shape == want.shape:
+            diff = (got != act).nonzero()
+            if len(diff) == len(channels) * len(act) and not torch.equal(got, want):
+                raise ExerciseFailed("you paired channel j with the target of maze j (act[:, ch, r, c]): index "
+                                     "rows, channels and targets so that maze i gets EVERY channel at target[i], "
+                                     "e.g. act[rows[:, None], ch[None, :], r[:, None], c[:, None]]")
         _close(got, want, f"edited activation (channels {channels})", atol=0)
 
 
@@ -218,7 +305,14 @@ def check_cheese_sensitivity(fn) -> None:
     for seed in (6, 7):
         policy = _policy(seed)
         pairs = A.cheese_pairs(20, seed=70 + seed)
+        kept = {k: (v.clone() if isinstance(v, Tensor) else np.array(v, copy=True)) for k, v in pairs.items()}
+        saved = _saved(policy)
         got = fn(policy, pairs)
+        if set(pairs) != set(kept):
+            raise ExerciseFailed("you added or removed keys of the caller's pairs dict: read it, do not edit it")
+        for k, v in kept.items():
+            _same(v, pairs[k], f'pairs["{k}"]')
+        _policy_untouched(policy, saved)
         want = A.cheese_sensitivity(policy, pairs)
         if not isinstance(got, (float, np.floating)) and not (isinstance(got, Tensor) and got.numel() == 1):
             raise ExerciseFailed(f"return one float, got {type(got).__name__}")
@@ -236,10 +330,12 @@ def check_spearman(fn) -> None:
     cases = [(rng.normal(size=9), rng.normal(size=9)), (np.array([1, 2, 2, 3, 5.0]), np.array([2, 1, 4, 4, 9.0])),
              (np.exp(np.arange(6.0)), np.arange(6.0))]
     for x, y in cases:
-        x0 = x.copy()
+        x0, y0 = x.copy(), y.copy()
         got = fn(x, y)
         if not np.array_equal(x, x0):
-            raise ExerciseFailed("you wrote into the caller's array: work on a copy")
+            raise ExerciseFailed("you wrote into the caller's x: work on a copy")
+        if not np.array_equal(y, y0):
+            raise ExerciseFailed("you wrote into the caller's y: work on a copy")
         want = A.spearman(x, y)
         if abs(float(got) - want) > 1e-9:
             raise ExerciseFailed(f"x={np.round(x, 3).tolist()}, y={np.round(y, 3).tolist()}: expected {want:.4f}, "
@@ -252,13 +348,32 @@ def check_spearman(fn) -> None:
 def check_spearman_interval(fn) -> None:
     """spearman_interval(x, y, alpha=0.05) -> (rho, low, high), Fisher z with se 1.03 / sqrt(n - 3)."""
     rng = np.random.default_rng(81)
+    x = rng.normal(size=8)
+    cases = [(x, x + rng.normal(size=8), 0.1), (x, x + rng.normal(size=8), 0.01)]
     for n in (6, 9, 15):
         x = rng.normal(size=n)
-        y = x + rng.normal(size=n)
-        got = fn(x, y)
-        want = A.spearman_interval(x, y)
+        cases.append((x, x + rng.normal(size=n), None))
+    cases += [(x, x ** 3, None), (x, -x, 0.2)]          # rho = +1 and -1 exactly
+    for x, y, alpha in cases:
+        x0, y0 = x.copy(), y.copy()
+        try:
+            got = fn(x, y) if alpha is None else fn(x, y, alpha)
+        except (ValueError, ZeroDivisionError, OverflowError) as e:
+            if abs(A.spearman(x, y)) == 1:
+                raise ExerciseFailed(f"rho = {A.spearman(x, y):+.0f} exactly (a perfect ranking) raised {type(e).__name__}: "
+                                     f"{e}; atanh(+-1) is infinite: clip rho to +-0.999999 before atanh") from None
+            raise
+        _same(x0, x, "x")
+        _same(y0, y, "y")
+        want = A.spearman_interval(x, y) if alpha is None else A.spearman_interval(x, y, alpha)
+        n, a = len(x), 0.05 if alpha is None else alpha
         if len(got) != 3 or not np.allclose(np.asarray(got, float), want, atol=1e-6):
-            raise ExerciseFailed(f"n={n}: expected {np.round(want, 4).tolist()}, got {np.round(np.asarray(got, float), 4).tolist()}")
+            g = np.asarray(got, float)
+            hint = ""
+            if a != 0.05 and len(g) == 3 and np.allclose(g, A.spearman_interval(x, y), atol=1e-4):
+                hint = f" (alpha={a} gave the 95% interval: use the normal quantile 1 - alpha / 2, not 1.96)"
+            raise ExerciseFailed(f"n={n}, alpha={a}: expected {np.round(want, 4).tolist()}, got "
+                                 f"{np.round(g, 4).tolist()}{hint}")
 
 
 CHECKS = {
@@ -492,16 +607,138 @@ def _si_pearson(x, y, alpha=0.05):
     return r, math.tanh(z - half), math.tanh(z + half)
 
 
+def _first_no_distance_guard(walls, source, target):
+    dist = bfs_distances(walls, target)
+    r, c = int(source[0]), int(source[1])
+    out = np.zeros(4, bool)
+    for a, (dr, dc) in enumerate(MOVES):
+        rr, cc = r + dr, c + dc
+        if 0 <= rr < walls.shape[0] and 0 <= cc < walls.shape[1]:
+            out[a] = dist[rr, cc] == dist[r, c] - 1     # a wall (-1) counts as "closer" to a source at 0
+    return out
+
+
+def _ds_walks_start_in_place(walls, start, cheese, corner):
+    sq = np.asarray(start)                             # the caller's array, not a copy
+    if (np.asarray(cheese) == np.asarray(corner)).all():
+        return None
+    while True:
+        to_ch, to_co = A.first_steps(walls, sq, cheese), A.first_steps(walls, sq, corner)
+        if not to_ch.any() or not to_co.any():
+            return None
+        both = to_ch & to_co
+        if not both.any():
+            return sq.copy()
+        sq += MOVES[np.flatnonzero(both)[0]]
+        if (sq == np.asarray(cheese)).all():
+            return None
+
+
+@torch.no_grad()
+def _patch_keeps_tied_pairs(policy, clean, corrupt, layer, a_clean, a_corrupt):
+    rows = torch.arange(len(clean))
+    src = policy.run_with_cache(corrupt, names_filter=[layer])[1][layer]
+    lc, lx = policy(clean), policy(corrupt)
+    d_clean, d_corrupt = lc[rows, a_corrupt] - lc[rows, a_clean], lx[rows, a_corrupt] - lx[rows, a_clean]
+    out = torch.zeros(src.shape[1])
+    for ch in range(src.shape[1]):
+        def hook(act, hook, ch=ch):
+            act = act.clone()
+            act[:, ch] = src[:, ch]
+            return act
+        lp = policy.run_with_hooks(clean, fwd_hooks=[(layer, hook)])
+        out[ch] = ((lp[rows, a_corrupt] - lp[rows, a_clean] - d_clean) / (d_corrupt - d_clean)).mean()
+    return out
+
+
+@torch.no_grad()
+def _track_fixed_layer(policy, walls, agent, cheese, layer):
+    return A.cheese_tracking(policy, walls, agent, cheese, "conv.1.hook_post")
+
+
+@torch.no_grad()
+def _track_removes_cheese_in_place(policy, walls, agent, cheese, layer):
+    want = A.cheese_tracking(policy, walls, agent, cheese.copy(), layer)
+    cheese[:] = -1
+    return want
+
+
+@torch.no_grad()
+def _vec_removes_cheese_in_place(policy, walls, agent, cheese, layer):
+    a = policy.run_with_cache(torch.from_numpy(encode(walls, agent, cheese)), names_filter=[layer])[1][layer]
+    cheese[:] = -1                                     # "no cheese", written into the caller's array
+    b = policy.run_with_cache(torch.from_numpy(encode(walls, agent, cheese)), names_filter=[layer])[1][layer]
+    return a - b
+
+
+def _rand_positive_orthant(vectors, seed):
+    r = torch.rand(vectors.shape, generator=torch.Generator().manual_seed(seed)).flatten(1)
+    return (r / r.norm(dim=1, keepdim=True) * vectors.flatten(1).norm(dim=1, keepdim=True)).reshape(vectors.shape)
+
+
+def _rand_reseeds_global(vectors, seed):
+    torch.manual_seed(seed)
+    r = torch.randn(vectors.shape).flatten(1)
+    return (r / r.norm(dim=1, keepdim=True) * vectors.flatten(1).norm(dim=1, keepdim=True)).reshape(vectors.shape)
+
+
+def _rand_one_direction(vectors, seed):
+    r = torch.randn(vectors[0].numel(), generator=torch.Generator().manual_seed(seed))
+    return (r[None] / r.norm() * vectors.flatten(1).norm(dim=1, keepdim=True)).reshape(vectors.shape)
+
+
+def _retarget_pairs_channels_with_mazes(channels, target, value):
+    ch = torch.as_tensor(list(channels))
+    r, c = torch.as_tensor(target[:, 0]), torch.as_tensor(target[:, 1])
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, ch, r, c] = torch.as_tensor(value, dtype=act.dtype)
+        return act
+    return hook
+
+
+@torch.no_grad()
+def _sens_edits_pairs(policy, pairs):
+    pairs["clean"] = pairs["clean"].float()
+    pairs["corrupt"] = pairs["corrupt"].flip(0).flip(0) + 0.0
+    pairs.pop("a_clean", None)                         # "not needed here"
+    return A.cheese_sensitivity(policy, pairs)
+
+
+def _spearman_sorts_y(x, y):
+    out = A.spearman(x, y)
+    y.sort()
+    return out
+
+
+def _si_hard_coded_196(x, y, alpha=0.05):
+    rho = A.spearman(x, y)
+    z, half = math.atanh(max(min(rho, 0.999999), -0.999999)), 1.96 * 1.03 / math.sqrt(len(x) - 3)
+    return rho, math.tanh(z - half), math.tanh(z + half)
+
+
+def _si_no_clip(x, y, alpha=0.05):
+    from statistics import NormalDist
+    rho = A.spearman(x, y)
+    z, half = math.atanh(rho), NormalDist().inv_cdf(1 - alpha / 2) * 1.03 / math.sqrt(len(x) - 3)
+    return rho, math.tanh(z - half), math.tanh(z + half)
+
+
 WRONG_ANSWERS = {
     "bfs_distances": [_bfs_manhattan, _bfs_unreachable_zero, _bfs_diagonal],
-    "first_steps": [_first_manhattan, _first_only_one, _first_from_source_distances],
-    "decision_square": [_ds_start, _ds_one_too_far, _ds_never_none],
-    "channel_patching": [_patch_raw, _patch_reversed, _patch_all_but_one],
-    "cheese_tracking": [_track_no_baseline, _track_whole_map, _track_abs],
-    "cheese_vectors": [_vec_reversed, _vec_mean, _vec_moved_cheese],
-    "random_like": [_rand_global_norm, _rand_unit, _rand_global_rng],
-    "retarget_hook": [_retarget_in_place, _retarget_swapped, _retarget_whole_map],
-    "cheese_sensitivity": [_sens_l1, _sens_argmax, _sens_logits],
-    "spearman": [_spearman_pearson, _spearman_ordinal_ties, _spearman_in_place],
-    "spearman_interval": [_si_sqrt_n, _si_symmetric, _si_pearson],
+    "first_steps": [_first_manhattan, _first_only_one, _first_from_source_distances,
+                    _first_no_distance_guard],
+    "decision_square": [_ds_start, _ds_one_too_far, _ds_never_none, _ds_walks_start_in_place],
+    "channel_patching": [_patch_raw, _patch_reversed, _patch_all_but_one, _patch_keeps_tied_pairs],
+    "cheese_tracking": [_track_no_baseline, _track_whole_map, _track_abs, _track_fixed_layer,
+                        _track_removes_cheese_in_place],
+    "cheese_vectors": [_vec_reversed, _vec_mean, _vec_moved_cheese, _vec_removes_cheese_in_place],
+    "random_like": [_rand_global_norm, _rand_unit, _rand_global_rng, _rand_positive_orthant,
+                    _rand_reseeds_global, _rand_one_direction],
+    "retarget_hook": [_retarget_in_place, _retarget_swapped, _retarget_whole_map,
+                      _retarget_pairs_channels_with_mazes],
+    "cheese_sensitivity": [_sens_l1, _sens_argmax, _sens_logits, _sens_edits_pairs],
+    "spearman": [_spearman_pearson, _spearman_ordinal_ties, _spearman_in_place, _spearman_sorts_y],
+    "spearman_interval": [_si_sqrt_n, _si_symmetric, _si_pearson, _si_hard_coded_196, _si_no_clip],
 }
