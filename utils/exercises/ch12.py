@@ -58,17 +58,35 @@ def check_route_through(fn) -> None:
         raise ExerciseFailed("a hook on the HookPoint that returns a new tensor must replace the submodule's output: "
                              "return what point(output) returns from your forward hook")
     point.remove_hooks()
+    xg = x.clone().requires_grad_(True)
+    out = net(xg)
+    if not out.requires_grad:
+        raise ExerciseFailed("no gradient flows through the routed output (detach or no_grad in the forward hook?): "
+                             "gradient attribution backpropagates through every HookPoint of the adapted agent")
+    out.sum().backward()
     handle.remove()
+    x2 = x.clone().requires_grad_(True)
+    net(x2).sum().backward()
+    if xg.grad is None or not torch.allclose(xg.grad, x2.grad, atol=1e-6):
+        raise ExerciseFailed("the gradient through the routed output differs from the plain network's: return "
+                             "point(output) itself, not a detached or rescaled copy")
     if not torch.equal(net(x), want) or net[2]._forward_hooks:
         raise ExerciseFailed("after handle.remove() the submodule must have no forward hook left")
 
 
 # ------------------------------------------------------------------ 2. the SB3 actor-critic forward
-def _sb3_policy(seed: int, shared: bool, act=nn.Tanh):
+def _sb3_policy(seed: int, shared: bool, act=nn.Tanh, image: bool = False):
     import gymnasium as gym
+    import numpy as np
     from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.torch_layers import NatureCNN
 
     torch.manual_seed(seed)
+    if image:   # uint8 frames: SB3's preprocessing divides by 255 before its NatureCNN
+        obs_space = gym.spaces.Box(0, 255, (1, 36, 36), np.uint8)
+        return ActorCriticPolicy(obs_space, gym.spaces.Discrete(4), lambda _: 1e-3, net_arch=dict(pi=[8], vf=[5]),
+                                 activation_fn=act, share_features_extractor=shared,
+                                 features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16))
     obs_space = gym.spaces.Box(-1.0, 1.0, (6,))
     return ActorCriticPolicy(obs_space, gym.spaces.Discrete(4), lambda _: 1e-3, net_arch=dict(pi=[8, 8], vf=[5]),
                              activation_fn=act, share_features_extractor=shared)
@@ -78,18 +96,40 @@ def _sb3_policy(seed: int, shared: bool, act=nn.Tanh):
 @_quiet
 def check_sb3_actor_critic_forward(fn) -> None:
     """sb3_actor_critic_forward(policy, obs) -> (logits, value), SB3's own path without sampling."""
-    for seed, shared, act in ((0, True, nn.Tanh), (1, False, nn.ReLU)):
-        policy = _sb3_policy(seed, shared, act)
-        obs = torch.rand(9, 6) * 2 - 1
+    for seed, shared, act, image in ((0, True, nn.Tanh, False), (1, False, nn.ReLU, False), (2, True, nn.ReLU, True)):
+        policy = _sb3_policy(seed, shared, act, image)
+        obs = torch.randint(0, 256, (9, 1, 36, 36), dtype=torch.uint8) if image else torch.rand(9, 6) * 2 - 1
         arg = obs.clone()
-        with torch.no_grad():
+        params = [q.detach().clone() for q in policy.parameters()]
+        try:
             out = fn(policy, arg)
+        except TypeError as e:
+            if shared:
+                raise
+            raise ExerciseFailed(f"with share_features_extractor=False your forward raised TypeError ({e}): there "
+                                 "extract_features returns a (pi_features, vf_features) pair; use "
+                                 "mlp_extractor.forward_actor / forward_critic on the two") from e
+        with torch.no_grad():
             want_logits, want_value = A.sb3_actor_critic_forward(policy, obs)
         assert_unchanged("obs", obs, arg)
+        if any(not torch.equal(q.detach(), p0) for q, p0 in zip(policy.parameters(), params)):
+            raise ExerciseFailed("the policy's parameters changed: only run the forward pass")
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor) and not out[0].requires_grad:
+            raise ExerciseFailed("the logits carry no gradient (torch.no_grad, detach or numpy inside?): gradient "
+                                 "attribution backpropagates through this forward; leave no_grad to the caller")
+        if image and isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor):
+            with torch.no_grad():
+                raw = policy.features_extractor(obs.float())
+                lp, _ = policy.mlp_extractor(raw)
+            if out[0].shape == want_logits.shape and torch.allclose(out[0].detach(), policy.action_net(lp).detach()):
+                raise ExerciseFailed("uint8 image observations went into the features extractor unscaled: call "
+                                     "policy.extract_features(obs), which runs SB3's preprocess_obs (pixels / 255, "
+                                     "one-hot for discrete spaces) before the extractor")
+        out = tuple(o.detach() if isinstance(o, Tensor) else o for o in out) if isinstance(out, tuple) else out
         if not isinstance(out, tuple) or len(out) != 2:
             raise ExerciseFailed("return a tuple (logits, value)")
         logits, value = out
-        what = "shared" if shared else "separate (share_features_extractor=False)"
+        what = ("shared" if shared else "separate (share_features_extractor=False)") + (", uint8 frames" if image else "")
         if not isinstance(logits, Tensor) or logits.shape != (9, 4):
             raise ExerciseFailed(f"logits must be [batch, n_actions] = (9, 4), got {getattr(logits, 'shape', logits)}")
         if not torch.equal(logits, want_logits):
@@ -152,6 +192,21 @@ def check_tensor_output_paths(fn) -> None:
                                  f"are not hookable), missing {missing} (containers such as a Sequential count too)")
         if got != want:
             raise ExerciseFailed(f"{what}: list the paths in the order their forward finishes: expected {want}, got {got}")
+    module = _net(1)
+
+    def crashing_call():
+        module(torch.randn(2, 5))
+        raise KeyboardInterrupt("the learner pressed stop")
+
+    try:
+        fn(module, crashing_call)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise ExerciseFailed("an exception raised inside call() must propagate to the caller, not be swallowed")
+    if any(len(m._forward_hooks) for m in module.modules()):
+        raise ExerciseFailed("when call() raises, your hooks stay on the module: remove them in a try / finally "
+                             "block, or every later forward of the agent runs them")
 
 
 # ------------------------------------------------------------------ 4. image observations in the policy's layout
@@ -183,6 +238,13 @@ def check_to_policy_layout(fn) -> None:
                                  "permute / movedim, not reshape or view (those keep the memory order)")
         if lay != layout:
             raise ExerciseFailed(f"{what}: layout should be {layout!r}, got {lay!r}")
+    cube = torch.randint(0, 256, (2, 4, 4, 4), generator=g, dtype=torch.uint8)
+    arg = cube.clone()
+    got, lay = fn(arg, (4, 4, 4))
+    assert_unchanged("obs", cube, arg)
+    if lay != "CHW" or not torch.equal(torch.as_tensor(got), cube):
+        raise ExerciseFailed(f"frames [2, 4, 4, 4] with chw (4, 4, 4) are ambiguous: take them as CHW (unchanged), got "
+                             f"layout {lay!r}: test the CHW shape first")
 
 
 # ------------------------------------------------------------------ 5. the agent's own initialisation
@@ -247,13 +309,25 @@ def check_nearest_counterfactual(fn) -> None:
     big_l = torch.randint(0, 3, (60,), generator=g)
     big_a = torch.randint(0, 3, (60,), generator=g)
     cases = [("a small case", x, labels, actions, 1), ("a random case, positive=2", big_x, big_l, big_a, 2),
-             ("no eligible partner", x, labels, torch.zeros(5, dtype=torch.long), 1)]
+             ("no eligible partner", x, labels, torch.zeros(5, dtype=torch.long), 1),
+             ("every row positive (no candidate at all)", x, torch.ones(5, dtype=torch.long), actions, 1),
+             ("no positive row", x, labels, actions, 3)]
     for what, xx, ll, aa, pos in cases:
         args = (xx.clone(), ll.clone(), aa.clone())
-        got = fn(*args, positive=pos)
+        try:
+            got = fn(*args, positive=pos)
+        except NotImplementedError:
+            raise
+        except (RuntimeError, IndexError, ValueError) as e:
+            raise ExerciseFailed(f"{what}: raised {type(e).__name__} ({e}): with no candidate rows return index -1 "
+                                 "and distance inf for every positive row (and empty tensors when no row is "
+                                 "positive); a min over an empty dimension fails") from e
         for name, b, c in zip(("x", "labels", "actions"), (xx, ll, aa), args):
             assert_unchanged(name, b, c)
-        want_i, want_d = H.nearest_counterfactual(xx, ll, aa, pos)
+        if bool((ll == pos).any()):
+            want_i, want_d = H.nearest_counterfactual(xx, ll, aa, pos)
+        else:
+            want_i, want_d = torch.zeros(0, dtype=torch.long), torch.zeros(0)
         if not isinstance(got, tuple) or len(got) != 2:
             raise ExerciseFailed("return a tuple (index, distance)")
         gi, gd = torch.as_tensor(got[0]).long(), torch.as_tensor(got[1]).float()
@@ -430,12 +504,30 @@ def _route_input(sub, point):
     return sub.register_forward_pre_hook(lambda m, i: (point(i[0]),))
 
 
+def _route_detached(sub, point):
+    return sub.register_forward_hook(lambda m, i, o: point(o.detach()))   # "hooks only read", cuts the graph
+
+
 def _route_no_handle(sub, point):
     sub.register_forward_hook(lambda m, i, o: point(o))
 
 
 def _sb3_distribution_logits(policy, obs):
     return policy.get_distribution(obs).distribution.logits, policy.predict_values(obs).squeeze(-1)
+
+
+def _sb3_skips_preprocessing(policy, obs):
+    if policy.share_features_extractor:                                    # pixels go in as 0..255
+        latent_pi, latent_vf = policy.mlp_extractor(policy.features_extractor(obs.float()))
+    else:
+        latent_pi = policy.mlp_extractor.forward_actor(policy.pi_features_extractor(obs.float()))
+        latent_vf = policy.mlp_extractor.forward_critic(policy.vf_features_extractor(obs.float()))
+    return policy.action_net(latent_pi), policy.value_net(latent_vf).squeeze(-1)
+
+
+def _sb3_no_grad(policy, obs):
+    with torch.no_grad():
+        return A.sb3_actor_critic_forward(policy, obs)
 
 
 def _sb3_value_unsqueezed(policy, obs):
@@ -462,6 +554,25 @@ def _paths_leaves_only(module, call):
 
 def _paths_every_module(module, call):
     return [p for p, _ in module.named_modules() if p]
+
+
+def _paths_no_finally(module, call):
+    outputs = {}
+    handles = [sub.register_forward_hook(lambda m, i, o, path=path: outputs.setdefault(path, o))
+               for path, sub in module.named_modules() if path]
+    call()                                                                 # a crash here leaves every hook on
+    for h in handles:
+        h.remove()
+    return [p for p, o in outputs.items() if isinstance(o, Tensor)]
+
+
+def _layout_hwc_first(obs, chw):
+    hwc = (chw[1], chw[2], chw[0])
+    if tuple(obs.shape[-3:]) == hwc:                                       # HWC tested first
+        obs, layout = obs.movedim(-1, -3), "HWC"
+    else:
+        layout = "CHW"
+    return (obs[None] if obs.ndim == 3 else obs), layout
 
 
 def _layout_reshape(obs, chw):
@@ -509,6 +620,14 @@ def _fresh_orthogonal_gain_one(policy, seed):
                 nn.init.orthogonal_(m.weight)
                 nn.init.zeros_(m.bias)
     return clone
+
+
+def _nearest_empty_crash(x, labels, actions, positive=1):
+    pos, neg = torch.nonzero(labels == positive).flatten(), torch.nonzero(labels != positive).flatten()
+    d = torch.cdist(x[pos].double(), x[neg].double(), p=1)                 # [n_pos, 0] when every row is positive
+    d[actions[pos][:, None] == actions[neg][None, :]] = float("inf")
+    v, j = d.min(1)
+    return torch.where(torch.isfinite(v), neg[j], torch.full_like(j, -1)), v.float()
 
 
 def _nearest_any_action(x, labels, actions, positive=1):
@@ -589,12 +708,15 @@ def _patch_random_seed(agent, pairs, hook, k, seed):
 
 
 WRONG_ANSWERS = {
-    "route_through": [_route_returns_none, _route_input, _route_no_handle],
-    "sb3_actor_critic_forward": [_sb3_distribution_logits, _sb3_value_unsqueezed, _sb3_shared_only],
-    "tensor_output_paths": [_paths_with_root, _paths_all_outputs, _paths_leaves_only, _paths_every_module],
-    "to_policy_layout": [_layout_reshape, _layout_unbatched, _layout_always_permute, _layout_wrong_axes],
+    "route_through": [_route_returns_none, _route_input, _route_no_handle, _route_detached],
+    "sb3_actor_critic_forward": [_sb3_distribution_logits, _sb3_value_unsqueezed, _sb3_shared_only,
+                                 _sb3_skips_preprocessing, _sb3_no_grad],
+    "tensor_output_paths": [_paths_with_root, _paths_all_outputs, _paths_leaves_only, _paths_every_module,
+                            _paths_no_finally],
+    "to_policy_layout": [_layout_reshape, _layout_unbatched, _layout_always_permute, _layout_wrong_axes,
+                         _layout_hwc_first],
     "sb3_fresh_init": [_fresh_pytorch_default, _fresh_global_seed, _fresh_unseeded, _fresh_orthogonal_gain_one],
-    "nearest_counterfactual": [_nearest_any_action, _nearest_l2, _nearest_local_index],
+    "nearest_counterfactual": [_nearest_any_action, _nearest_l2, _nearest_local_index, _nearest_empty_crash],
     "episode_probe": [_probe_split_by_step, _probe_train_accuracy, _probe_on_observations, _probe_on_logits],
     "steering_hits": [_steer_unsteered, _steer_no_scale, _steer_subtract, _steer_hook_left_on],
     "heldout_patching": [_patch_units_chosen_on_test, _patch_mean_of_ratios, _patch_lowest_units, _patch_random_seed],
