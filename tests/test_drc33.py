@@ -212,3 +212,43 @@ def test_the_chapters_play_code_runs_on_the_released_drc(released):
     p = play(model, bank, think=1, max_steps=3, record=(model.hook_name("h", 1, 0),))
     assert p.acts["hook_h.1.0"].shape == (3, 3, 32, 10, 10) and p.actions.shape == (3, 3)
     assert set(np.unique(p.actions[p.actions >= 0])) <= {0, 1, 2, 3}   # four actions, no no-op
+
+
+BOXOBAN_TEXT = """; 0
+##########
+##########
+####  ####
+#  $ .   #
+#  @ #   #
+#  $. #  #
+### $ .$ #
+###.     #
+##########
+##########
+
+; 1
+######
+#@ *.#
+# $  #
+#    #
+#    #
+######
+"""
+
+
+def test_boxoban_levels_parse_and_render_as_tinyworld():
+    from utils.envs.sokoban import LevelBank, Sokoban, parse_boxoban
+
+    a, b = parse_boxoban(BOXOBAN_TEXT, solve_levels=False)
+    assert a.size == 10 and len(a.boxes) == len(a.targets) == 4 and a.agent == (4, 3) and a.moves is None
+    assert a.render().splitlines()[3] == "#  $ .   #"
+    assert b.size == 6 and b.boxes == ((1, 3), (2, 2)) and (1, 3) in b.targets   # '*' is a box on a target
+    assert len(parse_boxoban("; 0\n" + b.render(), solve_levels=True)[0].moves) > 0
+    env = Sokoban(1, LevelBank.from_levels([a]), max_steps=5, auto_reset=False)
+    frame = drc33.tinyworld(env.set_levels(np.array([0])))
+    assert tuple(frame[0, :, 4, 3].tolist()) == drc33.PALETTE["agent"]
+    assert tuple(frame[0, :, 3, 3].tolist()) == drc33.PALETTE["box"] and tuple(frame[0, :, 3, 5].tolist()) == \
+        drc33.PALETTE["target"]
+    for bad, msg in (("##\n#@", "'; N'"), ("; 0\n###\n#@#\n##", "square"), ("; 0\n####\n#@X#\n#  #\n####", "unknown")):
+        with pytest.raises(CourseError, match=msg):
+            parse_boxoban(bad)

@@ -136,6 +136,41 @@ def solve(level: Level, max_states: int = 200_000) -> tuple[int, ...] | None:
     return None
 
 
+def parse_boxoban(text: str, solve_levels: bool = False) -> list[Level]:
+    """Levels from Boxoban's text format (google-deepmind/boxoban-levels: each level a `; N` line,
+    then its rows of `#` wall, ` ` floor, `.` target, `$` box, `@` agent, and `*` / `+` for a box /
+    the agent on a target). With `solve_levels`, each level carries its BFS-optimal solution (slow
+    for four boxes); otherwise `moves` is None."""
+    blocks, current = [], None
+    for line in text.splitlines():
+        if line.startswith(";"):
+            current = []
+            blocks.append(current)
+        elif line.strip() and current is not None:
+            current.append(line)
+        elif line.strip():
+            raise CourseError("Boxoban text must start each level with a '; N' line")
+    if not blocks:
+        raise CourseError("no level found: Boxoban files hold levels each headed by a '; N' line")
+    out = []
+    for k, rows in enumerate(blocks):
+        size = len(rows)
+        if size == 0 or any(len(r) != size for r in rows):
+            raise CourseError(f"level {k}: rows must form a square grid, got {[len(r) for r in rows]}")
+        bad = {ch for r in rows for ch in r} - set("# .$@*+")
+        if bad:
+            raise CourseError(f"level {k}: unknown characters {sorted(bad)} (Boxoban uses # . $ @ * + and space)")
+        walls = np.array([[ch == "#" for ch in r] for r in rows])
+        cells = lambda chars: tuple((i, j) for i, r in enumerate(rows) for j, ch in enumerate(r) if ch in chars)  # noqa: E731
+        agents = cells("@+")
+        if len(agents) != 1:
+            raise CourseError(f"level {k}: expected one agent ('@' or '+'), found {len(agents)}")
+        level = check_level(Level(walls, cells(".*+"), tuple(sorted(cells("$*"))), agents[0]))
+        out.append(Level(level.walls, level.targets, level.boxes, level.agent,
+                         solve(level) if solve_levels else None))
+    return out
+
+
 def _carve_room(size: int, rng: np.random.Generator, floor_fraction: float) -> np.ndarray:
     """Walls [size, size]: a random walk carves floor inside the border until
     `floor_fraction` of the interior is floor."""
