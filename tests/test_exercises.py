@@ -52,10 +52,15 @@ def test_check_fails_on_plausible_wrong_answer(chapter, name, wrong):
 def test_check_leaves_global_random_state_alone(chapter, name):
     import torch
 
+    import numpy as np
+
     fn = load_exercise_functions(REPO_ROOT / "solutions" / f"{chapter}.ipynb")[name]
-    before = torch.get_rng_state()
+    before, np_before = torch.get_rng_state(), np.random.get_state()
     chapter_module(chapter).CHECKS[name](fn)
     assert torch.equal(before, torch.get_rng_state()), f"{name}'s check reseeds or draws from the global generator"
+    np_after = np.random.get_state()
+    assert np.array_equal(np_before[1], np_after[1]) and np_before[2:] == np_after[2:], \
+        f"{name}'s check reseeds or draws from numpy's global generator"
 
 
 def test_stub_with_fallback_returns_the_reference_and_says_so(capsys):

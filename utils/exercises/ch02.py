@@ -5,6 +5,7 @@ Every check draws its inputs from a local `torch.Generator` (or builds its model
 really meets, and verifies that the learner's function does not write into its inputs."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from utils.ad.data import make_tokens
@@ -226,9 +227,11 @@ def check_same_state_mass(same_state_mass_fn) -> None:
 
 def _tiny_ad_model():
     from utils.models.ad_transformer import ADConfig, ADTransformer
+    np_state = np.random.get_state()   # the config's seed also seeds numpy's global generator
     with torch.random.fork_rng():  # the model's init must not move the notebook's global generator
         model = ADTransformer(ADConfig(n_obs=81, n_actions=5, context_len=12, n_layers=2, d_model=16, n_heads=2,
                                        d_mlp=32, grid_size=9, seed=11))
+    np.random.set_state(np_state)
     return model.eval()
 
 
