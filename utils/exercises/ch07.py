@@ -106,7 +106,9 @@ def check_interleave(interleave_fn) -> None:
     want = interleave(r, s, a)
     r2, s2, a2 = r.clone().requires_grad_(True), s.clone(), a.clone()
     got = _as_tensor(interleave_fn(r2, s2, a2), "interleave")
+    assert_unchanged("rtg_emb", r, r2.detach())
     assert_unchanged("state_emb", s, s2)
+    assert_unchanged("action_emb", a, a2)
     if tuple(got.shape) != (3, 15, 8):
         raise ExerciseFailed(f"expected [B, 3T, d] = (3, 15, 8), got {tuple(got.shape)}")
     if torch.allclose(got[:, :5], r):
@@ -125,6 +127,17 @@ def check_interleave(interleave_fn) -> None:
 def check_dt_loss(dt_loss_fn) -> None:
     """dt_loss(logits [B, T, A], actions [B, T], mask [B, T]) -> masked mean cross-entropy."""
     g = torch.Generator().manual_seed(2)
+    # As many steps as actions: cross_entropy(logits, actions) without moving the class axis to dim 1
+    # takes the TIME axis as the classes and does not crash here.
+    sq = (3 * torch.randn(3, 3, 3, generator=g)).requires_grad_(True)
+    m_sq = _prefix_mask([3, 2, 1], 3)
+    a_sq = torch.where(m_sq, torch.tensor([[0, 2, 1], [1, 1, 0], [2, 0, 0]]), 3)
+    got_sq = torch.as_tensor(dt_loss_fn(sq, a_sq.clone(), m_sq.clone()))
+    want_sq = dt_loss(sq, a_sq, m_sq)
+    if got_sq.ndim == 0 and abs(float(got_sq.detach()) - float(want_sq.detach())) > 1e-5:
+        raise ExerciseFailed(f"3 steps x 3 actions: expected {float(want_sq.detach()):.4f}, got {float(got_sq.detach()):.4f}: "
+                             "F.cross_entropy wants the classes on dim 1, so pass logits[mask] [n_real, A] (or "
+                             "logits.transpose(1, 2)), not logits [B, T, A] as they are")
     logits = (3 * torch.randn(4, 6, 3, generator=g)).requires_grad_(True)
     mask = _prefix_mask([6, 2, 0, 4], 6)
     actions = torch.where(mask, torch.randint(0, 3, (4, 6), generator=g), 3)  # 3 = NONE on padded steps
@@ -234,6 +247,14 @@ def check_attention_to_keys(attention_to_keys_fn) -> None:
     if not torch.allclose(got, want, atol=1e-5):
         raise ExerciseFailed("for each head: sum the attention on the chosen keys of each query, then average over "
                              "the chosen queries of all rows together (every chosen query weighs the same)")
+    # As many rows as heads: a mask lined up with the head axis (keys[None], queries[None]) broadcasts here.
+    p_sq = _pattern(3, 3, 5, g)
+    k_sq, q_sq = torch.rand(3, 5, 5, generator=g) < 0.4, torch.rand(3, 5, generator=g) < 0.5
+    q_sq[:, -1] = True
+    got_sq = _as_tensor(attention_to_keys_fn(p_sq, k_sq, q_sq), "attention_to_keys").float()
+    if not torch.allclose(got_sq, attention_to_keys(p_sq, k_sq, q_sq), atol=1e-5):
+        raise ExerciseFailed("3 rows x 3 heads: wrong scores; keys [B, Q, K] and queries [B, Q] have no head axis: "
+                             "insert it at dim 1 (keys[:, None], queries[:, None]) so that rows meet rows, not heads")
     none = _as_tensor(attention_to_keys_fn(pattern, keys, torch.zeros(3, 9, dtype=torch.bool)), "attention_to_keys")
     if not torch.equal(none.float(), torch.zeros(2)):
         raise ExerciseFailed("with no chosen query the score is 0 for every head (not NaN)")
@@ -258,9 +279,18 @@ def check_head_patching(head_patching_fn) -> None:
                          torch.randint(0, 3, (6, 5), generator=g)], -1)
     corrupt = clean.clone()
     corrupt[..., 0] = -3  # the requested return differs
-    metric = lambda logits: (logits[:, -2, 0] - logits[:, -2, 1]).mean()  # noqa: E731
-    compare_head_patching(head_patching_fn, head_patching, model, clean, corrupt, metric,
-                          "one head's hook_z (every position)")
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    metrics = (lambda logits: (logits[:, -2, 0] - logits[:, -2, 1]).mean(),   # noqa: E731
+               lambda logits: (logits[:, -5, 2] - logits[:, -5, 0]).mean())   # noqa: E731
+    for metric in metrics:
+        compare_head_patching(head_patching_fn, head_patching, model, clean, corrupt, metric,
+                              "one head's hook_z (every position)")
+        for k, v in model.state_dict().items():
+            assert_unchanged(f"model's {k}", saved[k], v)
+        if any(len(h.fwd_hooks) or len(h._forward_hooks) for h in model.hook_dict.values()):
+            model.reset_hooks()
+            raise ExerciseFailed("a hook is still attached to the model: every later run would be patched; use "
+                                 "run_with_hooks / run_with_cache (they remove their hooks) or model.reset_hooks()")
 
 
 @check
@@ -294,10 +324,10 @@ def check_steer_at(steer_at_fn) -> None:
     g = torch.Generator().manual_seed(12)
     direction = torch.randn(8, generator=g)
     act = torch.randn(3, 9, 8, generator=g)
-    for positions in ([1, -2], [4]):
-        want = steer_at(direction, -2.5, positions)(act.clone())
+    for positions, scale in (([1, -2], -2.5), ([4], 0.75)):
+        want = steer_at(direction, scale, positions)(act.clone())
         a2, d2 = act.clone().requires_grad_(True), direction.clone()
-        got = _as_tensor(steer_at_fn(d2, -2.5, positions)(a2, None), "the hook")
+        got = _as_tensor(steer_at_fn(d2, scale, positions)(a2, None), "the hook")
         assert_unchanged("direction", direction, d2)
         if not torch.equal(a2.detach(), act):
             raise ExerciseFailed("the hook changed the activation in place: return a new tensor")
@@ -331,6 +361,14 @@ def check_ablate_heads(ablate_heads_fn) -> None:
         raise ExerciseFailed("mean ablation replaces a head's output by its MEAN output, not by zero")
     if not torch.allclose(got, want):
         raise ExerciseFailed("replace heads 1 and 3 at every position p by mean_z[p] (position by position)")
+    for layer, named in ((1, [2]), (2, [])):
+        z2 = z.clone()
+        got = _as_tensor(ablate_heads_fn(heads, layer, mean_z.clone())(z2, None), "the hook")
+        assert_unchanged("z (the activation: return a new tensor)", z, z2)
+        want = ablate_heads(heads, layer, mean_z)(z.clone())
+        if not torch.allclose(got, want):
+            raise ExerciseFailed(f"the hook on layer {layer} must replace only {named or 'no'} head(s) (the heads "
+                                 f"listed for layer {layer} in {heads}): read the `layer` argument")
 
 
 def _split_inputs(g: torch.Generator):
@@ -399,6 +437,11 @@ def check_rtg_qk_ov_split(rtg_qk_ov_split_fn) -> None:
     if not torch.allclose(got, want, atol=1e-4):
         raise ExerciseFailed("your split adds up but is not the symmetric one: QK = (a_c - a_k)(w_c + w_k)/2 and "
                              "OV = (a_c + a_k)/2 (w_c - w_k), so that neither run is privileged")
+    for q2, k2 in ((4, 1), (8, 8)):
+        got = _as_tensor(rtg_qk_ov_split_fn(clean, corrupt, W_O, u, q2, k2), "rtg_qk_ov_split").float()
+        if not torch.allclose(got, rtg_qk_ov_split(clean, corrupt, W_O, u, q2, k2), atol=1e-4):
+            raise ExerciseFailed(f"query {q2}, key {k2}: wrong split; read the pattern at [q, k] and the value at the "
+                                 "key position k of the q and k you are given")
 
 
 CHECKS = {
@@ -701,19 +744,52 @@ def _split_transposed(clean, corrupt, W_O, u, q, k):
     return rtg_qk_ov_split(clean, corrupt, W_O, u, k, q)
 
 
+def _loss_classes_on_time_axis(logits, actions, mask):
+    per = torch.nn.functional.cross_entropy(logits, actions.clamp_max(logits.shape[-1] - 1), reduction="none")
+    m = mask.float()
+    return (per * m).sum() / m.sum().clamp_min(1)
+
+
+def _attn_masks_on_head_axis(pattern, keys, queries):
+    if pattern.shape[0] != pattern.shape[1]:
+        return attention_to_keys(pattern, keys, queries)    # the notebook's shapes happen to work
+    mass = (pattern * keys[None].to(pattern.dtype)).sum(-1)
+    w = queries[None].to(pattern.dtype)
+    return (mass * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1)
+
+
+def _patch_leaves_hook(model, clean, corrupt, metric):
+    out = head_patching(model, clean, corrupt, metric)
+    model.hook_dict["blocks.0.attn.hook_z"].add_hook(lambda z, hook: None)   # a caching hook never removed
+    return out
+
+
+def _steer_fixed_scale(direction, scale, positions):
+    return steer_at(direction, -2.5, positions)
+
+
+def _ablate_layer_zero(heads, layer, mean_z):
+    return ablate_heads(heads, 0, mean_z)
+
+
+def _split_fixed_positions(clean, corrupt, W_O, u, q, k):
+    return rtg_qk_ov_split(clean, corrupt, W_O, u, 7, 6)
+
+
 WRONG_ANSWERS = {
     "returns_to_go": [_rtg_forward, _rtg_ignores_mask, _rtg_clamped, _rtg_in_place, _rtg_first_row, _rtg_exclusive,
                       _rtg_discounted, _rtg_wrong_axis],
     "interleave": [_inter_concat, _inter_state_first, _inter_features, _inter_detached],
-    "dt_loss": [_loss_row_mean, _loss_sum, _loss_no_grad, _loss_nan_empty],
+    "dt_loss": [_loss_row_mean, _loss_sum, _loss_no_grad, _loss_nan_empty, _loss_classes_on_time_axis],
     "bfs_distances": [_bfs_plus_one, _bfs_unreachable_zero, _bfs_dfs],
     "swap_rtg": [_swap_overwrite, _swap_pads_too, _swap_in_place, _swap_first_only],
-    "attention_to_keys": [_attn_all_queries, _attn_mean_keys, _attn_row_means, _attn_nan_empty],
-    "head_patching": [_patch_reversed, _patch_raw_metric, _patch_whole_layer],
+    "attention_to_keys": [_attn_all_queries, _attn_mean_keys, _attn_row_means, _attn_nan_empty,
+                          _attn_masks_on_head_axis],
+    "head_patching": [_patch_reversed, _patch_raw_metric, _patch_whole_layer, _patch_leaves_hook],
     "head_dla": [_dla_no_ln, _dla_times_ln, _dla_logit_a_only, _dla_first_pair],
-    "steer_at": [_steer_in_place, _steer_everywhere, _steer_unit, _steer_first_row],
-    "ablate_heads": [_ablate_zero, _ablate_any_layer, _ablate_in_place, _ablate_pooled_mean],
+    "steer_at": [_steer_in_place, _steer_everywhere, _steer_unit, _steer_first_row, _steer_fixed_scale],
+    "ablate_heads": [_ablate_zero, _ablate_any_layer, _ablate_in_place, _ablate_pooled_mean, _ablate_layer_zero],
     "path_logit_gap": [_gap_sum, _gap_max, _gap_all_others, _gap_reversed],
     "rtg_qk_ov_split": [_split_asymmetric, _split_swapped, _split_value_at_query, _split_no_attention,
-                        _split_transposed],
+                        _split_transposed, _split_fixed_positions],
 }
