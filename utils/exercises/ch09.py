@@ -182,12 +182,12 @@ def check_probe_over_checkpoints(fn) -> None:
     """probe_over_checkpoints(models, states, labels, groups, layer, seed) -> dict of arrays over checkpoints."""
     models = [_policy(s) for s in (10, 11)]
     states, labels, groups = _probe_data()
-    for layer in ("layers.1.hook_post",):
+    for layer, seed in (("layers.1.hook_post", 4), ("layers.0.hook_post", 9)):
         args = (states.clone(), labels.clone(), groups.clone())
-        got = fn(models, *args, layer, seed=4)
+        got = fn(models, *args, layer, seed=seed)
         for a, b, what in zip((states, labels, groups), args, ("states", "labels", "groups")):
             _unchanged(a, b, what)
-        want = M.probe_over_checkpoints(models, states, labels, groups, layer, seed=4)
+        want = M.probe_over_checkpoints(models, states, labels, groups, layer, seed=seed)
         if not isinstance(got, dict) or not set(want) <= set(got):
             raise ExerciseFailed(f"return a dict with keys {sorted(want)}, got {type(got).__name__} "
                                  f"{sorted(got) if isinstance(got, dict) else ''}")
@@ -198,6 +198,20 @@ def check_probe_over_checkpoints(fn) -> None:
         if np.allclose(np.asarray(got["acc"], float), np.asarray(got["acc"], float)[0]) and \
                 not np.allclose(want["acc"], want["acc"][0]):
             raise ExerciseFailed("every checkpoint got the same accuracy: probe each model's own activations")
+        def same(a, b):
+            return all(np.allclose(np.asarray(a[k], float), b[k], atol=1e-6) for k in want)
+
+        if not same(got, want):
+            for other_layer in ("layers.0.hook_post", "layers.1.hook_post", "hook_logits"):
+                if other_layer != layer and same(got, M.probe_over_checkpoints(
+                        models, states, labels, groups, other_layer, seed=seed)):
+                    raise ExerciseFailed(f"asked for {layer!r}, you probed {other_layer!r}: cache the activations "
+                                         "at the `layer` argument")
+            for other_seed in (0, 4):
+                if other_seed != seed and same(got, M.probe_over_checkpoints(
+                        models, states, labels, groups, layer, seed=other_seed)):
+                    raise ExerciseFailed(f"with seed={seed} your accuracies are those of seed={other_seed}: pass "
+                                         "seed=seed to probe_with_baselines (the split depends on it)")
         if not np.allclose(np.asarray(got["acc"], float), want["acc"], atol=1e-6):
             raise ExerciseFailed(f"{layer}: held-out accuracies {np.round(got['acc'], 3)} differ from the reference "
                                  f"{np.round(want['acc'], 3)}: use probe_with_baselines(acts, labels, seed=seed, "
@@ -331,8 +345,14 @@ def check_distillation_loss(fn) -> None:
     for temp in (1.0, 2.0, 0.5):
         s = torch.randn(32, 4, generator=g) * 2
         want = K.distillation_loss(s, t, temp)
-        got = fn(s.clone(), t.clone(), temp)
+        s_arg, t_arg = s.clone(), t.clone()
+        got = fn(s_arg, t_arg, temp)
+        _unchanged(s, s_arg, "student logits (e.g. /= temperature)")
+        _unchanged(t, t_arg, "teacher logits (e.g. /= temperature)")
         if isinstance(got, Tensor) and got.numel() == 1:
+            if temp != 1.0 and abs(float(got) - temp ** 2 * float(want)) < 1e-5:
+                raise ExerciseFailed(f"your loss is temperature^2 = {temp ** 2:g} times the KL: Hinton's T^2 factor "
+                                     "rescales gradients, but this function returns the KL itself")
             if abs(float(got) - 32 * float(want)) < 1e-4:
                 raise ExerciseFailed("average over the batch (you summed over the 32 rows)")
             rev = K.distillation_loss(t, s, temp)
@@ -366,6 +386,13 @@ def check_action_agreement(fn) -> None:
         raise ExerciseFailed(f"return a dict with 'agreement' and 'tv', got {got!r}")
     if abs(float(got["agreement"]) - 1) > 1e-6 or abs(float(got["tv"])) > 1e-6:
         raise ExerciseFailed("identical policies: agreement 1 and total variation 0")
+    g4 = torch.Generator().manual_seed(4)
+    t4, s4 = torch.randn(4, 4, generator=g4) * 2, torch.randn(4, 4, generator=g4) * 2   # n == n_actions
+    got, want = fn(t4.clone(), s4.clone()), K.action_agreement(t4, s4)
+    wrong_axis = float(0.5 * (torch.softmax(t4, 0) - torch.softmax(s4, 0)).abs().sum(-1).mean())
+    if abs(float(got["tv"]) - want["tv"]) > 1e-5 and abs(float(got["tv"]) - wrong_axis) < 1e-5:
+        raise ExerciseFailed("with 4 rows of 4 actions your tv takes the softmax over the ROWS (dim 0): each row "
+                             "is one distribution over actions, softmax(logits, dim=-1)")
     for scale in (0.5, 3.0):
         s = t + torch.randn(50, 4, generator=g) * scale
         t_arg, s_arg = t.clone(), s.clone()
@@ -383,6 +410,12 @@ def check_action_agreement(fn) -> None:
                                  "probabilities, not logits)")
         if not 0 <= float(got["tv"]) <= 1:
             raise ExerciseFailed("a total-variation distance lies in [0, 1]")
+    tie = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 2.0]])                # tied maxima: argmax takes the first
+    got = fn(tie.clone(), tie.flip(-1).clone())
+    want = K.action_agreement(tie, tie.flip(-1))
+    if abs(float(got["agreement"]) - want["agreement"]) > 1e-6:
+        raise ExerciseFailed(f"rows with tied maxima: agreement should be {want['agreement']:.2f} (argmax, first "
+                             f"maximum, of each side), got {float(got['agreement']):.2f}")
 
 
 # ------------------------------------------------------------------ 10. CKA
@@ -429,12 +462,17 @@ def check_match_units(fn) -> None:
     sign = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0])
     for u in (0, 1, 2, 4, 5):
         B[:, perm[u]] = sign[u] * 2 * A[:, u] + torch.randn(300, generator=g) * 0.3 + 10
+    B[:, 5] = 10.0                                                          # a dead unit of B, never a match
     a_arg, b_arg = A.clone(), B.clone()
     got = fn(a_arg, b_arg)
     _unchanged(A, a_arg, "acts_a")
     _unchanged(B, b_arg, "acts_b")
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         raise ExerciseFailed("return (index, r)")
+    if torch.as_tensor(got[0]).shape == (6,) and (torch.as_tensor(got[0]).long() == 5).any():
+        raise ExerciseFailed("a unit of A was matched to unit 5 of B, which is constant (dead) and correlates with "
+                             "nothing: centre each column (an uncentred cosine sees the constant as signal) and clamp "
+                             "BOTH columns' norms away from 0 (0 / 0 = nan, and argmax takes nan as the largest)")
     idx, r = (torch.as_tensor(x) for x in got)
     want_idx, want_r = M.match_units(A, B)
     if idx.shape != (6,) or r.shape != (6,):
@@ -766,6 +804,15 @@ def _affine_in_place(src, dst, ridge=1e-3):
     return W, b
 
 
+def _kl_in_place_temperature(student_logits, teacher_logits, temperature=1.0):
+    teacher_logits /= temperature                                          # the caller's targets are rescaled
+    return K.distillation_loss(student_logits / temperature, teacher_logits * 1.0, 1.0)
+
+
+def _kl_t_squared(student_logits, teacher_logits, temperature=1.0):
+    return temperature ** 2 * K.distillation_loss(student_logits, teacher_logits, temperature)   # Hinton's scaling
+
+
 def _kl_reversed(student_logits, teacher_logits, temperature=1.0):
     return K.distillation_loss(teacher_logits.detach(), student_logits, temperature)
 
@@ -788,6 +835,13 @@ def _kl_temperature_teacher_only(student_logits, teacher_logits, temperature=1.0
     t = torch.log_softmax(teacher_logits.detach() / temperature, -1)
     s = torch.log_softmax(student_logits, -1)
     return (t.exp() * (t - s)).sum(-1).mean()
+
+
+def _agree_softmax_rows(teacher_logits, student_logits):
+    out = K.action_agreement(teacher_logits, student_logits)
+    p, q = torch.softmax(teacher_logits, 0), torch.softmax(student_logits, 0)   # over the batch
+    out["tv"] = float(0.5 * (p - q).abs().sum(-1).mean())
+    return out
 
 
 def _agree_l1(teacher_logits, student_logits):
@@ -826,6 +880,24 @@ def _cka_not_squared(X, Y):
     X, Y = M._centre(X), M._centre(Y)
     nx, ny = torch.linalg.norm(X.T @ X), torch.linalg.norm(Y.T @ Y)
     return 0.0 if float(nx * ny) == 0 else float(torch.linalg.norm(Y.T @ X) / torch.sqrt(nx * ny))
+
+
+def _match_clamp_a_only(acts_a, acts_b):
+    A = acts_a.double() - acts_a.double().mean(0)
+    B = acts_b.double() - acts_b.double().mean(0)
+    A = A / A.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    B = B / B.norm(dim=0, keepdim=True)                                    # a dead unit of B gives 0 / 0
+    r = A.T @ B
+    idx = r.abs().argmax(1)
+    return idx, torch.nan_to_num(r.gather(1, idx[:, None]).squeeze(1)).float()
+
+
+def _probe_ckpt_fixed_seed(models, states, labels, groups, layer, seed=0):
+    return M.probe_over_checkpoints(models, states, labels, groups, layer, seed=4)   # the seed from the example
+
+
+def _probe_ckpt_last_hidden(models, states, labels, groups, layer, seed=0):
+    return M.probe_over_checkpoints(models, states, labels, groups, "layers.1.hook_post", seed=seed)
 
 
 def _match_signed_argmax(acts_a, acts_b):
@@ -953,15 +1025,16 @@ WRONG_ANSWERS = {
     "log_spaced_checkpoints": [_sched_linear, _sched_no_zero, _sched_duplicates, _sched_floats],
     "effective_rank": [_erank_entropy, _erank_squared, _erank_count, _erank_nan_at_zero],
     "unit_ablation_effect": [_ablate_zero, _ablate_reverse_kl, _ablate_sum, _ablate_action_flips],
-    "probe_over_checkpoints": [_probe_no_groups, _probe_first_model_only, _probe_train_acc],
+    "probe_over_checkpoints": [_probe_no_groups, _probe_first_model_only, _probe_train_acc, _probe_ckpt_fixed_seed,
+                               _probe_ckpt_last_hidden],
     "heldout_topk_recovery": [_topk_same_pairs, _topk_whole_layer, _topk_bottom_units],
     "steering_effect": [_steer_unit_random, _steer_no_baseline, _steer_argmax_rate],
     "fit_affine_map": [_affine_no_bias, _affine_transposed, _affine_ridge_on_bias, _affine_in_place],
     "distillation_loss": [_kl_reversed, _kl_summed, _kl_hard_labels, _kl_teacher_not_detached,
-                          _kl_temperature_teacher_only],
-    "action_agreement": [_agree_l1, _agree_logits_tv, _agree_prob_of_teacher_action],
+                          _kl_temperature_teacher_only, _kl_in_place_temperature, _kl_t_squared],
+    "action_agreement": [_agree_l1, _agree_logits_tv, _agree_prob_of_teacher_action, _agree_softmax_rows],
     "linear_cka": [_cka_uncentred, _cka_frobenius_norms, _cka_in_place, _cka_not_squared],
-    "match_units": [_match_signed_argmax, _match_cosine, _match_nan_dead, _match_abs_r],
+    "match_units": [_match_signed_argmax, _match_cosine, _match_nan_dead, _match_abs_r, _match_clamp_a_only],
     "vestigial_units": [_vest_global_norm, _vest_no_variance, _vest_strict_median, _vest_inert_only],
     "clone_circuit_in_teacher": [_circ_select_on_all, _circ_signed_match, _circ_random_size_k, _circ_no_merge,
                                  _circ_patch_clone, _circ_global_rng],
