@@ -65,10 +65,17 @@ def check_noisy_preference_labels(fn) -> None:
             raise ExerciseFailed(f"expected shape ({n},), got {tuple(got.shape)}")
         if not torch.equal(got, want):
             tie = (r_a == r_b) & (got != want)
-            if tie.any():
+            if tie.any() and not ((r_a != r_b) & (got != want)).any():
                 raise ExerciseFailed("labels differ on tied rewards: a tie is not a preference for a (use >)")
             raise ExerciseFailed(f"noise={noise}: labels differ from the reference on {(got != want).sum()} of {n} "
                                  "pairs (flip where u < noise)")
+    r_a, r_b = torch.tensor([1.0, 0.0, 2.0, -1.0]), torch.tensor([0.0, 1.0, 2.0, 3.0])
+    u = torch.tensor([0.25, 0.25, 0.1, 0.7])
+    got = torch.as_tensor(fn(r_a.clone(), r_b.clone(), u.clone(), 0.25))
+    want = P.noisy_preference_labels(r_a, r_b, u, 0.25)
+    if not torch.equal(got, want):
+        raise ExerciseFailed(f"u exactly equal to noise=0.25 must NOT flip (flip where u < noise, strictly): "
+                             f"expected {want.tolist()}, got {got.tolist()}")
 
 
 # ------------------------------------------------------------------------ 2. BT loss
@@ -88,6 +95,18 @@ def check_bradley_terry_loss(fn) -> None:
         if not torch.isfinite(got):
             raise ExerciseFailed("the loss is not finite for a margin of -120: use logsigmoid, not log(sigmoid(.))")
         _close(got.reshape(()), O.bradley_terry_loss(a, b), "loss")
+    a, b = rc.clone().requires_grad_(True), rr.clone().requires_grad_(True)
+    loss = fn(a, b)
+    if not isinstance(loss, Tensor) or not loss.requires_grad:
+        raise ExerciseFailed("the loss carries no gradient (numpy, .item(), torch.tensor(...) or no_grad inside?): "
+                             "the reward model is trained by backpropagating through it")
+    loss.backward()
+    a0, b0 = rc.clone().requires_grad_(True), rr.clone().requires_grad_(True)
+    O.bradley_terry_loss(a0, b0).backward()
+    if a.grad is None or not torch.allclose(a.grad, a0.grad, atol=1e-6) or not torch.allclose(b.grad, b0.grad,
+                                                                                              atol=1e-6):
+        raise ExerciseFailed("the gradient with respect to the rewards is wrong: d loss / d r_chosen = "
+                             "-(1 - sigmoid(margin)) / n")
 
 
 # ------------------------------------------------------------------------ 3. accuracy
@@ -99,7 +118,10 @@ def check_preference_accuracy(fn) -> None:
     for n in (7, 40):
         rc = torch.randint(0, 3, (n,), generator=g).float()
         rr = torch.randint(0, 3, (n,), generator=g).float()
-        got = fn(rc.clone(), rr.clone())
+        a2, b2 = rc.clone(), rr.clone()
+        got = fn(a2, b2)
+        assert_unchanged("r_chosen", rc, a2)
+        assert_unchanged("r_rejected", rr, b2)
         if not isinstance(got, float):
             raise ExerciseFailed(f"return a Python float (a fraction), got {type(got).__name__}")
         want = T.preference_accuracy(rc, rr)
@@ -113,11 +135,16 @@ def check_preference_accuracy(fn) -> None:
 def check_rloo_advantages(fn) -> None:
     """rloo_advantages(rewards [P, K]) -> [P, K]."""
     g = _gen(4)
-    for p, k in ((3, 4), (5, 2), (2, 6)):
+    for p, k in ((4, 4), (3, 4), (5, 2), (2, 6)):          # the first: P == K
         r = torch.randn(p, k, generator=g) * 3 + torch.arange(p)[:, None].float()
         r2 = r.clone()
         got = fn(r2)
         assert_unchanged("rewards", r, r2)
+        wrong_axis = r - (r.sum(0, keepdim=True) - r) / (p - 1)
+        if torch.as_tensor(got).shape == r.shape and torch.allclose(torch.as_tensor(got).double(), wrong_axis.double(),
+                                                                    atol=1e-5):
+            raise ExerciseFailed("with P == K your baseline averages the other PROMPTS (dim 0): the leave-one-out "
+                                 "mean is over the other samples of the same prompt, dim -1")
         _close(torch.as_tensor(got), O.rloo_advantages(r), f"rewards of shape ({p}, {k})")
 
 
@@ -139,7 +166,17 @@ def check_kl_penalised_reward(fn) -> None:
         got = fn(*args, beta)
         for name, before, after in zip(("reward", "logp_policy", "logp_ref", "mask"), (reward, lp, lr, mask), args):
             assert_unchanged(name, before, after)
-        _close(torch.as_tensor(got), O.kl_penalised_reward(reward, lp, lr, mask, beta), f"beta={beta}")
+        got_t, want = torch.as_tensor(got), O.kl_penalised_reward(reward, lp, lr, mask, beta)
+        if got_t.shape == want.shape and not torch.allclose(got_t.double(), want.double(), atol=1e-5):
+            for alt, why in ((reward - beta * (lp - lr).sum(-1), "the padded steps count: multiply the log-ratio by "
+                              "the mask before summing over tokens"),
+                             (reward - beta * ((lp - lr) * mask).sum(-1) / mask.sum(-1), "you averaged the log-ratio "
+                              "over the tokens: the KL of a sequence is the SUM over its tokens"),
+                             (reward - beta * ((lr - lp) * mask).sum(-1), "the log-ratio is reversed: "
+                              "logp_policy - logp_ref (a policy drifting from the reference pays)")):
+                if torch.allclose(got_t.double(), alt.double(), atol=1e-5):
+                    raise ExerciseFailed(f"beta={beta}: {why}")
+        _close(got_t, want, f"beta={beta}")
 
 
 # ------------------------------------------------------------------ 6. component attribution
@@ -157,7 +194,15 @@ def check_component_attribution(fn) -> None:
     for name, before, after in zip(("stack", "scale", "w"), (stack, scale, w), args):
         assert_unchanged(name, before, after)
     want = A.component_attribution(stack, scale, w)
-    _close(torch.as_tensor(got), want, "attribution")
+    got_t = torch.as_tensor(got)
+    if got_t.shape == want.shape and not torch.allclose(got_t.double(), want.double(), atol=1e-5):
+        for alt, why in (((stack / scale) @ w, "centre each component over d first (LayerNorm subtracts the mean)"),
+                         (((stack - stack.mean(-1, keepdim=True)) * scale) @ w, "DIVIDE by the LayerNorm scale"),
+                         (((stack - stack.mean(0, keepdim=True)) / scale) @ w, "centre over d (the last axis), "
+                          "not over the components")):
+            if torch.allclose(got_t.double(), alt.double(), atol=1e-5):
+                raise ExerciseFailed(why)
+    _close(got_t, want, "attribution")
     # the sum over components is the LayerNorm'd residual . w
     resid = stack.sum(0)
     ln = (resid - resid.mean(-1, keepdim=True)) / scale
@@ -184,12 +229,23 @@ def check_token_occlusion(fn) -> None:
     table, pair = torch.randn(V, generator=g), torch.randn(V, V, generator=g) * 0.3
     score = _toy_score(table, pair)
     ids = torch.randint(1, V, (9,), generator=g)
-    for positions in (None, [2, 3, 7], []):
-        ids2 = ids.clone()
-        got = fn(score, ids2, 0, positions) if positions is not None else fn(score, ids2, 0)
+    for positions, rid in ((None, 0), ([2, 3, 7], 0), ([], 0), ([1, 4, 8], 5)):
+        ids2, calls = ids.clone(), []
+
+        def counted(batch):
+            calls.append(tuple(batch.shape))
+            return score(batch)
+        got = fn(counted, ids2, rid, positions) if positions is not None else fn(counted, ids2, rid)
         assert_unchanged("ids", ids, ids2)
-        want = A.token_occlusion(score, ids, 0, positions)
-        _close(torch.as_tensor(got).float(), want, f"positions={positions}")
+        if len(calls) > 1:
+            raise ExerciseFailed(f"score_fn was called {len(calls)} times for positions={positions}: build one batch "
+                                 "(row 0 the original, row j + 1 with position pos[j] replaced) and call it once")
+        want = A.token_occlusion(score, ids, rid, positions)
+        if rid != 0 and torch.as_tensor(got).shape == want.shape and not torch.allclose(
+                torch.as_tensor(got).float(), want, atol=1e-5) and torch.allclose(
+                torch.as_tensor(got).float(), A.token_occlusion(score, ids, 0, positions), atol=1e-5):
+            raise ExerciseFailed(f"replace_id={rid}, but you replaced the tokens by 0: use the replace_id argument")
+        _close(torch.as_tensor(got).float(), want, f"positions={positions}, replace_id={rid}")
 
 
 # ------------------------------------------------------------------------ 8. SAE attribution
@@ -198,6 +254,15 @@ def check_token_occlusion(fn) -> None:
 def check_sae_feature_attribution(fn) -> None:
     """sae_feature_attribution(feature_acts [n, T, f], W_dec [f, d], grad [n, T, d]) -> [n, f]."""
     g = _gen(8)
+    # f == d: a decoder read the wrong way round ([d, f]) has the right shape
+    acts, W, grad = torch.relu(torch.randn(2, 4, 6, generator=g)), torch.randn(6, 6, generator=g), \
+        torch.randn(2, 4, 6, generator=g)
+    got, want = torch.as_tensor(fn(acts.clone(), W.clone(), grad.clone())), A.sae_feature_attribution(acts, W, grad)
+    if got.shape == want.shape and not torch.allclose(got.double(), want.double(), atol=1e-5) and torch.allclose(
+            got.double(), A.sae_feature_attribution(acts, W.T, grad).double(), atol=1e-5):
+        raise ExerciseFailed("with as many features as residual dimensions you read W_dec transposed: W_dec is "
+                             "[f, d], row f is feature f's decoder direction (einsum 'ntf,fd,ntd->nf')")
+    _close(got, want, "attribution with a square decoder (f == d)")
     n, t, f, d = 3, 5, 7, 6
     acts = torch.relu(torch.randn(n, t, f, generator=g))
     W = torch.randn(f, d, generator=g)
@@ -225,7 +290,13 @@ def check_counterfactual_effect(fn) -> None:
     texts = ["the plot was good. the music was bad.", "a funny and fun show.", "good, good; bad!",
              "nothing to swap here."]
     for mapping in ({"good": "bad", "bad": "good", "fun": "dull"}, {"plot": "music", "music": "plot"}):
-        got = fn(_word_score, list(texts), dict(mapping))
+        t_arg, m_arg = list(texts), dict(mapping)
+        got = fn(_word_score, t_arg, m_arg)
+        if t_arg != texts:
+            raise ExerciseFailed("you wrote the edited texts into the caller's list: build a new list of edits "
+                                 "(the originals must still be scored)")
+        if m_arg != mapping:
+            raise ExerciseFailed("you changed the caller's mapping: read it, do not modify it")
         _close(torch.as_tensor(got).float(), A.counterfactual_effect(_word_score, texts, mapping),
                f"mapping {mapping}")
 
@@ -251,6 +322,25 @@ def check_greedy_substitution(fn) -> None:
             if not torch.equal(torch.as_tensor(got), want):
                 raise ExerciseFailed(f"n_rounds={rounds}: got {torch.as_tensor(got).tolist()}, expected "
                                      f"{want.tolist()} (start {ids.tolist()})")
+    calls = []
+
+    def counted(batch):
+        calls.append(batch.shape[0])
+        return obj(batch)
+    ids = torch.randint(0, V, (T_,), generator=g)
+    fn(counted, ids.clone(), [0, 2, 5, 7], [1, 2, 5], 3)
+    if len(calls) > 4:
+        raise ExerciseFailed(f"objective was called {len(calls)} times for 3 rounds: evaluate each round's "
+                             "substitutions in ONE batched call (plus one call for the starting ids)")
+    # (position 0, token 9) ties with (position 2, token 8): position-major order keeps the first
+    tie = lambda b: (b[:, 0] == 9).float() + (b[:, 2] == 8).float()  # noqa: E731
+    ids = torch.zeros(T_, dtype=torch.long)
+    got = torch.as_tensor(fn(tie, ids.clone(), [8, 9], [0, 2], 1))
+    want = A.greedy_substitution(tie, ids, [8, 9], [0, 2], 1)
+    if not torch.equal(got, want):
+        raise ExerciseFailed(f"two substitutions tie: expected {want.tolist()}, got {got.tolist()}: order the batch "
+                             "position-major (all candidates at positions[0], then positions[1], ...) and keep the "
+                             "first maximum (argmax)")
     flat = lambda b: torch.zeros(b.shape[0])  # noqa: E731 - nothing improves: the ids must not change
     ids = torch.arange(T_)
     got = fn(flat, ids.clone(), [8, 9], [0, 2], 3)
@@ -306,12 +396,17 @@ def check_gather_at(fn) -> None:
     g = _gen(14)
     acts = torch.randn(5, 10, 3, generator=g)
     start = torch.tensor([2, 4, 1, 6, 3])
-    for offset in (0, 2, 3):
+    for offset in (0, 2, 3, -1):                   # -1: the token before the completion, inside every row
         a2, s2 = acts.clone(), start.clone()
         got = fn(a2, s2, offset)
         assert_unchanged("acts", acts, a2)
         assert_unchanged("start", start, s2)
-        _close(torch.as_tensor(got), A.gather_at(acts, start, offset), f"offset {offset}")
+        want = A.gather_at(acts, start, offset)
+        got_t = torch.as_tensor(got)
+        if got_t.shape == (len(start), len(start), acts.shape[-1]):
+            raise ExerciseFailed("acts[:, start + offset] reads EVERY row at every row's position ([n, n, d]): pair "
+                                 "the rows with their positions, acts[torch.arange(n), start + offset]")
+        _close(got_t, want, f"offset {offset}")
     for bad in (4, -2):
         try:
             fn(acts, start, bad)
@@ -437,6 +532,16 @@ def _labels_ties_to_a(r_a, r_b, u, noise):
     return (r_a >= r_b) ^ (u < noise)
 
 
+def _labels_flip_at_noise(r_a, r_b, u, noise):
+    return (r_a > r_b) ^ (u <= noise)                                      # flips a draw exactly at the threshold
+
+
+def _bt_numpy(rc, rr):
+    import numpy as np
+    d = (rc - rr).detach().numpy()
+    return torch.tensor(np.logaddexp(0.0, -d).mean())                      # stable, but no gradient
+
+
 def _bt_unstable(rc, rr):
     return -torch.log(torch.sigmoid(rc - rr)).mean()
 
@@ -447,6 +552,11 @@ def _bt_reversed(rc, rr):
 
 def _bt_sum(rc, rr):
     return -torch.nn.functional.logsigmoid(rc - rr).sum()
+
+
+def _acc_in_place(rc, rr):
+    rc -= rr                                                               # "the margin", in the caller's tensor
+    return float(((rc > 0).float() + 0.5 * (rc == 0).float()).mean())
 
 
 def _acc_ties_win(rc, rr):
@@ -474,6 +584,11 @@ def _rloo_wrong_dim(r):
     return r - (r.sum(0, keepdim=True) - r) / max(K - 1, 1)
 
 
+def _rloo_prompts_axis(r):
+    P_ = r.shape[0]
+    return r - (r.sum(0, keepdim=True) - r) / (P_ - 1)                     # leaves out the other prompts
+
+
 def _kl_no_mask(reward, lp, lr, mask, beta):
     return reward - beta * (lp - lr).sum(-1)
 
@@ -498,6 +613,21 @@ def _dla_centre_components(stack, scale, w):
     return ((stack - stack.mean(0, keepdim=True)) / scale) @ w
 
 
+def _occ_one_call_per_position(score_fn, ids, replace_id, positions=None):
+    pos = range(len(ids)) if positions is None else positions
+    out = torch.zeros(len(ids))
+    base = score_fn(ids[None])[0]
+    for t in pos:                                                          # one forward pass per position
+        x = ids.clone()
+        x[t] = replace_id
+        out[t] = base - score_fn(x[None])[0]
+    return out
+
+
+def _occ_pad_zero(score_fn, ids, replace_id, positions=None):
+    return A.token_occlusion(score_fn, ids, 0, positions)                  # the example's replace_id, hard-coded
+
+
 def _occ_sign(score_fn, ids, replace_id, positions=None):
     return -A.token_occlusion(score_fn, ids, replace_id, positions)
 
@@ -517,6 +647,10 @@ def _occ_all_positions(score_fn, ids, replace_id, positions=None):
     return A.token_occlusion(score_fn, ids, replace_id, None)
 
 
+def _sae_decoder_transposed(acts, W, grad):
+    return torch.einsum("ntf,df,ntd->nf", acts, W, grad)                   # W_dec read as [d, f]
+
+
 def _sae_last_only(acts, W, grad):
     return torch.einsum("nf,fd,nd->nf", acts[:, -1], W, grad[:, -1])
 
@@ -527,6 +661,13 @@ def _sae_mean_positions(acts, W, grad):
 
 def _sae_abs_grad(acts, W, grad):
     return torch.einsum("ntf,fd,ntd->nf", acts, W, grad.abs())
+
+
+def _cf_edits_in_place(score_fn, texts, mapping):
+    before = score_fn(list(texts))
+    for i, t in enumerate(texts):                                          # overwrites the caller's list
+        texts[i] = re.sub(r"[a-z]+", lambda m: mapping.get(m.group(0), m.group(0)), t)
+    return torch.as_tensor(score_fn(texts)).float() - torch.as_tensor(before).float()
 
 
 def _cf_str_replace(score_fn, texts, mapping):
@@ -546,6 +687,40 @@ def _cf_substring_regex(score_fn, texts, mapping):
     pat = re.compile("|".join(map(re.escape, mapping)))
     edited = [pat.sub(lambda m: mapping[m.group(0)], t) for t in texts]
     return torch.as_tensor(score_fn(edited)) - torch.as_tensor(score_fn(list(texts)))
+
+
+def _greedy_one_call_each(objective, ids, candidates, positions, n_rounds):
+    cur = ids.clone()
+    best = float(objective(cur[None])[0])
+    for _ in range(n_rounds):
+        top, top_ids = best, None
+        for p_ in positions:
+            for c in candidates:                                           # one objective call per substitution
+                x = cur.clone()
+                x[p_] = c
+                v = float(objective(x[None])[0])
+                if v > top:
+                    top, top_ids = v, x
+        if top_ids is None:
+            break
+        best, cur = top, top_ids
+    return cur
+
+
+def _greedy_candidate_major(objective, ids, candidates, positions, n_rounds):
+    cur = ids.clone()
+    best = float(objective(cur[None])[0])
+    for _ in range(n_rounds):
+        batch = cur.repeat(len(positions) * len(candidates), 1)
+        for j, c in enumerate(candidates):                                 # candidate-major order
+            for i, p_ in enumerate(positions):
+                batch[j * len(positions) + i, p_] = c
+        vals = objective(batch).float()
+        k = int(vals.argmax())
+        if float(vals[k]) <= best:
+            break
+        best, cur = float(vals[k]), batch[k].clone()
+    return cur
 
 
 def _greedy_always_accept(objective, ids, candidates, positions, n_rounds):
@@ -584,6 +759,13 @@ def _patch_difference(tuned, base, tokens, metric, hook_names):
 
 def _patch_self(tuned, base, tokens, metric, hook_names):
     return A.patch_components(tuned, tuned, tokens, metric, hook_names)
+
+
+def _gather_all_rows(acts, start, offset):
+    idx = start.long() + offset
+    if (idx < 0).any() or (idx >= acts.shape[1]).any():
+        raise ValueError("outside")
+    return acts[:, idx]                                                    # [n, n, d]
 
 
 def _gather_off_by_one(acts, start, offset):
@@ -674,18 +856,19 @@ def _grad_no_ln(tl, w, ids, last, hook_name):
 
 
 WRONG_ANSWERS = {
-    "noisy_preference_labels": [_labels_no_noise, _labels_flip_above, _labels_ties_to_a],
-    "bradley_terry_loss": [_bt_unstable, _bt_reversed, _bt_sum],
-    "preference_accuracy": [_acc_ties_win, _acc_ties_lose, _acc_count],
-    "rloo_advantages": [_rloo_mean_all, _rloo_std, _rloo_wrong_dim],
+    "noisy_preference_labels": [_labels_no_noise, _labels_flip_above, _labels_ties_to_a, _labels_flip_at_noise],
+    "bradley_terry_loss": [_bt_unstable, _bt_reversed, _bt_sum, _bt_numpy],
+    "preference_accuracy": [_acc_ties_win, _acc_ties_lose, _acc_count, _acc_in_place],
+    "rloo_advantages": [_rloo_mean_all, _rloo_std, _rloo_wrong_dim, _rloo_prompts_axis],
     "kl_penalised_reward": [_kl_no_mask, _kl_mean, _kl_reversed],
     "component_attribution": [_dla_no_centre, _dla_times_scale, _dla_centre_components],
-    "token_occlusion": [_occ_sign, _occ_cumulative, _occ_all_positions],
-    "sae_feature_attribution": [_sae_last_only, _sae_mean_positions, _sae_abs_grad],
-    "counterfactual_effect": [_cf_str_replace, _cf_reversed, _cf_substring_regex],
-    "greedy_substitution": [_greedy_always_accept, _greedy_one_round, _greedy_from_original],
+    "token_occlusion": [_occ_sign, _occ_cumulative, _occ_all_positions, _occ_one_call_per_position, _occ_pad_zero],
+    "sae_feature_attribution": [_sae_last_only, _sae_mean_positions, _sae_abs_grad, _sae_decoder_transposed],
+    "counterfactual_effect": [_cf_str_replace, _cf_reversed, _cf_substring_regex, _cf_edits_in_place],
+    "greedy_substitution": [_greedy_always_accept, _greedy_one_round, _greedy_from_original, _greedy_one_call_each,
+                            _greedy_candidate_major],
     "patch_components": [_patch_reversed, _patch_difference, _patch_self],
-    "gather_at": [_gather_off_by_one, _gather_first_start, _gather_no_check],
+    "gather_at": [_gather_off_by_one, _gather_first_start, _gather_no_check, _gather_all_rows],
     "reward_components": [_comp_no_pos, _comp_last_column, _comp_no_bias, _comp_result_no_wo],
     "reward_residual_grad": [_grad_mean, _grad_last_column, _grad_params_backward, _grad_no_ln],
 }
