@@ -46,6 +46,18 @@ def _unsolvable() -> Level:
     return Level(walls, ((3, 3),), ((1, 1),), (2, 2))   # the box sits in a corner: it can never move
 
 
+def _solved_already() -> Level:
+    walls = np.ones((6, 6), bool)
+    walls[1:5, 1:5] = False
+    return Level(walls, ((2, 2),), ((2, 2),), (3, 3))   # the box already sits on its target
+
+
+def _same_array(before, after, what: str) -> None:
+    eq = torch.equal(before, after) if isinstance(before, Tensor) else np.array_equal(before, after)
+    if not eq:
+        raise ExerciseFailed(f"you wrote into the caller's {what} in place: work on a copy")
+
+
 @check
 @_quiet
 def check_solve(fn) -> None:
@@ -53,7 +65,9 @@ def check_solve(fn) -> None:
     bank = LevelBank(4, "test", seed=11, size=6, n_boxes=1, min_moves=5)
     bank2 = LevelBank(2, "test", seed=12, size=7, n_boxes=2, min_moves=6)
     for i, lv in enumerate([*bank.levels, *bank2.levels]):
+        walls0 = lv.walls.copy()
         got = fn(lv)
+        _same_array(walls0, lv.walls, "level.walls")
         want = solve(lv)
         if got is None:
             raise ExerciseFailed(f"level {i} is solvable (in {len(want)} moves) but you returned None")
@@ -65,6 +79,10 @@ def check_solve(fn) -> None:
                                  "search breadth-first (a FIFO queue) and stop at the first solved state")
     if fn(_unsolvable()) is not None:
         raise ExerciseFailed("a box in a corner can never reach its target: return None when the search runs out")
+    done = fn(_solved_already())
+    if done is None or len(tuple(done)) != 0:
+        raise ExerciseFailed(f"every box already sits on a target: the optimal solution is the empty tuple (), got "
+                             f"{done}; test the START state before the first move, not only the states you reach")
 
 
 @check
@@ -77,14 +95,28 @@ def check_reset_state(fn) -> None:
         starts = (torch.rand(b, generator=g) < 0.5).float()
         starts[0], starts[1] = 1.0, 0.0
         copy = tuple(s.clone() for s in state)
-        got = fn(state, starts.clone())
+        st = starts.clone()
+        got = fn(state, st)
         for k in range(2):
             assert_unchanged(f"state[{k}]", copy[k], state[k])
+        assert_unchanged("starts", starts, st)
         want = reset_state(copy, starts)
         if not isinstance(got, tuple) or len(got) != 2:
             raise ExerciseFailed("return a tuple (h, c) like the state you were given")
         for k, name in enumerate(("h", "c")):
             _close(got[k], want[k], f"{name} after the reset")
+        # PPO backpropagates through the unrolled LSTM: the kept rows must pass gradients on, the reset ones not.
+        leaves = tuple(s.clone().requires_grad_(True) for s in copy)
+        out = fn(leaves, starts.clone())
+        if not all(isinstance(o, Tensor) and o.requires_grad for o in out):
+            raise ExerciseFailed("the reset state has no gradient: backpropagation through time stops here (no "
+                                 ".detach(), .data or torch.no_grad in reset_state)")
+        grads = torch.autograd.grad(sum(o.sum() for o in out), leaves, allow_unused=True)
+        keep = (1 - starts).view(-1, 1, 1, 1, 1).expand_as(copy[0])
+        for k, gk in enumerate(grads):
+            if gk is None or not torch.allclose(gk, keep):
+                raise ExerciseFailed(f"state[{k}]'s gradient is wrong: 1 on the rows that continue, 0 on the rows that "
+                                     "restart (multiply by 1 - starts, or torch.where, out of place)")
     if fn((), torch.ones(3)) != ():
         raise ExerciseFailed("a feed-forward agent's state is the empty tuple: return it unchanged")
 
@@ -94,15 +126,22 @@ def check_reset_state(fn) -> None:
 def check_discounted_returns(fn) -> None:
     """discounted_returns(rewards [T, n], mask [T, n], gamma) -> [T, n]."""
     g = torch.Generator().manual_seed(0)
-    for gamma in (0.9, 0.5):
-        T, n = 7, 4
-        lengths = torch.tensor([7, 3, 1, 5])
+    # As many environments as steps first: time on the wrong axis (rewards[:, t]) does not crash there.
+    for gamma, lengths in ((0.8, [5, 2, 4, 1, 3]), (0.9, [7, 3, 1, 5]), (0.5, [7, 3, 1, 5])):
+        T, n = max(lengths), len(lengths)
+        lengths = torch.tensor(lengths)
         mask = (torch.arange(T).view(-1, 1) < lengths.view(1, -1)).float()
         rewards = torch.randn(T, n, generator=g) * mask
         r2, m2 = rewards.clone(), mask.clone()
         got = fn(r2, m2, gamma)
         assert_unchanged("rewards", rewards, r2)
-        _close(got, D.discounted_returns(rewards, mask, gamma), f"returns with gamma={gamma}")
+        assert_unchanged("mask", mask, m2)
+        want = D.discounted_returns(rewards, mask, gamma)
+        if T == n and isinstance(got, Tensor) and got.shape == want.shape and \
+                torch.allclose(got.double(), D.discounted_returns(rewards.T, mask.T, gamma).T.double(), atol=1e-5):
+            raise ExerciseFailed("you accumulated along the environments axis: rewards are [T, n], time is dim 0 "
+                                 "(rewards[t], not rewards[:, t])")
+        _close(got, want, f"returns with gamma={gamma}, T={T}, n={n}")
 
 
 @check
@@ -115,6 +154,7 @@ def check_pacing(fn) -> None:
     acts[1, :4] = [4, 4, 2, 2]
     acts[2, 3:] = -1
     acts[3, 1:] = -1
+    acts[4, :] = -1            # an episode with no counted step: every fraction is 0, not NaN
     for first in (5, 3):
         a2 = acts.copy()
         got = fn(a2, first)
@@ -124,6 +164,9 @@ def check_pacing(fn) -> None:
         if set(got) != set(want):
             raise ExerciseFailed(f"return a dict with keys {sorted(want)}, got {sorted(got)}")
         for k in want:
+            if not np.isfinite(np.asarray(got[k], dtype=float)).all():
+                raise ExerciseFailed(f"{k}: NaN for episode 4, which has no counted step; divide by "
+                                     "max(number of counted steps, 1)")
             _close(got[k], want[k], f"{k} over the first {first} steps")
 
 
@@ -132,13 +175,19 @@ def check_pacing(fn) -> None:
 def check_window_labels(fn) -> None:
     """window_labels(events [n, T, H, W], horizon) -> the earliest event in steps t .. t+horizon-1."""
     rng = np.random.default_rng(0)
-    ev = rng.integers(1, 5, (3, 12, 4, 4)) * (rng.random((3, 12, 4, 4)) < 0.3)
-    for horizon in (1, 3, 6):
+    ev = rng.integers(1, 5, (3, 12, 4, 5)) * (rng.random((3, 12, 4, 5)) < 0.3)
+    for horizon in (1, 3, 6, 15):      # 15 > T: the window is cut at the episode's end, never wrapped
         e2 = ev.copy()
         got = fn(e2, horizon)
         if not np.array_equal(e2, ev):
             raise ExerciseFailed("you wrote into the caller's events: work on a copy")
-        _close(np.asarray(got), PR.window_labels(ev, horizon), f"labels with horizon {horizon}", atol=0)
+        want = PR.window_labels(ev, horizon)
+        g = np.asarray(got)
+        if g.shape == want.shape and not np.array_equal(g, want) and np.array_equal(g[:, : 12 - horizon + 1],
+                                                                                    want[:, : 12 - horizon + 1]):
+            raise ExerciseFailed(f"horizon {horizon}: the last steps differ: the window t .. t+horizon-1 is cut at "
+                                 "T (np.roll wraps around to the episode's start)")
+        _close(g, want, f"labels with horizon {horizon}", atol=0)
 
 
 @check
@@ -151,9 +200,27 @@ def check_obs_features(fn) -> None:
     obs = env.set_levels(np.arange(6))
     for x in (obs, obs.view(2, 3, 5, 6, 6)):
         x2 = x.clone()
-        got = fn(x2)
+        try:
+            got = fn(x2)
+        except (RuntimeError, ValueError, IndexError) as e:
+            if x.ndim == 5:
+                raise ExerciseFailed(f"observations {tuple(x.shape)} (time, envs, planes, H, W) raised "
+                                     f"{type(e).__name__}: {e}; flatten the leading dims first "
+                                     "(obs.reshape(-1, *obs.shape[-3:])) and restore them at the end") from None
+            raise
         assert_unchanged("obs", x, x2)
-        _close(got, PR.obs_features(x), f"features of observations {tuple(x.shape)}")
+        want = PR.obs_features(x)
+        if isinstance(got, Tensor) and got.shape == want.shape and not torch.allclose(got.float(), want):
+            # where a neighbour falls outside the board: plane 0 of the features of an all-zero board
+            out_of_board = PR.obs_features(torch.zeros(1, 5, 6, 6))[0, :9].bool()      # [9, H, W]
+            diff = (got.float() - want).abs().reshape(-1, 5, 9, 6, 6) > 1e-6
+            if not (diff & ~out_of_board).any():
+                if diff[:, 0].any():
+                    raise ExerciseFailed("the wall plane (plane 0) is wrong outside the board: squares beyond the "
+                                         "edge read as wall, plane 0 = 1 there (F.pad pads with 0)")
+                raise ExerciseFailed("outside the board only plane 0 (wall) is 1: the other planes stay 0 (pad with "
+                                     "0, then set the wall plane of the border to 1)")
+        _close(got, want, f"features of observations {tuple(x.shape)} (plane-major, then the 9 offsets)")
 
 
 @check
@@ -168,6 +235,22 @@ def check_macro_f1(fn) -> None:
     true = np.array([0, 0, 1, 1, 2, 0])
     pred = np.array([0, 1, 1, 0, 2, 0])
     _close(float(fn(pred, true)), PR.macro_f1(pred, true), "macro-F1 with classes 3 and 4 absent", atol=1e-9)
+    # class 3 predicted but never true: its F1 is 0 and it counts (a false positive is a mistake)
+    true = np.array([0, 1, 1, 2, 2, 0, 4])
+    pred = np.array([3, 1, 1, 2, 3, 0, 4])
+    p2, t2 = pred.copy(), true.copy()
+    got = float(fn(p2, t2))
+    _same_array(pred, p2, "pred")
+    _same_array(true, t2, "true")
+    want = PR.macro_f1(pred, true)
+    if abs(got - want) > 1e-9 and abs(got - PR.macro_f1(pred, true, classes=(1, 2, 4))) < 1e-9:
+        raise ExerciseFailed("class 3 is predicted but never true: it is not skipped (only classes neither present "
+                             "nor predicted are), its F1 is 0")
+    _close(got, want, "macro-F1 with class 3 predicted but absent from the truth", atol=1e-9)
+    for classes in ((0, 1, 2), (2, 4)):
+        got = float(fn(pred.copy(), true.copy(), classes=classes))
+        if abs(got - PR.macro_f1(pred, true, classes=classes)) > 1e-9:
+            raise ExerciseFailed(f"classes={classes}: average over the `classes` argument, not a fixed (1, 2, 3, 4)")
 
 
 @check
@@ -175,13 +258,19 @@ def check_macro_f1(fn) -> None:
 def check_class_direction(fn) -> None:
     """class_direction(weight [5, C], cls) -> unit [C]: row cls minus the mean row, normalised."""
     g = torch.Generator().manual_seed(0)
-    for c in (8, 16):
+    for c in (5, 8, 16):          # C = 5 first: a mean over the wrong axis has the right shape there
         w = torch.randn(5, c, generator=g) + 2.0
         for cls in (1, 4):
             w2 = w.clone()
             got = fn(w2, cls)
             assert_unchanged("weight", w, w2)
-            _close(got, PR.class_direction(w, cls), f"direction of class {cls} (C={c})")
+            want = PR.class_direction(w, cls)
+            if c == 5 and isinstance(got, Tensor) and got.shape == want.shape:
+                wrong = w[cls] - w.mean(1)
+                if torch.allclose(got.double(), (wrong / wrong.norm()).double(), atol=1e-5):
+                    raise ExerciseFailed("you averaged over the channels (dim 1): the mean ROW of the weight is "
+                                         "weight.mean(0), a [C] vector")
+            _close(got, want, f"direction of class {cls} (C={c})")
 
 
 def _acts(g, b=4, c=6, h=5):
@@ -198,10 +287,23 @@ def check_square_edit_hook(fn) -> None:
         vec = torch.randn(b, 6, generator=g)
         sq = np.stack([np.arange(b) % 5, (np.arange(b) * 2 + 1) % 5], 1)
         sq[0] = (0, 3)
-        a2 = act.clone()
-        got = fn(vec.clone(), sq.copy())(a2, None)
+        a2, v2, s2 = act.clone(), vec.clone(), sq.copy()
+        got = fn(v2, s2)(a2, None)
         assert_unchanged("act (the hook must return a new tensor)", act, a2)
-        _close(got, IV.square_edit_hook(vec, sq)(act, None), f"edited activations (B={b})")
+        assert_unchanged("vectors", vec, v2)
+        _same_array(sq, s2, "squares")
+        want = IV.square_edit_hook(vec, sq)(act, None)
+        if isinstance(got, Tensor) and got.shape == want.shape and not torch.allclose(got, want, atol=1e-5):
+            changed = (got - act).abs().sum(1) > 1e-6          # [B, H, W]
+            target = torch.zeros_like(changed)
+            target[torch.arange(b), torch.as_tensor(sq[:, 0]), torch.as_tensor(sq[:, 1])] = True
+            if (changed & ~target).any():
+                i = int((changed & ~target).nonzero()[0, 0])
+                raise ExerciseFailed(f"row {i} changed at squares other than squares[{i}] = {tuple(int(v) for v in sq[i])} "
+                                     "(row, col): "
+                                     "each batch row gets ITS vector at ITS square only, index act[rows, :, r, c] "
+                                     "with rows = arange(B)")
+        _close(got, want, f"edited activations (B={b})")
 
 
 @check
@@ -212,10 +314,21 @@ def check_projection_hook(fn) -> None:
     for k in (1, 3):
         act = _acts(g, 5, 8)
         basis = torch.randn(k, 8, generator=g) * 3
-        a2 = act.clone()
-        got = fn(basis.clone())(a2, None)
+        a2, b2 = act.clone(), basis.clone()
+        hook = fn(b2)
+        assert_unchanged("basis", basis, b2)
+        got = hook(a2, None)
         assert_unchanged("act (the hook must return a new tensor)", act, a2)
+        assert_unchanged("basis", basis, b2)
+        if isinstance(got, Tensor) and got.shape == act.shape:
+            left = torch.einsum("bchw,kc->bkhw", got.double(), basis.double()).abs().max()
+            if left > 1e-3 * float(act.abs().max() * basis.abs().max()):
+                raise ExerciseFailed(f"k={k}: the result still has a component along the basis (rows not orthogonal "
+                                     "or not unit): orthonormalise first, Q = torch.linalg.qr(basis.T)[0], then "
+                                     "subtract (act . Q) Q^T")
         _close(got, IV.projection_hook(basis)(act, None), f"projected activations (k={k})", atol=1e-4)
+        again = hook(act.clone(), None)      # the same hook runs at every step of a rollout
+        _close(again, IV.projection_hook(basis)(act, None), f"the same hook called a second time (k={k})", atol=1e-4)
 
 
 CHECKS = {"solve": check_solve, "reset_state": check_reset_state, "discounted_returns": check_discounted_returns,
@@ -377,15 +490,164 @@ def _project_normalised_rows(basis):
     return hook
 
 
+def _solve_start_not_checked(level):
+    """Breadth-first, but tests for the goal only after a move: a solved start costs a step."""
+    from collections import deque
+    walls, targets = level.walls, set(level.targets)
+    start = (tuple(level.agent), tuple(sorted(level.boxes)))
+    parent, queue = {start: None}, deque([start])
+    while queue:
+        state = queue.popleft()
+        (r, c), boxes = state
+        for a in range(4):
+            dr, dc = int(MOVES[a][0]), int(MOVES[a][1])
+            nxt_agent = (r + dr, c + dc)
+            if walls[nxt_agent]:
+                continue
+            new_boxes = boxes
+            if nxt_agent in boxes:
+                behind = (r + 2 * dr, c + 2 * dc)
+                if walls[behind] or behind in boxes:
+                    continue
+                new_boxes = tuple(sorted(behind if b == nxt_agent else b for b in boxes))
+            nxt = (nxt_agent, new_boxes)
+            if nxt in parent:
+                continue
+            parent[nxt] = (state, a)
+            if set(new_boxes) == targets:
+                moves = []
+                while parent[nxt] is not None:
+                    nxt, a_ = parent[nxt]
+                    moves.append(a_)
+                return tuple(reversed(moves))
+            queue.append(nxt)
+    return None
+
+
+def _reset_detached(state, starts):
+    if not state:
+        return state
+    keep = 1.0 - starts.float()
+    return tuple(s.detach() * keep.view(-1, *([1] * (s.ndim - 1))) for s in state)   # cuts BPTT
+
+
+def _returns_time_on_axis_1(rewards, mask, gamma):
+    ret, running = torch.zeros_like(rewards), torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running * mask[:, t]
+        ret[:, t] = running
+    return ret
+
+
+def _returns_accumulate_in_rewards(rewards, mask, gamma):
+    for t in reversed(range(rewards.shape[0] - 1)):
+        rewards[t] += gamma * rewards[t + 1] * mask[t]      # the caller's rewards become returns
+    return rewards.clone()
+
+
+def _pacing_nan_empty(actions, first=5):
+    out = P.pacing(actions, first)
+    a = np.asarray(actions)[:, :first]
+    n = (a >= 0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {k: np.where(n > 0, v, np.nan) for k, v in out.items()}   # divides by 0 counted steps
+
+
+def _pacing_marks_padding_in_place(actions, first=5):
+    a = np.asarray(actions)[:, :first]          # a view of the caller's array
+    valid = a >= 0
+    a[~valid] = 4                               # "padding is a no-op"
+    noop = ((a == 4) & valid).sum(1)
+    out = P.pacing(np.where(valid, a, -1), first)
+    n = np.maximum(valid.sum(1), 1)
+    return {"noop": noop / n, "back_and_forth": out["back_and_forth"], "pacing": noop / n + out["back_and_forth"]}
+
+
+def _labels_rolled_window(events, horizon):
+    lab = np.zeros_like(events)
+    for k in reversed(range(horizon)):
+        e = np.roll(events, -k, axis=1)         # wraps past T to the episode's start
+        lab = np.where(e > 0, e, lab)
+    return lab
+
+
+def _labels_from_next_step(events, horizon):
+    shifted = np.concatenate([events[:, 1:], np.zeros_like(events[:, :1])], 1)
+    return PR.window_labels(shifted, horizon)
+
+
+def _obs_pad_all_planes(obs):
+    lead = obs.shape[:-3]
+    x = torch.nn.functional.pad(obs.reshape(-1, *obs.shape[-3:]).float(), (1, 1, 1, 1), value=1.0)
+    p = torch.nn.functional.unfold(x, 3).reshape(x.shape[0], -1, obs.shape[-2], obs.shape[-1])
+    return p.reshape(*lead, p.shape[1], obs.shape[-2], obs.shape[-1])
+
+
+def _obs_batch_only(obs):
+    x = torch.nn.functional.pad(obs.float(), (1, 1, 1, 1))     # assumes [B, 5, H, W]
+    x[:, 0, 0, :] = x[:, 0, -1, :] = 1
+    x[:, 0, :, 0] = x[:, 0, :, -1] = 1
+    return torch.nn.functional.unfold(x, 3).reshape(obs.shape[0], -1, obs.shape[-2], obs.shape[-1])
+
+
+def _f1_fixed_classes(pred, true, classes=(1, 2, 3, 4)):
+    return PR.macro_f1(pred, true)
+
+
+def _f1_skips_classes_absent_from_truth(pred, true, classes=(1, 2, 3, 4)):
+    present = tuple(c for c in classes if (np.asarray(true) == c).any())
+    return PR.macro_f1(pred, true, classes=present) if present else 0.0
+
+
+def _direction_mean_over_channels(weight, cls):
+    w = weight[cls] - weight.mean(1)
+    return w / w.norm()
+
+
+def _direction_in_place(weight, cls):
+    w = weight[cls]
+    w -= weight.mean(0)                          # a view: the probe's weight changes
+    return w / w.norm()
+
+
+def _edit_every_row_at_every_square(vectors, squares):
+    r = torch.as_tensor(np.asarray(squares)[:, 0])
+    c = torch.as_tensor(np.asarray(squares)[:, 1])
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, :, r, c] += vectors.T            # [B, C, B]: each row gets every row's vector
+        return act
+    return hook
+
+
+def _project_normalises_basis_in_place(basis):
+    basis /= basis.norm(dim=1, keepdim=True)
+    return IV.projection_hook(basis)
+
+
+def _project_sequential(basis):
+    def hook(act, hook):
+        out = act.clone()
+        for b in basis:                          # one row at a time: not a projection when rows overlap
+            u = b / b.norm()
+            out = out - torch.einsum("bchw,c->bhw", out, u)[:, None] * u[None, :, None, None]
+        return out
+    return hook
+
+
 WRONG_ANSWERS = {
-    "solve": [_solve_dfs, _solve_empty_when_stuck],
-    "reset_state": [_reset_inverted, _reset_in_place, _reset_h_only],
-    "discounted_returns": [_returns_next_step_only, _returns_forward],
-    "pacing": [_pacing_counts_padding, _pacing_repeats],
-    "window_labels": [_labels_latest, _labels_off_by_one],
-    "obs_features": [_obs_zero_pad, _obs_centre_only],
-    "macro_f1": [_f1_with_none, _f1_accuracy],
-    "class_direction": [_direction_uncentred, _direction_unnormalised],
-    "square_edit_hook": [_edit_everywhere, _edit_swapped, _edit_in_place],
-    "projection_hook": [_project_raw_basis, _project_normalised_rows],
+    "solve": [_solve_dfs, _solve_empty_when_stuck, _solve_start_not_checked],
+    "reset_state": [_reset_inverted, _reset_in_place, _reset_h_only, _reset_detached],
+    "discounted_returns": [_returns_next_step_only, _returns_forward, _returns_time_on_axis_1,
+                           _returns_accumulate_in_rewards],
+    "pacing": [_pacing_counts_padding, _pacing_repeats, _pacing_nan_empty, _pacing_marks_padding_in_place],
+    "window_labels": [_labels_latest, _labels_off_by_one, _labels_rolled_window, _labels_from_next_step],
+    "obs_features": [_obs_zero_pad, _obs_centre_only, _obs_pad_all_planes, _obs_batch_only],
+    "macro_f1": [_f1_with_none, _f1_accuracy, _f1_fixed_classes, _f1_skips_classes_absent_from_truth],
+    "class_direction": [_direction_uncentred, _direction_unnormalised, _direction_mean_over_channels,
+                        _direction_in_place],
+    "square_edit_hook": [_edit_everywhere, _edit_swapped, _edit_in_place, _edit_every_row_at_every_square],
+    "projection_hook": [_project_raw_basis, _project_normalised_rows, _project_normalises_basis_in_place,
+                        _project_sequential],
 }
