@@ -57,6 +57,20 @@ def _close(got, want, what: str, atol: float = 1e-5) -> None:
                              f"{(got.double() - want.double()).abs().max():.4g})")
 
 
+def _rng_untouched(what: str, call):
+    """Run call(); ExerciseFailed if it reseeded or drew from the global torch / numpy generators."""
+    import numpy as np
+    t0, n0 = torch.get_rng_state(), np.random.get_state()
+    out = call()
+    n1 = np.random.get_state()
+    if not torch.equal(t0, torch.get_rng_state()) or n0[0] != n1[0] or not np.array_equal(n0[1], n1[1]) \
+            or n0[2:] != n1[2:]:
+        raise ExerciseFailed(f"{what} changed the global random state (torch.manual_seed, torch.randn/randperm "
+                             "without a generator, or np.random.*): draw from a local generator, "
+                             "torch.Generator().manual_seed(seed), so the caller's later draws are unaffected")
+    return out
+
+
 def _unchanged(before: Tensor, after: Tensor, what: str) -> None:
     if not torch.equal(before, after):
         raise ExerciseFailed(f"you wrote into the caller's {what} in place: work on a copy")
@@ -250,7 +264,7 @@ def check_heldout_topk_recovery(fn) -> None:
         raise RuntimeError("check setup: too few pairs")
     for layer, k, seed in (("layers.0.hook_post", 3, 0), ("layers.1.hook_post", 4, 1), ("layers.0.hook_post", 6, 2)):
         copy = {key: v.clone() for key, v in pairs.items()}
-        got = fn(model, copy, layer, k=k, seed=seed)
+        got = _rng_untouched("your split or bootstrap", lambda: fn(model, copy, layer, k=k, seed=seed))
         for key in pairs:
             _unchanged(pairs[key], copy[key], f"pairs[{key!r}]")
         want = M.heldout_topk_recovery(model, pairs, layer, k=k, seed=seed)
@@ -285,7 +299,8 @@ def check_steering_effect(fn) -> None:
         direction = torch.randn(d, generator=g) * 3
         scales = (0.0, 0.5, 1.0, 2.0)
         dir_arg, st_arg = direction.clone(), states.clone()
-        got = fn(model, layer, st_arg, dir_arg, action, scales, seed=seed)
+        got = _rng_untouched("your random control direction",
+                             lambda: fn(model, layer, st_arg, dir_arg, action, scales, seed=seed))
         _unchanged(direction, dir_arg, "direction")
         _unchanged(states, st_arg, "states")
         want = M.steering_effect(model, layer, states, direction, action, scales, seed=seed)
@@ -719,6 +734,12 @@ def _probe_train_acc(models, states, labels, groups, layer, seed=0):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def _topk_global_reseed_split(model, pairs, layer, k=16, seed=0):
+    torch.manual_seed(seed)                                                # the split's permutation, drawn from
+    torch.randperm(len(pairs["clean"]))                                    # the reseeded global generator
+    return M.heldout_topk_recovery(model, pairs, layer, k=k, seed=seed)    # (same numbers, caller's RNG reset)
+
+
 def _topk_same_pairs(model, pairs, layer, k=16, seed=0):
     from utils.interp.attribution import logit_diff
     from utils.interp.patching import patching_sweep, run_patched
@@ -755,6 +776,19 @@ def _topk_bottom_units(model, pairs, layer, k=16, seed=0):
     act = M.cache_activations(model, test["clean"], [layer])[layer]
     patched = metric(run_patched(model, test["corrupt"], layer, act, units.tolist()))
     return fraction_recovered_ci(patched, metric(model(test["clean"])), metric(model(test["corrupt"])), seed=seed)
+
+
+def _steer_global_reseed(model, layer, states, direction, action, scales=(1.0,), seed=0):
+    from utils.interp.steering import add_hook
+    torch.manual_seed(seed)                                                # reseeds the caller's generator
+    r = torch.randn(direction.shape)
+    rnd = r / r.norm() * direction.norm()
+    with torch.no_grad():
+        base = torch.softmax(model(states), -1)[:, action].mean()
+        out = [torch.tensor([float(torch.softmax(model.run_with_hooks(states, fwd_hooks=[(layer, add_hook(d, s_))]),
+                                                 -1)[:, action].mean() - base) for s_ in scales])
+               for d in (direction, rnd)]
+    return out[0], out[1]
 
 
 def _steer_unit_random(model, layer, states, direction, action, scales=(1.0,), seed=0):
@@ -1027,8 +1061,8 @@ WRONG_ANSWERS = {
     "unit_ablation_effect": [_ablate_zero, _ablate_reverse_kl, _ablate_sum, _ablate_action_flips],
     "probe_over_checkpoints": [_probe_no_groups, _probe_first_model_only, _probe_train_acc, _probe_ckpt_fixed_seed,
                                _probe_ckpt_last_hidden],
-    "heldout_topk_recovery": [_topk_same_pairs, _topk_whole_layer, _topk_bottom_units],
-    "steering_effect": [_steer_unit_random, _steer_no_baseline, _steer_argmax_rate],
+    "heldout_topk_recovery": [_topk_same_pairs, _topk_whole_layer, _topk_bottom_units, _topk_global_reseed_split],
+    "steering_effect": [_steer_unit_random, _steer_no_baseline, _steer_argmax_rate, _steer_global_reseed],
     "fit_affine_map": [_affine_no_bias, _affine_transposed, _affine_ridge_on_bias, _affine_in_place],
     "distillation_loss": [_kl_reversed, _kl_summed, _kl_hard_labels, _kl_teacher_not_detached,
                           _kl_temperature_teacher_only, _kl_in_place_temperature, _kl_t_squared],

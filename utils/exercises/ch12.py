@@ -27,6 +27,20 @@ def _quiet(fn):
     return wrapper
 
 
+def _rng_untouched(what: str, call):
+    """Run call(); ExerciseFailed if it reseeded or drew from the global torch / numpy generators."""
+    import numpy as np
+    t0, n0 = torch.get_rng_state(), np.random.get_state()
+    out = call()
+    n1 = np.random.get_state()
+    if not torch.equal(t0, torch.get_rng_state()) or n0[0] != n1[0] or not np.array_equal(n0[1], n1[1]) \
+            or n0[2:] != n1[2:]:
+        raise ExerciseFailed(f"{what} changed the global random state (torch.manual_seed, torch.randn/randperm "
+                             "without a generator, or np.random.*): draw from a local generator, "
+                             "torch.Generator().manual_seed(seed), so the caller's later draws are unaffected")
+    return out
+
+
 def _net(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Sequential(nn.Linear(7, 6), nn.ReLU()), nn.Linear(6, 3))
@@ -462,7 +476,7 @@ def check_heldout_patching(fn) -> None:
         if len(pairs["clean"]) < 8:  # pragma: no cover - the cases are fixed
             raise RuntimeError("check case has too few pairs")
         args = {key: v.clone() for key, v in pairs.items()}
-        got = fn(agent, args, "1.hook_out", k, seed)
+        got = _rng_untouched("your random units", lambda: fn(agent, args, "1.hook_out", k, seed))
         for key in pairs:
             assert_unchanged(f"pairs[{key!r}]", pairs[key], args[key])
         if any(len(p.fwd_hooks) for p in agent.hook_dict.values()):
@@ -688,6 +702,15 @@ def _probe_on_logits(agent, obs, labels, episodes, hook, seed=0):
     return H.episode_probe(agent, obs, labels, episodes, "hook_logits", seed)
 
 
+def _patch_random_global_reseed(agent, pairs, hook, k, seed):
+    top, _ = H.heldout_patching(agent, pairs, hook, k, seed)
+    with torch.no_grad():
+        n_units = agent.run_with_cache(pairs["clean"][:1])[1][hook].shape[-1]
+    torch.manual_seed(seed + 1)                                            # the same units, but the caller's
+    torch.randperm(n_units)[:k]                                            # generator is reseeded
+    return top, H.heldout_patching(agent, pairs, hook, k, seed)[1]
+
+
 def _patch_units_chosen_on_test(agent, pairs, hook, k, seed):
     from utils.interp.patching import split_pairs
     _, test = split_pairs(pairs, seed)
@@ -719,5 +742,6 @@ WRONG_ANSWERS = {
     "nearest_counterfactual": [_nearest_any_action, _nearest_l2, _nearest_local_index, _nearest_empty_crash],
     "episode_probe": [_probe_split_by_step, _probe_train_accuracy, _probe_on_observations, _probe_on_logits],
     "steering_hits": [_steer_unsteered, _steer_no_scale, _steer_subtract, _steer_hook_left_on],
-    "heldout_patching": [_patch_units_chosen_on_test, _patch_mean_of_ratios, _patch_lowest_units, _patch_random_seed],
+    "heldout_patching": [_patch_units_chosen_on_test, _patch_mean_of_ratios, _patch_lowest_units, _patch_random_seed,
+                         _patch_random_global_reseed],
 }
