@@ -577,7 +577,8 @@ def check_clone_circuit_in_teacher(fn) -> None:
              (_clone_of(teacher, [6, 1, 9, 9, 0], 13), "layers.1.hook_post", 2, 2, 4))
     for clone, layer, k, seed, n_random in cases:
         copy = {key: v.clone() for key, v in pairs.items()}
-        got = fn(clone, teacher, copy, layer, k=k, seed=seed, n_random=n_random)
+        got = _rng_untouched("your split or random teacher units", lambda: fn(clone, teacher, copy, layer, k=k,
+                                                                               seed=seed, n_random=n_random))
         for key in pairs:
             _unchanged(pairs[key], copy[key], f"pairs[{key!r}]")
         want = M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=n_random)
@@ -1055,6 +1056,14 @@ def _circ_global_rng(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
         "clone_units": out["clone_units"], "teacher_units": out["teacher_units"], "matched": out["matched"]}
 
 
+def _circ_reseeds_global(clone, teacher, pairs, layer, k=4, seed=0, n_random=20):
+    """Seeds the GLOBAL generator with seed + 1 before the random sets: the same numbers as a local
+    generator, but the caller's random state is reset."""
+    torch.manual_seed(seed + 1)
+    torch.randperm(2)
+    return M.clone_circuit_in_teacher(clone, teacher, pairs, layer, k=k, seed=seed, n_random=n_random)
+
+
 WRONG_ANSWERS = {
     "log_spaced_checkpoints": [_sched_linear, _sched_no_zero, _sched_duplicates, _sched_floats],
     "effective_rank": [_erank_entropy, _erank_squared, _erank_count, _erank_nan_at_zero],
@@ -1071,5 +1080,5 @@ WRONG_ANSWERS = {
     "match_units": [_match_signed_argmax, _match_cosine, _match_nan_dead, _match_abs_r, _match_clamp_a_only],
     "vestigial_units": [_vest_global_norm, _vest_no_variance, _vest_strict_median, _vest_inert_only],
     "clone_circuit_in_teacher": [_circ_select_on_all, _circ_signed_match, _circ_random_size_k, _circ_no_merge,
-                                 _circ_patch_clone, _circ_global_rng],
+                                 _circ_patch_clone, _circ_global_rng, _circ_reseeds_global],
 }
