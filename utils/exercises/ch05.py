@@ -115,7 +115,11 @@ def check_backup(fn) -> None:
         N, W = np.zeros((6, 4)), np.zeros((6, 4))
         N[1, 1], W[1, 1] = 3, -1.0
         N2, W2 = N.copy(), W.copy()
-        out = fn(N, W, list(path), v)
+        arg = list(path)
+        out = fn(N, W, arg, v)
+        if arg != list(path):
+            raise ExerciseFailed("you changed the caller's path list (path.reverse()?): backup only updates N and "
+                                 "W; walk reversed(path) instead")
         M.backup(N2, W2, list(path), v)
         if out is not None and not (isinstance(out, tuple) and len(out) == 2):
             raise ExerciseFailed("update N and W in place (return nothing)")
@@ -466,6 +470,15 @@ def _backup_root_first_sign(N, W, path, leaf_value):
         v = -v
 
 
+def _backup_reverses_path_in_place(N, W, path, leaf_value):
+    path.reverse()                             # the caller's list, now leaf first
+    v = -float(leaf_value)
+    for node, a in path:
+        N[node, a] += 1
+        W[node, a] += v
+        v = -v
+
+
 def _noise_all_moves(priors, legal, alpha, frac, rng):
     return (1 - frac) * priors + frac * rng.dirichlet(np.full(priors.shape[1], alpha), size=len(priors))
 
@@ -731,7 +744,8 @@ def _attr_normalises_h_in_place(net, boards, layer, H, comp):
 
 WRONG_ANSWERS = {
     "puct_scores": [_puct_no_mask, _puct_sqrt_no_one, _puct_w_not_q],
-    "backup": [_backup_no_negation, _backup_leaf_sign, _backup_root_first_sign],
+    "backup": [_backup_no_negation, _backup_leaf_sign, _backup_root_first_sign,
+               _backup_reverses_path_in_place],
     "add_dirichlet_noise": [_noise_all_moves, _noise_uniform, _noise_inplace, _noise_global_rng,
                             _noise_own_seed, _noise_one_draw],
     "az_loss": [_loss_sum, _loss_no_log_softmax, _loss_value_only, _loss_item, _loss_clamps_pi_in_place],

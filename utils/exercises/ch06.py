@@ -86,17 +86,23 @@ def check_bfs_distances(fn) -> None:
     extra = np.zeros((5, 5), bool)
     extra[:, 2] = True  # a wall splitting the grid: the right half is unreachable
     cases = [(w, a) for w, a in zip(lay["walls"], lay["agent"])] + [(extra, np.array([0, 0]))]
+    cases.append((lay["walls"][0], tuple(int(v) for v in lay["agent"][0])))    # a (row, col) tuple works too
     for walls, src in cases:
-        w0 = walls.copy()
+        w0, s0 = walls.copy(), np.array(src)
         got = np.asarray(fn(walls, src))
         if not np.array_equal(walls, w0):
             raise ExerciseFailed("you wrote into the caller's walls: work on a copy")
+        _same(s0, np.asarray(src), "source")
         want = bfs_distances(walls, src)
         if got.shape != want.shape:
             raise ExerciseFailed(f"expected shape {want.shape}, got {got.shape}")
+        if not np.array_equal(got, want) and isinstance(src, np.ndarray) and (got[src] == 0).all() and \
+                ((want[src] != 0) | walls[src]).any():
+            raise ExerciseFailed(f"whole rows {src.tolist()} got distance 0: dist[source] with a numpy array source "
+                                 "indexes ROWS; use dist[source[0], source[1]] (or tuple(source))")
         if not np.array_equal(got, want):
             bad = np.argwhere(got != want)[0]
-            raise ExerciseFailed(f"distance at square {tuple(bad)} from {tuple(src)}: expected {want[tuple(bad)]}, got "
+            raise ExerciseFailed(f"distance at square {tuple(int(v) for v in bad)} from {tuple(int(v) for v in src)}: expected {want[tuple(bad)]}, got "
                                  f"{got[tuple(bad)]} (moves are up/down/left/right through open squares; walls and "
                                  "unreachable squares are -1)")
 
@@ -126,7 +132,7 @@ def check_first_steps(fn) -> None:
         if got.shape != (4,) or got.dtype != bool:
             raise ExerciseFailed(f"return a bool array of shape (4,) over (up, down, left, right), got {got.dtype} {got.shape}")
         if not np.array_equal(got, want):
-            raise ExerciseFailed(f"from {tuple(src)} to {tuple(tgt)}: expected {want.tolist()}, got {got.tolist()} "
+            raise ExerciseFailed(f"from {tuple(src.tolist())} to {tuple(tgt.tolist())}: expected {want.tolist()}, got {got.tolist()} "
                                  "(every action whose next square is one step closer along the maze, not as the crow flies)")
 
 
@@ -147,13 +153,13 @@ def check_decision_square(fn) -> None:
                                      f"the caller's {what}?): start from a copy, sq = np.array(start)")
         if want is None:
             if got is not None:
-                raise ExerciseFailed(f"start {tuple(a)}, cheese {tuple(c)}, corner {tuple(co)}: the cheese lies on the "
+                raise ExerciseFailed(f"start {tuple(a.tolist())}, cheese {tuple(c.tolist())}, corner {tuple(co.tolist())}: the cheese lies on the "
                                      f"way to the corner, so there is no decision square (None); got {got}")
             continue
         n_found += 1
         if got is None or tuple(np.asarray(got).tolist()) != tuple(want.tolist()):
-            raise ExerciseFailed(f"start {tuple(a)}, cheese {tuple(c)}, corner {tuple(co)}: expected the decision square "
-                                 f"{tuple(want)}, got {None if got is None else tuple(np.asarray(got).tolist())} (the last "
+            raise ExerciseFailed(f"start {tuple(a.tolist())}, cheese {tuple(c.tolist())}, corner {tuple(co.tolist())}: expected the decision square "
+                                 f"{tuple(want.tolist())}, got {None if got is None else tuple(np.asarray(got).tolist())} (the last "
                                  "square both shortest paths share)")
     if n_found < 5:  # pragma: no cover - a property of the fixed layouts
         raise AssertionError("the check's layouts have too few decision squares")
@@ -416,6 +422,24 @@ def _bfs_diagonal(walls, source):
                     if 0 <= rr < walls.shape[0] and 0 <= cc < walls.shape[1] and not walls[rr, cc] and dist[rr, cc] < 0:
                         dist[rr, cc] = dist[r, c] + 1
                         nxt.append((rr, cc))
+        frontier = nxt
+    return dist
+
+
+def _bfs_indexes_with_source_array(walls, source):
+    dist = np.full(walls.shape, -1, np.int64)
+    dist[source] = 0                           # an array index picks whole ROWS, not the square
+    r0, c0 = int(source[0]), int(source[1])
+    dist[r0, c0] = 0
+    frontier = [(r0, c0)]
+    while frontier:
+        nxt = []
+        for r, c in frontier:
+            for dr, dc in MOVES:
+                rr, cc = r + int(dr), c + int(dc)
+                if 0 <= rr < walls.shape[0] and 0 <= cc < walls.shape[1] and not walls[rr, cc] and dist[rr, cc] < 0:
+                    dist[rr, cc] = dist[r, c] + 1
+                    nxt.append((rr, cc))
         frontier = nxt
     return dist
 
@@ -726,7 +750,7 @@ def _si_no_clip(x, y, alpha=0.05):
 
 
 WRONG_ANSWERS = {
-    "bfs_distances": [_bfs_manhattan, _bfs_unreachable_zero, _bfs_diagonal],
+    "bfs_distances": [_bfs_manhattan, _bfs_unreachable_zero, _bfs_diagonal, _bfs_indexes_with_source_array],
     "first_steps": [_first_manhattan, _first_only_one, _first_from_source_distances,
                     _first_no_distance_guard],
     "decision_square": [_ds_start, _ds_one_too_far, _ds_never_none, _ds_walks_start_in_place],
