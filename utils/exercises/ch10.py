@@ -375,8 +375,18 @@ def check_patch_components(fn) -> None:
     hooks = ["hook_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre",
              "blocks.1.hook_mlp_out"]
     t2 = tokens.clone()
+    with torch.no_grad():
+        out_tuned, out_base = tuned(tokens).clone(), base(tokens).clone()
     got = fn(tuned, base, t2, metric, hooks)
     assert_unchanged("tokens", tokens, t2)
+    for name, model in (("tuned", tuned), ("base", base)):
+        left = [h for h, hp in model.hook_dict.items() if hp.fwd_hooks or hp._forward_hooks]
+        if left:
+            raise ExerciseFailed(f"a hook is still on the {name} model at {left}: use run_with_hooks (it removes "
+                                 "its hooks), or reset_hooks() after the last patched run")
+    with torch.no_grad():
+        if not torch.equal(tuned(tokens), out_tuned) or not torch.equal(base(tokens), out_base):
+            raise ExerciseFailed("the models' outputs changed after your function: do not modify their weights")
     want = A.patch_components(tuned, base, tokens, metric, hooks)
     got = torch.as_tensor(got).float()
     if tuple(got.shape) == tuple(want.shape):
@@ -385,6 +395,12 @@ def check_patch_components(fn) -> None:
         if torch.allclose(got, torch.full_like(got, clean), atol=1e-5):
             raise ExerciseFailed("every patched run equals the unpatched tuned model: patch the BASE model's "
                                  "activations into the tuned model")
+        if not torch.allclose(got, want, atol=1e-4) and torch.allclose(
+                got, A.patch_components(base, tuned, tokens, metric, hooks).float(), atol=1e-4):
+            raise ExerciseFailed("you patched the TUNED model's activations into the BASE model: run `tuned` with "
+                                 "the activation at h taken from `base`")
+        if not torch.allclose(got, want, atol=1e-4) and torch.allclose(got, want - clean, atol=1e-4):
+            raise ExerciseFailed("return the patched metric itself, not its change from the unpatched tuned model")
     _close(got, want, "patched metrics", atol=1e-4)
 
 
@@ -748,12 +764,24 @@ def _greedy_from_original(objective, ids, candidates, positions, n_rounds):
     return out
 
 
+def _patch_last_hook_left_on(tuned, base, tokens, metric, hook_names):
+    with torch.no_grad():
+        _, cache = base.run_with_cache(tokens, names_filter=list(hook_names))
+        out = []
+        for h in hook_names:
+            tuned.reset_hooks()                                            # clears the previous patch only
+            tuned.add_hook(h, lambda x, hook, src=cache[h]: src.clone())
+            out.append(float(metric(tuned(tokens))))
+    return torch.tensor(out)                                               # the last patch stays on `tuned`
+
+
 def _patch_reversed(tuned, base, tokens, metric, hook_names):
     return A.patch_components(base, tuned, tokens, metric, hook_names)
 
 
 def _patch_difference(tuned, base, tokens, metric, hook_names):
-    clean = float(metric(tuned(tokens)))
+    with torch.no_grad():
+        clean = float(metric(tuned(tokens)))
     return A.patch_components(tuned, base, tokens, metric, hook_names) - clean
 
 
@@ -867,7 +895,7 @@ WRONG_ANSWERS = {
     "counterfactual_effect": [_cf_str_replace, _cf_reversed, _cf_substring_regex, _cf_edits_in_place],
     "greedy_substitution": [_greedy_always_accept, _greedy_one_round, _greedy_from_original, _greedy_one_call_each,
                             _greedy_candidate_major],
-    "patch_components": [_patch_reversed, _patch_difference, _patch_self],
+    "patch_components": [_patch_reversed, _patch_difference, _patch_self, _patch_last_hook_left_on],
     "gather_at": [_gather_off_by_one, _gather_first_start, _gather_no_check, _gather_all_rows],
     "reward_components": [_comp_no_pos, _comp_last_column, _comp_no_bias, _comp_result_no_wo],
     "reward_residual_grad": [_grad_mean, _grad_last_column, _grad_params_backward, _grad_no_ln],
