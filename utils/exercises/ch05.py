@@ -102,6 +102,18 @@ def check_puct_scores(fn) -> None:
             raise ExerciseFailed("illegal moves must score -inf so argmax never picks them")
         if g.shape == want.shape and (N == 0).all() and np.allclose(g[legal], 0):
             raise ExerciseFailed("at a fresh node (all N = 0) the prior must still count: use sqrt(1 + sum_b N(s, b))")
+        if g.shape == want.shape and not np.allclose(g[legal], want[legal], atol=1e-6):
+            Q = np.divide(W, N, out=np.zeros_like(W, dtype=np.float64), where=N > 0)
+            U = c * P * np.sqrt(1.0 + N.sum(-1, keepdims=True)) / (1.0 + N)
+            named = [(W + U, "Q is the MEAN value W / N (0 where N = 0), not the value sum W"),
+                     (Q + c * P * np.sqrt(N.sum(-1, keepdims=True)) / (1.0 + N),
+                      "the exploration term uses sqrt(1 + sum_b N(s, b)), with the 1"),
+                     (Q + U / c, f"multiply the exploration term by c_puct (here {c})"),
+                     (Q + c * P * np.sqrt(1.0 + N.sum(-1, keepdims=True)) / np.maximum(N, 1),
+                      "divide by 1 + N(s, a), not by N(s, a)")]
+            for alt, msg in named:
+                if np.allclose(g[legal], alt[legal], atol=1e-6):
+                    raise ExerciseFailed(f"N shape {N.shape}, c_puct={c}: {msg}")
         _arr_close(got, want, f"N shape {N.shape}, c_puct={c}")
 
 
@@ -237,6 +249,13 @@ def check_visit_policy(fn) -> None:
         if t == 0 and g.shape == v.shape and not np.isclose(g[3, 1], 0) and np.allclose(g[2], [0.5, 0.5, 0, 0]):
             raise ExerciseFailed("temperature 0: 60 visits against 59 is not a tie; give the mass to the maximum "
                                  "exactly (visits == max), not visits ** (1 / a tiny temperature)")
+        if t not in (0.0, 1.0) and g.shape == v.shape and not np.allclose(g, M.visit_policy(v, t), atol=1e-6):
+            if np.allclose(g, M.visit_policy(v, 1.0), atol=1e-6):
+                raise ExerciseFailed(f"temperature {t} gave the temperature-1 policy: raise the visits to the power "
+                                     "1 / temperature")
+            if np.allclose(g, M.visit_policy(v ** t, 1.0), atol=1e-6):
+                raise ExerciseFailed(f"temperature {t}: the power is 1 / temperature, not temperature (T < 1 "
+                                     "sharpens the policy)")
         _arr_close(got, M.visit_policy(v, t), f"temperature {t} (last row: a near tie, 60 vs 59 visits)")
     try:
         fn(np.zeros((1, 3)), 1.0)
@@ -446,6 +465,16 @@ def _puct_sqrt_no_one(N, W, P, legal, c_puct):
 
 def _puct_w_not_q(N, W, P, legal, c_puct):
     return np.where(legal, W + c_puct * P * np.sqrt(1.0 + N.sum(-1, keepdims=True)) / (1.0 + N), -np.inf)
+
+
+def _puct_ignores_c(N, W, P, legal, c_puct):
+    return M.puct_scores(N, W, P, legal, 1.0)
+
+
+def _puct_divides_by_n(N, W, P, legal, c_puct):
+    Q = np.divide(W, N, out=np.zeros_like(W, dtype=np.float64), where=N > 0)
+    U = c_puct * P * np.sqrt(1.0 + N.sum(-1, keepdims=True)) / np.maximum(N, 1)   # "avoid 0/0"
+    return np.where(legal, Q + U, -np.inf)
 
 
 def _backup_no_negation(N, W, path, leaf_value):
@@ -743,7 +772,7 @@ def _attr_normalises_h_in_place(net, boards, layer, H, comp):
 
 
 WRONG_ANSWERS = {
-    "puct_scores": [_puct_no_mask, _puct_sqrt_no_one, _puct_w_not_q],
+    "puct_scores": [_puct_no_mask, _puct_sqrt_no_one, _puct_w_not_q, _puct_ignores_c, _puct_divides_by_n],
     "backup": [_backup_no_negation, _backup_leaf_sign, _backup_root_first_sign,
                _backup_reverses_path_in_place],
     "add_dirichlet_noise": [_noise_all_moves, _noise_uniform, _noise_inplace, _noise_global_rng,

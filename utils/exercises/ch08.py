@@ -141,6 +141,17 @@ def check_discounted_returns(fn) -> None:
                 torch.allclose(got.double(), D.discounted_returns(rewards.T, mask.T, gamma).T.double(), atol=1e-5):
             raise ExerciseFailed("you accumulated along the environments axis: rewards are [T, n], time is dim 0 "
                                  "(rewards[t], not rewards[:, t])")
+        if isinstance(got, Tensor) and got.shape == want.shape and not torch.allclose(got.double(), want.double(),
+                                                                                        atol=1e-5):
+            if torch.allclose(got.double(), (want - rewards).double(), atol=1e-5):
+                raise ExerciseFailed("G_t starts with the reward of step t itself: G_t = r_t + gamma * G_{t+1}")
+            fwd, run = torch.zeros_like(rewards), torch.zeros(n)
+            for t in range(T):
+                run = rewards[t] + gamma * run * mask[t]
+                fwd[t] = run
+            if torch.allclose(got.double(), fwd.double(), atol=1e-5):
+                raise ExerciseFailed("you accumulated forwards in time: G_t depends on the FUTURE rewards, loop t "
+                                     "from T - 1 down to 0")
         _close(got, want, f"returns with gamma={gamma}, T={T}, n={n}")
 
 
@@ -231,7 +242,15 @@ def check_macro_f1(fn) -> None:
     for n in (50, 400):
         true = rng.choice(5, n, p=[0.6, 0.1, 0.1, 0.1, 0.1])
         pred = np.where(rng.random(n) < 0.6, true, rng.integers(0, 5, n))
-        _close(float(fn(pred.copy(), true.copy())), PR.macro_f1(pred, true), f"macro-F1 on {n} rows", atol=1e-9)
+        got = float(fn(pred.copy(), true.copy()))
+        if abs(got - PR.macro_f1(pred, true)) > 1e-9:
+            if abs(got - PR.macro_f1(pred, true, classes=(0, 1, 2, 3, 4))) < 1e-9:
+                raise ExerciseFailed("class 0 ('none') counted: average over `classes` only (default (1, 2, 3, 4)); "
+                                     "the frequent 'none' would flatter the score")
+            if abs(got - float((pred[true > 0] == true[true > 0]).mean())) < 1e-9 or abs(got - (pred == true).mean()) < 1e-9:
+                raise ExerciseFailed("that is an accuracy: compute F1 = 2 TP / (2 TP + FP + FN) per class, then "
+                                     "average over the classes")
+        _close(got, PR.macro_f1(pred, true), f"macro-F1 on {n} rows", atol=1e-9)
     true = np.array([0, 0, 1, 1, 2, 0])
     pred = np.array([0, 1, 1, 0, 2, 0])
     _close(float(fn(pred, true)), PR.macro_f1(pred, true), "macro-F1 with classes 3 and 4 absent", atol=1e-9)
