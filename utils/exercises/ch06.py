@@ -188,7 +188,16 @@ def check_channel_patching(fn) -> None:
             if isinstance(got, Tensor) and not torch.isfinite(got).all():
                 raise ExerciseFailed(f"{layer}: NaN/inf channel effects: pair 0 has a_clean == a_corrupt, so "
                                      "d_corrupt - d_clean = 0; leave out pairs with |d_corrupt - d_clean| <= 1e-6")
-            _close(got, A.channel_patching(policy, clean, corrupt, layer, a_c, a_x), f"channel effects at {layer}", atol=1e-4)
+            want = A.channel_patching(policy, clean, corrupt, layer, a_c, a_x)
+            if isinstance(got, Tensor) and got.shape == want.shape and not torch.allclose(got, want, atol=1e-4):
+                if torch.allclose(got, A.channel_patching(policy, corrupt, clean, layer, a_x, a_c), atol=1e-4):
+                    raise ExerciseFailed(f"{layer}: you patched the wrong way round: run the CLEAN input with one "
+                                         "channel's map taken from the CORRUPT run")
+                if torch.allclose(got, 1 - want, atol=1e-4):
+                    raise ExerciseFailed(f"{layer}: you return 1 - the effect: report (d_patched - d_clean) / "
+                                         "(d_corrupt - d_clean), the share of the change one channel carries")
+            _close(got, want, f"channel effects at {layer} (the mean over pairs of (d_patched - d_clean) / "
+                   "(d_corrupt - d_clean))", atol=1e-4)
 
 
 # ------------------------------------------------------------------ 5. cheese-tracking channels
@@ -323,8 +332,10 @@ def check_cheese_sensitivity(fn) -> None:
         if not isinstance(got, (float, np.floating)) and not (isinstance(got, Tensor) and got.numel() == 1):
             raise ExerciseFailed(f"return one float, got {type(got).__name__}")
         if abs(float(got) - want) > 1e-5:
-            raise ExerciseFailed(f"expected {want:.5f}, got {float(got):.5f} (half the L1 distance between the two action "
-                                 "distributions, averaged over pairs)")
+            hint = "half the L1 distance between the two action distributions, averaged over pairs"
+            if abs(float(got) - 2 * want) < 1e-5:
+                hint = "you return the L1 distance: total variation is HALF of it, 0.5 * |p - q|.sum(-1)"
+            raise ExerciseFailed(f"expected {want:.5f}, got {float(got):.5f} ({hint})")
 
 
 # ------------------------------------------------------------------ 10. Spearman
