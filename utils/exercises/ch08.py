@@ -198,6 +198,20 @@ def check_window_labels(fn) -> None:
                                                                                     want[:, : 12 - horizon + 1]):
             raise ExerciseFailed(f"horizon {horizon}: the last steps differ: the window t .. t+horizon-1 is cut at "
                                  "T (np.roll wraps around to the episode's start)")
+        if g.shape == want.shape and not np.array_equal(g, want):
+            T = ev.shape[1]
+            latest = np.zeros_like(ev)
+            for t in range(T):
+                for s_ in range(t, min(T, t + horizon)):
+                    latest[:, t] = np.where(ev[:, s_] > 0, ev[:, s_], latest[:, t])
+            nxt = np.concatenate([ev[:, 1:], np.zeros_like(ev[:, :1])], 1)
+            for alt, msg in ((latest, "you kept the LAST event of the window: the EARLIEST one wins (walk the window "
+                                      "from its far end back to t, overwriting)"),
+                             (PR.window_labels(ev, horizon + 1), f"the window has horizon = {horizon} step(s), t .. "
+                                                                 "t+horizon-1, not horizon + 1"),
+                             (PR.window_labels(nxt, horizon), "the window starts at step t itself, not at t + 1")):
+                if np.array_equal(g, alt):
+                    raise ExerciseFailed(f"horizon {horizon}: {msg}")
         _close(g, want, f"labels with horizon {horizon}", atol=0)
 
 
