@@ -336,6 +336,8 @@ def check_steer_at(steer_at_fn) -> None:
             other[positions] = False
             if not torch.allclose(got.detach()[:, other], act[:, other]):
                 raise ExerciseFailed("add the direction only at the chosen positions; the others stay as they were")
+            if torch.allclose(got.detach(), steer_at(direction, 1.0, positions)(act.clone()), atol=1e-5):
+                raise ExerciseFailed(f"scale {scale} added the direction once: multiply it by `scale`")
             raise ExerciseFailed("at the chosen positions add scale * direction (the raw direction, every row of the batch)")
         if not got.requires_grad:
             raise ExerciseFailed("keep the gradient through the hook (no detach)")
@@ -764,8 +766,8 @@ def _patch_leaves_hook(model, clean, corrupt, metric):
     return out
 
 
-def _steer_fixed_scale(direction, scale, positions):
-    return steer_at(direction, -2.5, positions)
+def _steer_ignores_scale(direction, scale, positions):
+    return steer_at(direction, 1.0, positions)      # the notebook's scale, so its cells still run
 
 
 def _ablate_layer_zero(heads, layer, mean_z):
@@ -787,7 +789,7 @@ WRONG_ANSWERS = {
                           _attn_masks_on_head_axis],
     "head_patching": [_patch_reversed, _patch_raw_metric, _patch_whole_layer, _patch_leaves_hook],
     "head_dla": [_dla_no_ln, _dla_times_ln, _dla_logit_a_only, _dla_first_pair],
-    "steer_at": [_steer_in_place, _steer_everywhere, _steer_unit, _steer_first_row, _steer_fixed_scale],
+    "steer_at": [_steer_in_place, _steer_everywhere, _steer_unit, _steer_first_row, _steer_ignores_scale],
     "ablate_heads": [_ablate_zero, _ablate_any_layer, _ablate_in_place, _ablate_pooled_mean, _ablate_layer_zero],
     "path_logit_gap": [_gap_sum, _gap_max, _gap_all_others, _gap_reversed],
     "rtg_qk_ov_split": [_split_asymmetric, _split_swapped, _split_value_at_query, _split_no_attention,
