@@ -36,7 +36,7 @@ _SKIP = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\]\([^)]*\)|\{c
 
 # Every exercise shows its number, difficulty and minutes in the markdown before its cell, and
 # hints at two depths at the top of its region (folded on the site and in the exercise notebook).
-HINTS_FAIL = False   # True once every exercise has both hint depths (issue 38)
+HINTS_FAIL = True
 _EXERCISE_HEADER = re.compile(r"\*\*Exercise (\d+)([a-z]?)\*\*\s*\(difficulty ([1-3]), about (\d+) min")
 
 
