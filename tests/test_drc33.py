@@ -252,3 +252,20 @@ def test_boxoban_levels_parse_and_render_as_tinyworld():
     for bad, msg in (("##\n#@", "'; N'"), ("; 0\n###\n#@#\n##", "square"), ("; 0\n####\n#@X#\n#  #\n####", "unknown")):
         with pytest.raises(CourseError, match=msg):
             parse_boxoban(bad)
+
+
+def test_boxoban_like_rooms_ten_by_ten_with_four_boxes():
+    from utils.envs.sokoban import LevelBank, Sokoban, generate_level, replay
+
+    bank = LevelBank(4, split="test", size=10, n_boxes=4, min_moves=15, reverse_steps=150, optimal=False)
+    for lv in bank:
+        assert lv.size == 10 and len(lv.boxes) == 4 and lv.moves is None
+        assert not set(lv.boxes) & set(lv.targets)
+    with pytest.raises(CourseError, match="no optimal solution"):
+        bank.optimal_lengths()
+    with pytest.raises(CourseError, match="optimal=False"):
+        generate_level(np.random.default_rng(0), size=10, n_boxes=4)
+    small = generate_level(np.random.default_rng(1), size=7, n_boxes=2, optimal=False, min_moves=4)
+    assert replay(small, []) == (False, 0.0) and small.moves is None
+    frames = drc33.tinyworld(Sokoban(4, bank, auto_reset=False).set_levels(np.arange(4)))
+    assert frames.shape == (4, 3, 10, 10)

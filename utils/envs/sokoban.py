@@ -190,12 +190,19 @@ def _carve_room(size: int, rng: np.random.Generator, floor_fraction: float) -> n
 
 
 def generate_level(rng: np.random.Generator, size: int = 7, n_boxes: int = 1, min_moves: int = 4,
-                   reverse_steps: int = 40, floor_fraction: float = 0.6, max_tries: int = 200) -> Level:
-    """One solvable level by reverse play (see the module docstring), with its optimal solution."""
+                   reverse_steps: int = 40, floor_fraction: float = 0.6, max_tries: int = 200,
+                   optimal: bool = True) -> Level:
+    """One solvable level by reverse play (see the module docstring), with its optimal solution.
+
+    With `optimal=False` (Boxoban-like rooms: 10 x 10, four boxes, where breadth-first search is
+    too slow) the level is not searched: it is solvable by construction, which is checked by
+    replaying the reverse play forwards, `min_moves` bounds that forward solution's length, and
+    `moves` is None (the optimum is unknown)."""
     if size < 5:
         raise CourseError(f"size {size} is too small for a Sokoban room: use size >= 5 (a 3x3 interior or more)")
-    if n_boxes < 1 or n_boxes > 3:
-        raise CourseError(f"n_boxes must be 1, 2 or 3 in these small rooms, got {n_boxes}")
+    most = 3 if optimal else 4
+    if n_boxes < 1 or n_boxes > most or (n_boxes == 4 and size < 8):
+        raise CourseError(f"n_boxes must be 1, 2 or 3 (4 with optimal=False in rooms of size >= 8), got {n_boxes}")
     for _ in range(max_tries):
         walls = _carve_room(size, rng, floor_fraction)
         floor = [tuple(x) for x in np.argwhere(~walls)]
@@ -205,6 +212,7 @@ def generate_level(rng: np.random.Generator, size: int = 7, n_boxes: int = 1, mi
         targets = tuple(floor[i] for i in picks[:n_boxes])
         boxes = list(targets)
         agent = floor[picks[-1]]
+        reverse = []
         for _ in range(reverse_steps):
             a = int(rng.integers(4))
             dr, dc = MOVES[a]
@@ -215,9 +223,18 @@ def generate_level(rng: np.random.Generator, size: int = 7, n_boxes: int = 1, mi
             if behind in boxes and rng.random() < 0.7:  # pull the box behind the agent
                 boxes[boxes.index(behind)] = agent
             agent = nxt
+            reverse.append(a)
         if any(b in targets for b in boxes):
             continue
         level = Level(walls, targets, tuple(sorted(boxes)), tuple(int(x) for x in agent))
+        if not optimal:   # forwards: undo each reverse step (a pulled box is pushed back)
+            forward = [(UP, DOWN, LEFT, RIGHT)[(DOWN, UP, RIGHT, LEFT).index(a)] for a in reversed(reverse)]
+            solved, _ = replay(level, forward)
+            if not solved:
+                raise RuntimeError("reverse play did not replay forwards: a bug in generate_level")
+            if len(forward) >= min_moves:
+                return level
+            continue
         moves = solve(level)
         if moves is not None and len(moves) >= min_moves:
             return Level(walls, targets, level.boxes, level.agent, moves)
@@ -228,14 +245,15 @@ class LevelBank:
     """A fixed list of generated levels for one split, reproducible from (split, seed)."""
 
     def __init__(self, n_levels: int, split: str = "train", seed: int = 0, size: int = 7, n_boxes: int = 1,
-                 min_moves: int = 4, reverse_steps: int = 40):
+                 min_moves: int = 4, reverse_steps: int = 40, optimal: bool = True):
         if split not in SPLIT_OFFSET:
             raise CourseError(f"unknown split {split!r}: use 'train' or 'test'")
         if n_levels < 1:
             raise CourseError(f"n_levels must be >= 1, got {n_levels}")
         rng = np.random.default_rng([seed, SPLIT_OFFSET[split]])
         self.split, self.size, self.n_boxes = split, size, n_boxes
-        self.levels = [generate_level(rng, size, n_boxes, min_moves, reverse_steps) for _ in range(n_levels)]
+        self.levels = [generate_level(rng, size, n_boxes, min_moves, reverse_steps, optimal=optimal)
+                       for _ in range(n_levels)]
 
     @classmethod
     def from_levels(cls, levels) -> "LevelBank":
@@ -255,6 +273,9 @@ class LevelBank:
         return self.levels[i]
 
     def optimal_lengths(self) -> np.ndarray:
+        if any(lv.moves is None for lv in self.levels):
+            raise CourseError("this bank's levels carry no optimal solution (generated with optimal=False or "
+                              "loaded without solving): solve(level) each, or use a searched bank")
         return np.array([len(lv.moves) for lv in self.levels])
 
 
