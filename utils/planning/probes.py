@@ -1,7 +1,8 @@
 """Decoding the plan: per-square labels of where the agent and the boxes will move, and
 per-square linear probes of the hidden state scored by macro-F1 (Bush et al. 2025).
 
-Labels, for every square (r, c) at step t of an episode, with horizon k:
+Labels, for every square (r, c) at step t of an episode, with horizon k (None: the rest of the
+episode, the anchors' setup of Taufeeque et al. 2024 and Bush et al. 2025):
 - `agent`: the direction (1 up, 2 down, 3 left, 4 right) in which the agent next LEAVES (r, c)
   during steps t .. t+k-1, or 0 if it does not leave it in that window;
 - `box`: the direction in which a box is next PUSHED off (r, c) in that window, or 0.
@@ -12,6 +13,11 @@ keeps every level on one side (`groups` = level), and the score is the macro-F1 
 direction classes on the held-out levels, with a 95% interval from a bootstrap over held-out
 levels. Controls: the same probe on the observation around the square (3x3 neighbourhood,
 `obs_features`), and on a random-init agent's states for the same observations.
+
+A probe that only reads the agent's next action scores well on the agent's own square and
+nowhere else; a plan shows on the squares AWAY from the agent. `f1_by_distance` scores a probe's
+held-out rows by their Manhattan distance from the agent (the agent's own square, distance 0,
+reported apart), and `plot_plan` draws the decoded plan as arrows on the board.
 """
 from __future__ import annotations
 
@@ -31,11 +37,15 @@ TARGETS = ("agent", "box")
 CLASS_NAMES = ("none", "up", "down", "left", "right")
 
 
-def plan_labels(p: Play, horizon: int = 8) -> dict[str, np.ndarray]:
+def plan_labels(p: Play, horizon: int | None = 8) -> dict[str, np.ndarray]:
     """{'agent': [n, T, H, W], 'box': [n, T, H, W]} int labels (see the module docstring);
-    T = p.actions.shape[1]. Steps after an episode's end are labelled 0 (and masked by p.live)."""
+    T = p.actions.shape[1]. Steps after an episode's end are labelled 0 (and masked by p.live).
+    `horizon=None` labels each square with its next event over the rest of the episode."""
+    if horizon is None:
+        horizon = p.actions.shape[1]
     if not isinstance(horizon, (int, np.integer)) or horizon < 1:
-        raise CourseError(f"horizon must be a positive int (steps ahead), got {horizon!r}")
+        raise CourseError(f"horizon must be a positive int (steps ahead) or None (the rest of the episode), "
+                          f"got {horizon!r}")
     n, T = p.actions.shape
     H = p.boxes.shape[-1]
     # what happens at each step: the agent leaves square `pos` in direction a (it moved), and
@@ -102,9 +112,19 @@ def record_on_observations(model: nn.Module, obs: Tensor, live: np.ndarray, name
     return {k: torch.stack(v, 1) for k, v in store.items()}
 
 
-def square_rows(acts: Tensor, labels: np.ndarray, p: Play):
+def agent_distance(p: Play) -> np.ndarray:
+    """[n, T, H, W]: each square's Manhattan distance from the agent's square at step t."""
+    n, T = p.actions.shape
+    H, W = p.boxes.shape[-2:]
+    rr, cc = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    a = p.agent[:, :T]
+    return np.abs(rr - a[..., 0, None, None]) + np.abs(cc - a[..., 1, None, None])
+
+
+def square_rows(acts: Tensor, labels: np.ndarray, p: Play, with_distance: bool = False):
     """Flatten [n, T, C, H, W] activations and [n, T, H, W] labels to (features [m, C], labels [m],
-    groups [m] = level) over played steps (p.live) and floor squares (not p.walls)."""
+    groups [m] = level) over played steps (p.live) and floor squares (not p.walls); with
+    `with_distance`, also each row's distance from the agent (`agent_distance`)."""
     if acts.ndim != 5 or tuple(acts.shape[:2]) != tuple(labels.shape[:2]) or tuple(acts.shape[-2:]) != labels.shape[-2:]:
         raise CourseError(f"activations must be [n, T, C, H, W] matching labels {labels.shape}, got {tuple(acts.shape)}")
     n, T, C, H, W = acts.shape
@@ -112,6 +132,8 @@ def square_rows(acts: Tensor, labels: np.ndarray, p: Play):
     mask = p.live[:, :T, None, None] & floor[:, None]
     feats = acts.permute(0, 1, 3, 4, 2)[torch.from_numpy(mask)]
     groups = np.broadcast_to(p.levels[:, None, None, None], mask.shape)[mask]
+    if with_distance:
+        return feats, torch.from_numpy(labels[mask]), groups, agent_distance(p)[:, :T][mask]
     return feats, torch.from_numpy(labels[mask]), groups
 
 
@@ -145,6 +167,7 @@ class SquareProbe:
     weight: Tensor = field(repr=False)   # [5, C] in activation space
     bias: Tensor = field(repr=False)
     n_test_levels: int = 0
+    test_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, int))   # held-out rows
 
     def direction(self, cls: int) -> Tensor:
         """Unit vector of class `cls` (1-4) against the mean of the classes."""
@@ -196,4 +219,86 @@ def fit_square_probe(feats: Tensor, labels: Tensor, groups: np.ndarray, seed: in
         boots.append(macro_f1(pred[idx], true[idx]))
     lo, hi = np.quantile(boots, [0.025, 0.975])
     probe.f1, probe.low, probe.high, probe.n_test_levels = f1, float(lo), float(hi), len(uniq)
+    probe.test_rows = np.asarray(te)
     return probe
+
+
+DISTANCE_BINS = ((0, 0), (1, 1), (2, 3), (4, None))   # the agent's own square, next to it, near, far
+
+
+def _bin_name(lo: int, hi: int | None) -> str:
+    return "agent's square" if (lo, hi) == (0, 0) else (f"{lo}" if lo == hi else f"{lo}+" if hi is None
+                                                         else f"{lo}-{hi}")
+
+
+def f1_by_distance(probe: SquareProbe, feats: Tensor, labels: Tensor, groups: np.ndarray, distance: np.ndarray,
+                   bins=DISTANCE_BINS, n_boot: int = 500, seed: int = 0) -> dict[str, dict]:
+    """The probe's macro-F1 on its HELD-OUT rows, split by the square's distance from the agent:
+    {bin: {'f1', 'low', 'high', 'n_rows', 'n_direction_rows'}}, the interval a bootstrap over
+    held-out levels. The agent's own square (distance 0) is its own bin: a probe that reads the
+    next action lives there."""
+    feats, labels = torch.as_tensor(feats).float(), torch.as_tensor(labels).long()
+    groups, distance = np.asarray(groups), np.asarray(distance)
+    if not (len(feats) == len(labels) == len(groups) == len(distance)):
+        raise CourseError(f"feats, labels, groups and distance need one row each, got {len(feats)}, {len(labels)}, "
+                          f"{len(groups)}, {len(distance)}: take them from one square_rows(..., with_distance=True)")
+    te = probe.test_rows
+    if te.size == 0:
+        raise CourseError("this probe has no held-out rows: fit it with fit_square_probe on these rows")
+    pred = probe.predict(feats[te]).numpy()
+    true, g, d = labels[te].numpy(), groups[te], distance[te]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for lo, hi in bins:
+        sel = (d >= lo) & ((d <= hi) if hi is not None else True)
+        name = _bin_name(lo, hi)
+        if not sel.any():
+            out[name] = {"f1": float("nan"), "low": float("nan"), "high": float("nan"), "n_rows": 0,
+                         "n_direction_rows": 0}
+            continue
+        p_, t_, g_ = pred[sel], true[sel], g[sel]
+        uniq = np.unique(g_)
+        rows_of = {u: np.flatnonzero(g_ == u) for u in uniq}
+        boots = [macro_f1(p_[idx], t_[idx]) for idx in
+                 (np.concatenate([rows_of[u] for u in rng.choice(uniq, len(uniq))]) for _ in range(n_boot))]
+        lo_ci, hi_ci = np.quantile(boots, [0.025, 0.975])
+        out[name] = {"f1": macro_f1(p_, t_), "low": float(lo_ci), "high": float(hi_ci), "n_rows": int(sel.sum()),
+                     "n_direction_rows": int((t_ > 0).sum())}
+    return out
+
+
+ARROWS = {1: (0, -0.35), 2: (0, 0.35), 3: (-0.35, 0), 4: (0.35, 0)}   # (dx, dy) in image coordinates
+
+
+def plot_plan(p: Play, labels: np.ndarray, episode: int, step: int, ax=None, title: str | None = None,
+              color: str = "tab:red"):
+    """Draw the board of `episode` at `step` (walls, boxes, agent) with an arrow on every
+    square whose label is a direction 1-4: a decoded plan (probe predictions) or the true labels."""
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels)
+    n, T = p.actions.shape
+    if labels.shape[:2] != (n, T) or labels.ndim != 4:
+        raise CourseError(f"labels must be [n, T, H, W] = [{n}, {T}, H, W] like plan_labels, got {labels.shape}")
+    if not (0 <= episode < n and 0 <= step < T):
+        raise CourseError(f"episode must be in 0..{n - 1} and step in 0..{T - 1}, got {episode}, {step}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    walls = p.walls[episode]
+    H, W = walls.shape
+    img = np.where(walls, 0.25, 0.97)
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+    br, bc = np.nonzero(p.boxes[episode, step])
+    ax.scatter(bc, br, marker="s", s=140, color="tab:brown", label="box")
+    ar, ac = p.agent[episode, step]
+    ax.scatter([ac], [ar], marker="o", s=120, color="tab:green", label="agent")
+    lab = labels[episode, step]
+    for r in range(H):
+        for c in range(W):
+            if lab[r, c] in ARROWS and not walls[r, c]:
+                dx, dy = ARROWS[int(lab[r, c])]
+                ax.arrow(c - dx / 2, r - dy / 2, dx, dy, head_width=0.18, length_includes_head=True, color=color)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"episode {episode}, step {step}", fontsize=9)
+    return ax
