@@ -70,3 +70,22 @@ def test_plot_plan_draws_arrows_and_rejects_bad_input(played):
         plot_plan(p, lab, episode=99, step=0)
     with pytest.raises(CourseError, match="labels must be"):
         plot_plan(p, lab[:, :2], episode=0, step=0)
+
+
+def test_training_unrolls_use_the_given_state_reset():
+    """Chapter 08 passes the learner's reset_state to train_agent: pretraining, the rollouts and the
+    PPO unrolls must all call it."""
+    from utils.planning.train import TrainConfig, train_agent
+    from utils.rl.recurrent_ppo import reset_state
+
+    calls = []
+
+    def spy(state, starts):
+        calls.append(int(torch.as_tensor(starts).sum()))
+        return reset_state(state, starts)
+
+    cfg = TrainConfig(size=5, n_train_levels=8, min_moves=2, channels=4, depth=1, ticks=1, hidden=8, bc_epochs=1,
+                      bc_batch=4, ppo_steps=256, n_envs=8, max_steps=8)
+    with torch.random.fork_rng(devices=[]):
+        train_agent("drc", 0, cfg, progress=False, reset_fn=spy)
+    assert len(calls) > 100 and max(calls) >= 1

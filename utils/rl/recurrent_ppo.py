@@ -87,15 +87,16 @@ def reset_state(state: State, starts: Tensor) -> State:
     return tuple(s * keep.view(-1, *([1] * (s.ndim - 1))) for s in state)
 
 
-def unroll(model: nn.Module, obs: Tensor, starts: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+def unroll(model: nn.Module, obs: Tensor, starts: Tensor, state: State,
+           reset_fn: Callable[[State, Tensor], State] = reset_state) -> tuple[Tensor, Tensor, State]:
     """Run `model` over a sequence: obs [T, B, ...], starts [T, B] (1 where an episode begins at
-    step t: the state is reset before that step), from `state`. Returns (logits [T, B, A],
-    values [T, B], final state)."""
+    step t: the state is reset before that step, by `reset_fn`), from `state`. Returns (logits
+    [T, B, A], values [T, B], final state)."""
     if obs.shape[:2] != starts.shape:
         raise CourseError(f"unroll: obs [T, B, ...] {tuple(obs.shape)} and starts [T, B] {tuple(starts.shape)} disagree")
     logits, values = [], []
     for t in range(obs.shape[0]):
-        state = reset_state(state, starts[t])
+        state = reset_fn(state, starts[t])
         lg, v, state = model.step(obs[t], state)
         logits.append(lg)
         values.append(v)
@@ -120,7 +121,8 @@ class RecurrentRollout:
 
 @torch.no_grad()
 def collect_recurrent_rollout(model: nn.Module, env, obs: Tensor, state: State, starts: Tensor, n_steps: int,
-                              bptt_len: int, episodes: EpisodeLog | None = None) -> RecurrentRollout:
+                              bptt_len: int, episodes: EpisodeLog | None = None,
+                              reset_fn: Callable[[State, Tensor], State] = reset_state) -> RecurrentRollout:
     """Roll the current policy out for `n_steps` in every env, carrying the recurrent state."""
     T, N = n_steps, obs.shape[0]
     obs_buf = torch.zeros(T, *obs.shape)
@@ -131,7 +133,7 @@ def collect_recurrent_rollout(model: nn.Module, env, obs: Tensor, state: State, 
         if t % bptt_len == 0:
             window_states.append(tuple(s.clone() for s in state))
         start_buf[t] = starts.float()
-        state = reset_state(state, starts)
+        state = reset_fn(state, starts)
         logits, value, state = model.step(obs, state)
         dist = torch.distributions.Categorical(logits=logits)
         action = dist.sample()
@@ -142,7 +144,7 @@ def collect_recurrent_rollout(model: nn.Module, env, obs: Tensor, state: State, 
         if episodes is not None:
             episodes.add_episodes(info, done)
         obs, starts = next_obs, done
-    last_value = model.step(obs, reset_state(state, starts))[1]
+    last_value = model.step(obs, reset_fn(state, starts))[1]
     return RecurrentRollout(obs_buf, act_buf, logp_buf, val_buf, rew_buf, done_buf, start_buf, window_states,
                             last_value, obs, state, starts)
 
@@ -154,8 +156,11 @@ def _windows(x: Tensor, L: int) -> Tensor:
 
 
 def train_recurrent_ppo(cfg: RecurrentPPOConfig, model: nn.Module, env, progress: bool = True,
-                        callback: Callable[[int, nn.Module, dict], None] | None = None) -> PPOResult:
-    """Train a recurrent (or stateless) agent with PPO and truncated BPTT on the batched `env`."""
+                        callback: Callable[[int, nn.Module, dict], None] | None = None,
+                        reset_fn: Callable[[State, Tensor], State] = reset_state) -> PPOResult:
+    """Train a recurrent (or stateless) agent with PPO and truncated BPTT on the batched `env`;
+    `reset_fn(state, starts)` zeroes the state where an episode begins (in the rollouts and in the
+    unrolls the gradient goes through)."""
     cfg.validate()
     if env.n_envs != cfg.n_envs:
         raise CourseError(f"the env has {env.n_envs} envs but the config says n_envs={cfg.n_envs}")
@@ -175,7 +180,7 @@ def train_recurrent_ppo(cfg: RecurrentPPOConfig, model: nn.Module, env, progress
     for it in bar:
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - it / cfg.n_iterations)
-        ro = collect_recurrent_rollout(model, env, obs, state, starts, cfg.n_steps, L, episodes)
+        ro = collect_recurrent_rollout(model, env, obs, state, starts, cfg.n_steps, L, episodes, reset_fn)
         obs, state, starts = ro.next_obs, ro.next_state, ro.next_starts
         adv = compute_gae(ro.rewards, ro.values, ro.dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
         w_obs, w_act, w_starts = _windows(ro.obs, L), _windows(ro.actions, L), _windows(ro.starts, L)
@@ -183,7 +188,7 @@ def train_recurrent_ppo(cfg: RecurrentPPOConfig, model: nn.Module, env, progress
 
         def evaluate(mb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             s0 = tuple(s[mb] for s in w_state)
-            logits, values, _ = unroll(model, w_obs[mb].transpose(0, 1), w_starts[mb].transpose(0, 1), s0)
+            logits, values, _ = unroll(model, w_obs[mb].transpose(0, 1), w_starts[mb].transpose(0, 1), s0, reset_fn)
             dist = torch.distributions.Categorical(logits=logits.transpose(0, 1))
             return dist.log_prob(w_act[mb]), dist.entropy().mean(), values.transpose(0, 1)
 
