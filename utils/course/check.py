@@ -36,7 +36,6 @@ _SKIP = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\]\([^)]*\)|\{c
 
 # Every exercise shows its number, difficulty and minutes in the markdown before its cell, and
 # hints at two depths at the top of its region (folded on the site and in the exercise notebook).
-HINTS_FAIL = True
 _EXERCISE_HEADER = re.compile(r"\*\*Exercise (\d+)([a-z]?)\*\*\s*\(difficulty ([1-3]), about (\d+) min")
 
 
@@ -54,7 +53,7 @@ def exercise_problems(path: Path) -> list[str]:
         elif cell.cell_type == "code" and has_exercise(cell.source):
             cells.append(n)
             try:
-                probs += hint_problems(cell.source, f"{rel} cell {n}") if HINTS_FAIL else []
+                probs += hint_problems(cell.source, f"{rel} cell {n}")
             except ExerciseMarkupError:
                 pass   # reported by generate()
     if len(headers) != len(cells):

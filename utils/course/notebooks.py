@@ -67,7 +67,7 @@ class Region:
     indent: str
     hints: dict[int, str] = field(default_factory=dict)
     code: list[str] = field(default_factory=list)   # dedented by the region's indent
-    unmarked: list[str] = field(default_factory=list)   # leading comment lines before any Hint marker
+    unmarked: list[str] = field(default_factory=list)   # leading comments before any marker (a check problem)
 
 
 def _enclosing_function(lines: list[str], i: int, indent: str) -> str:
@@ -119,8 +119,6 @@ def _parse(source: str, where: str) -> tuple[list[str], list[Region]]:
             else:
                 region.hints[depth] = (region.hints[depth] + " " + body[k].strip().lstrip("#").strip()).strip()
             k += 1
-        if region.unmarked and 1 not in region.hints:   # older notebooks: an unmarked note is the first hint
-            region.hints = {1: " ".join(region.unmarked), **{d + 1: h for d, h in region.hints.items()}}
         region.code = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip() for ln in body[k:]]
         regions.append(region)
         out.append(indent + STUCK)

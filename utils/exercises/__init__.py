@@ -66,6 +66,24 @@ def assert_unchanged(name: str, before, after) -> None:
                              "(e.g. .clone() or out-of-place ops)")
 
 
+def global_rng_untouched(what: str, call: Callable):
+    """Run call() and return its result; ExerciseFailed if it reseeded or drew from the global torch
+    or numpy generator (the caller's later random draws would change)."""
+    import numpy as np
+
+    t0, n0 = torch.get_rng_state(), np.random.get_state()
+    out = call()
+    n1 = np.random.get_state()
+    if not torch.equal(t0, torch.get_rng_state()):
+        raise ExerciseFailed(f"{what} drew from (or reseeded) PyTorch's global generator (torch.manual_seed, "
+                             "torch.randn/randperm without a generator): draw from a local "
+                             "torch.Generator().manual_seed(seed), so the caller's later draws are unaffected")
+    if n0[0] != n1[0] or not np.array_equal(n0[1], n1[1]) or n0[2:] != n1[2:]:
+        raise ExerciseFailed(f"{what} drew from (or reseeded) numpy's global generator (np.random.*): draw from "
+                             "the generator you were given, or a local np.random.default_rng(seed)")
+    return out
+
+
 def compare_head_patching(head_patching_fn: Callable, reference: Callable, model, clean, corrupt, metric,
                           what_to_patch: str) -> None:
     """The shared part of the head-patching checks (chapters 02 and 07): inputs untouched, one value

@@ -589,7 +589,7 @@ def check_feature_attribution(feature_attribution_fn) -> None:
                                  "of the SAE's hook (the decoder row, not the encoder column)")
 
 
-def _attr_parts(model, sae, tokens, metric):
+def _attr_parts(model, sae, tokens, metric, reduce: str = "sum"):
     store = {}
 
     def grab(r, hook):
@@ -598,7 +598,7 @@ def _attr_parts(model, sae, tokens, metric):
         return r
     with torch.enable_grad():
         m = metric(model.run_with_hooks(tokens, fwd_hooks=[(sae.cfg.metadata.hook_name, grab)])[:, -1])
-        (g,) = torch.autograd.grad(m.sum(), store["x"])
+        (g,) = torch.autograd.grad(getattr(m, reduce)(), store["x"])
     return store["x"].detach(), g
 
 
@@ -618,16 +618,8 @@ def _wrong_attr_encoder(model, sae, tokens, metric):
 
 
 def _wrong_attr_mean_metric(model, sae, tokens, metric):
-    store = {}
-
-    def grab(r, hook):
-        r = r.detach().requires_grad_(True)
-        store["x"] = r
-        return r
-    with torch.enable_grad():
-        m = metric(model.run_with_hooks(tokens, fwd_hooks=[(sae.cfg.metadata.hook_name, grab)])[:, -1])
-        (g,) = torch.autograd.grad(m.mean(), store["x"])                  # mean: every row's gradient / B
-    return sae.encode(store["x"][:, -1].detach()).detach() * (g[:, -1] @ sae.W_dec.detach().T)
+    x, g = _attr_parts(model, sae, tokens, metric, reduce="mean")   # mean: every row's gradient / B
+    return sae.encode(x[:, -1]).detach() * (g[:, -1] @ sae.W_dec.detach().T)
 
 
 def _wrong_attr_backward(model, sae, tokens, metric):

@@ -19,7 +19,7 @@ from utils.alphazero import training as T
 from utils.alphazero.games import get_game, random_positions
 from utils.alphazero.network import AZNet
 from utils.core import torch_threads
-from utils.exercises import ExerciseFailed, check
+from utils.exercises import ExerciseFailed, check, global_rng_untouched
 
 
 def _quiet(fn):
@@ -57,22 +57,6 @@ def _unchanged(before, after, what: str) -> None:
     eq = torch.equal(before, after) if isinstance(before, Tensor) else np.array_equal(before, after)
     if not eq:
         raise ExerciseFailed(f"you wrote into the caller's {what} in place: work on a copy")
-
-
-def _global_rng_states():
-    return torch.get_rng_state(), np.random.get_state()
-
-
-def _global_rng_untouched(before, what: str) -> None:
-    """ExerciseFailed if the learner's call drew from (or reseeded) the global torch or numpy generator."""
-    t0, n0 = before
-    if not torch.equal(t0, torch.get_rng_state()):
-        raise ExerciseFailed(f"{what} drew from (or reseeded) the global torch generator: draw from a "
-                             "torch.Generator().manual_seed(seed) of your own")
-    n1 = np.random.get_state()
-    if n0[0] != n1[0] or not np.array_equal(n0[1], n1[1]) or n0[2:] != n1[2:]:
-        raise ExerciseFailed(f"{what} drew from (or reseeded) numpy's global generator (np.random.*): "
-                             "draw from the generator you were given")
 
 
 # ------------------------------------------------------------------ 1. PUCT
@@ -161,9 +145,9 @@ def check_add_dirichlet_noise(fn) -> None:
     outs = []
     for seed in (7, 7, 8):
         p, m = priors.copy(), legal.copy()
-        before = _global_rng_states()
-        outs.append(np.asarray(fn(p, m, 0.3, 0.25, np.random.default_rng(seed)), dtype=np.float64))
-        _global_rng_untouched(before, "add_dirichlet_noise")
+        outs.append(np.asarray(global_rng_untouched("add_dirichlet_noise",
+                                                    lambda: fn(p, m, 0.3, 0.25, np.random.default_rng(seed))),
+                               dtype=np.float64))
         _unchanged(priors, p, "priors")
         _unchanged(legal, m, "legal")
     if outs[0].shape == priors.shape and not np.allclose(outs[0], outs[1]):
@@ -336,9 +320,7 @@ def check_nmf(fn) -> None:
             X[5] = 0
             X[:, 2] = 0
         arg = X.clone()
-        before = _global_rng_states()
-        out = fn(arg, k, 300, 0)
-        _global_rng_untouched(before, "nmf")
+        out = global_rng_untouched("nmf", lambda: fn(arg, k, 300, 0))
         _unchanged(X, arg, "X")
         if not isinstance(out, tuple) or len(out) != 2:
             raise ExerciseFailed("return (W, H)")

@@ -19,7 +19,7 @@ from utils.core import torch_threads
 from utils.dynamics import checkpoints as C
 from utils.dynamics import cloning as K
 from utils.dynamics import metrics as M
-from utils.exercises import ExerciseFailed, check
+from utils.exercises import ExerciseFailed, check, global_rng_untouched
 from utils.interp.patching import split_pairs
 from utils.interp.probes import train_probe
 from utils.models.mlp_policy import HookedMLPPolicy
@@ -55,20 +55,6 @@ def _close(got, want, what: str, atol: float = 1e-5) -> None:
     if not torch.allclose(got.double(), want.double(), atol=atol, rtol=1e-4):
         raise ExerciseFailed(f"{what}: values differ from the reference (max error "
                              f"{(got.double() - want.double()).abs().max():.4g})")
-
-
-def _rng_untouched(what: str, call):
-    """Run call(); ExerciseFailed if it reseeded or drew from the global torch / numpy generators."""
-    import numpy as np
-    t0, n0 = torch.get_rng_state(), np.random.get_state()
-    out = call()
-    n1 = np.random.get_state()
-    if not torch.equal(t0, torch.get_rng_state()) or n0[0] != n1[0] or not np.array_equal(n0[1], n1[1]) \
-            or n0[2:] != n1[2:]:
-        raise ExerciseFailed(f"{what} changed the global random state (torch.manual_seed, torch.randn/randperm "
-                             "without a generator, or np.random.*): draw from a local generator, "
-                             "torch.Generator().manual_seed(seed), so the caller's later draws are unaffected")
-    return out
 
 
 def _unchanged(before: Tensor, after: Tensor, what: str) -> None:
@@ -264,7 +250,7 @@ def check_heldout_topk_recovery(fn) -> None:
         raise RuntimeError("check setup: too few pairs")
     for layer, k, seed in (("layers.0.hook_post", 3, 0), ("layers.1.hook_post", 4, 1), ("layers.0.hook_post", 6, 2)):
         copy = {key: v.clone() for key, v in pairs.items()}
-        got = _rng_untouched("your split or bootstrap", lambda: fn(model, copy, layer, k=k, seed=seed))
+        got = global_rng_untouched("your split or bootstrap", lambda: fn(model, copy, layer, k=k, seed=seed))
         for key in pairs:
             _unchanged(pairs[key], copy[key], f"pairs[{key!r}]")
         want = M.heldout_topk_recovery(model, pairs, layer, k=k, seed=seed)
@@ -299,7 +285,7 @@ def check_steering_effect(fn) -> None:
         direction = torch.randn(d, generator=g) * 3
         scales = (0.0, 0.5, 1.0, 2.0)
         dir_arg, st_arg = direction.clone(), states.clone()
-        got = _rng_untouched("your random control direction",
+        got = global_rng_untouched("your random control direction",
                              lambda: fn(model, layer, st_arg, dir_arg, action, scales, seed=seed))
         _unchanged(direction, dir_arg, "direction")
         _unchanged(states, st_arg, "states")
@@ -577,7 +563,7 @@ def check_clone_circuit_in_teacher(fn) -> None:
              (_clone_of(teacher, [6, 1, 9, 9, 0], 13), "layers.1.hook_post", 2, 2, 4))
     for clone, layer, k, seed, n_random in cases:
         copy = {key: v.clone() for key, v in pairs.items()}
-        got = _rng_untouched("your split or random teacher units", lambda: fn(clone, teacher, copy, layer, k=k,
+        got = global_rng_untouched("your split or random teacher units", lambda: fn(clone, teacher, copy, layer, k=k,
                                                                                seed=seed, n_random=n_random))
         for key in pairs:
             _unchanged(pairs[key], copy[key], f"pairs[{key!r}]")

@@ -15,7 +15,7 @@ from transformer_lens.hook_points import HookPoint
 
 from utils.adventure import harness as H
 from utils.core import torch_threads
-from utils.exercises import ExerciseFailed, assert_unchanged, check
+from utils.exercises import ExerciseFailed, assert_unchanged, check, global_rng_untouched
 from utils.interp import adapters as A
 
 
@@ -25,20 +25,6 @@ def _quiet(fn):
         with torch_threads(1), torch.random.fork_rng(devices=[]), torch.enable_grad():
             return fn(*args, **kwargs)
     return wrapper
-
-
-def _rng_untouched(what: str, call):
-    """Run call(); ExerciseFailed if it reseeded or drew from the global torch / numpy generators."""
-    import numpy as np
-    t0, n0 = torch.get_rng_state(), np.random.get_state()
-    out = call()
-    n1 = np.random.get_state()
-    if not torch.equal(t0, torch.get_rng_state()) or n0[0] != n1[0] or not np.array_equal(n0[1], n1[1]) \
-            or n0[2:] != n1[2:]:
-        raise ExerciseFailed(f"{what} changed the global random state (torch.manual_seed, torch.randn/randperm "
-                             "without a generator, or np.random.*): draw from a local generator, "
-                             "torch.Generator().manual_seed(seed), so the caller's later draws are unaffected")
-    return out
 
 
 def _net(seed: int) -> nn.Sequential:
@@ -476,7 +462,7 @@ def check_heldout_patching(fn) -> None:
         if len(pairs["clean"]) < 8:  # pragma: no cover - the cases are fixed
             raise RuntimeError("check case has too few pairs")
         args = {key: v.clone() for key, v in pairs.items()}
-        got = _rng_untouched("your random units", lambda: fn(agent, args, "1.hook_out", k, seed))
+        got = global_rng_untouched("your random units", lambda: fn(agent, args, "1.hook_out", k, seed))
         for key in pairs:
             assert_unchanged(f"pairs[{key!r}]", pairs[key], args[key])
         if any(len(p.fwd_hooks) for p in agent.hook_dict.values()):

@@ -171,7 +171,7 @@ def flax_shapes(channels: int = CHANNELS, depth: int = DEPTH, hidden: int = HIDD
             "critic_params": {"Output": {"kernel": (hidden, 1), "bias": (1,)}}}
 
 
-def _find_params(tree, path: str = "") -> dict:
+def _find_params(tree) -> dict | None:
     """The dict holding network_params / actor_params / critic_params, wherever the TrainState puts it."""
     if isinstance(tree, dict):
         if {"network_params", "actor_params", "critic_params"} <= set(tree):
@@ -179,7 +179,7 @@ def _find_params(tree, path: str = "") -> dict:
         for k, v in tree.items():
             if k == "opt_state":
                 continue
-            found = _find_params(v, f"{path}/{k}")
+            found = _find_params(v)
             if found is not None:
                 return found
     return None

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from utils.core import CourseError, set_seed
 from utils.envs.sokoban import LevelBank, Sokoban
-from utils.rl.recurrent_ppo import unroll
+from utils.rl.recurrent_ppo import reset_state, unroll
 
 
 @dataclass
@@ -82,10 +82,10 @@ def with_solutions(levels) -> LevelBank:
 
 
 def pretrain(model: nn.Module, bank: LevelBank, epochs: int = 4, batch: int = 64, lr: float = 2e-3,
-             vf_coef: float = 0.5, seed: int = 0, progress: bool = True, reset_fn=None) -> list[float]:
+             vf_coef: float = 0.5, seed: int = 0, progress: bool = True, reset_fn=reset_state) -> list[float]:
     """Behavioural cloning of the BFS solutions (and a value fit to their returns), episodes
-    unrolled from the zero state (`reset_fn`: the state reset the unroll uses, default
-    utils.rl.recurrent_ppo.reset_state). Returns the mean loss per epoch."""
+    unrolled from the zero state (`reset_fn`: the state reset the unroll uses). Returns the mean
+    loss per epoch."""
     set_seed(seed)
     demos = solution_episodes(bank)
     n = demos.obs.shape[1]
@@ -104,8 +104,7 @@ def pretrain(model: nn.Module, bank: LevelBank, epochs: int = 4, batch: int = 64
             T = int(m.sum(0).max())
             starts = torch.zeros(T, len(idx))
             starts[0] = 1
-            logits, values, _ = unroll(model, demos.obs[:T, idx], starts, model.initial_state(len(idx)),
-                                       **({} if reset_fn is None else {"reset_fn": reset_fn}))
+            logits, values, _ = unroll(model, demos.obs[:T, idx], starts, model.initial_state(len(idx)), reset_fn)
             ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), demos.actions[:T, idx].reshape(-1),
                                              reduction="none")
             mm = m[:T].reshape(-1)

@@ -27,7 +27,7 @@ from utils.envs.sokoban import LevelBank, Sokoban
 from utils.models.drc import DRC, agent_arch, build_agent, matched_baseline
 from utils.planning.data import pretrain
 from utils.planning.play import play
-from utils.rl.recurrent_ppo import RecurrentPPOConfig, train_recurrent_ppo
+from utils.rl.recurrent_ppo import RecurrentPPOConfig, reset_state, train_recurrent_ppo
 
 KINDS = ("drc", "conv")
 
@@ -76,22 +76,21 @@ def make_agent(kind: str, cfg: TrainConfig, seed: int = 0) -> nn.Module:
 
 
 def train_agent(kind: str, seed: int, cfg: TrainConfig, bank: LevelBank | None = None, progress: bool = True,
-                reset_fn=None):
+                reset_fn=reset_state):
     """(agent, metrics): pretrain on BFS demonstrations, then fine-tune with recurrent PPO;
-    `reset_fn(state, starts)` is the state reset every unroll uses (default
-    utils.rl.recurrent_ppo.reset_state; the notebook passes the learner's)."""
-    kw = {} if reset_fn is None else {"reset_fn": reset_fn}
+    `reset_fn(state, starts)` is the state reset every unroll uses (the notebook passes the
+    learner's)."""
     bank = bank or train_bank(cfg)
     t0 = time.perf_counter()
     model = make_agent(kind, cfg, seed)
     bc = pretrain(model, bank, epochs=cfg.bc_epochs, batch=cfg.bc_batch, lr=cfg.bc_lr, seed=seed, progress=progress,
-                  **kw)
+                  reset_fn=reset_fn)
     t_bc = time.perf_counter() - t0
     held_out = heldout_bank(cfg, 100)
     solved_bc = play(model, held_out, max_steps=cfg.max_steps).solve_rate
     env = Sokoban(cfg.n_envs, bank, max_steps=cfg.max_steps, seed=seed)
     ppo = train_recurrent_ppo(RecurrentPPOConfig(total_steps=cfg.ppo_steps, n_envs=cfg.n_envs, lr=cfg.ppo_lr, seed=seed), model, env,
-                              progress=progress, **kw)
+                              progress=progress, reset_fn=reset_fn)
     succ = [s for s in ppo.log["success"] if s == s]
     t_train = time.perf_counter() - t0
     metrics = {"bc_final_loss": round(bc[-1], 4), "ppo_last_train_success": round(succ[-1], 3) if succ else None,
