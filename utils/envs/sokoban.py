@@ -37,7 +37,7 @@ MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1], [0, 0]])
 CHANNELS = ("wall", "floor", "target", "box", "agent")
 WALL, FLOOR, TARGET, BOX, AGENT = range(5)
 STEP_REWARD, BOX_ON, BOX_OFF, SOLVED = -0.1, 1.0, -1.0, 10.0
-SPLIT_OFFSET = {"train": 0, "test": 1_000_003}  # disjoint seed streams
+SPLIT_OFFSET = {"train": 0, "test": 1_000_003, "val": 2_000_029}  # disjoint seed streams
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ class LevelBank:
     def __init__(self, n_levels: int, split: str = "train", seed: int = 0, size: int = 7, n_boxes: int = 1,
                  min_moves: int = 4, reverse_steps: int = 40, optimal: bool = True):
         if split not in SPLIT_OFFSET:
-            raise CourseError(f"unknown split {split!r}: use 'train' or 'test'")
+            raise CourseError(f"unknown split {split!r}: use one of {sorted(SPLIT_OFFSET)}")
         if n_levels < 1:
             raise CourseError(f"n_levels must be >= 1, got {n_levels}")
         rng = np.random.default_rng([seed, SPLIT_OFFSET[split]])

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from utils.core import torch_threads
-from utils.envs.sokoban import MOVES, Level, LevelBank, replay, solve
+from utils.envs.sokoban import MOVES, Level, LevelBank, Sokoban, replay, solve
 from utils.exercises import ExerciseFailed, assert_unchanged, check
 from utils.planning import data as D
 from utils.planning import intervene as IV
@@ -370,6 +370,77 @@ CHECKS = {"solve": check_solve, "reset_state": check_reset_state, "discounted_re
           "square_edit_hook": check_square_edit_hook, "projection_hook": check_projection_hook}
 
 
+# ------------------------------------------------------------------ the end-to-end exercises
+@functools.lru_cache(maxsize=1)
+def _small_play():
+    """A random-init DRC(2, 2) played (sampled) on 16 two-box 7 x 7 rooms, top layer recorded."""
+    from utils.models.drc import DRC
+
+    bank = LevelBank(16, "test", seed=3, size=7, n_boxes=2, min_moves=6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        model = DRC((5, 7, 7), 5, 8, 2, 2, 32).eval()
+    name = model.hook_name("h", 1, 1)
+    p = P.play(model, bank, record=(name,), keep_obs=True, greedy=False, seed=5)
+    return model, bank, p, name
+
+
+@check
+@_quiet
+def check_plan_probe_by_distance(fn) -> None:
+    """plan_probe_by_distance(p, acts, seed, epochs) -> (probe, {bin: {'f1', ...}}): the probe on
+    rest-of-episode agent labels, scored on held-out levels by distance from the agent."""
+    _, _, p, name = _small_play()
+    acts = p.acts[name]
+    for seed in (0, 1):
+        a2 = acts.clone()
+        got = fn(p, a2, seed=seed, epochs=25)
+        assert_unchanged("acts", acts, a2)
+        want_probe, want = PR.plan_probe_by_distance(p, acts, seed=seed, epochs=25)
+        if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], dict)):
+            raise ExerciseFailed("return (probe, table): the fitted SquareProbe and f1_by_distance's dict")
+        probe, table = got
+        if set(table) != set(want):
+            raise ExerciseFailed(f"the table's bins should be {sorted(want)} (PLAN_BINS: the agent's square apart, "
+                                 f"then by distance, and '1+' for every other square), got {sorted(table)}")
+        if abs(float(probe.f1) - want_probe.f1) > 1e-6:
+            raise ExerciseFailed(f"seed {seed}: the probe's held-out macro-F1 is {float(probe.f1):.4f}, the reference "
+                                 f"{want_probe.f1:.4f}: label over the rest of the episode (horizon=None), fit on "
+                                 "square_rows(acts, labels, p, with_distance=True) with the given seed and epochs")
+        for k, v in want.items():
+            if table[k]["n_rows"] != v["n_rows"]:
+                raise ExerciseFailed(f"bin {k!r}: {table[k]['n_rows']} rows, the reference {v['n_rows']}: score only "
+                                     "the probe's held-out rows (probe.test_rows), split by agent_distance")
+            same = (np.isnan(table[k]["f1"]) and np.isnan(v["f1"])) or abs(table[k]["f1"] - v["f1"]) < 1e-6
+            if not same:
+                raise ExerciseFailed(f"bin {k!r}: macro-F1 {table[k]['f1']:.4f}, the reference {v['f1']:.4f}")
+
+
+@check
+@_quiet
+def check_steer_path(fn) -> None:
+    """steer_path(model, bank, directions, layer, scale, targets, start, length) -> first-step logits
+    with the plan written on the route's squares away from the agent, at every tick."""
+    model, bank, _, _ = _small_play()
+    g = torch.Generator().manual_seed(4)
+    rng = np.random.default_rng(4)
+    dirs = torch.randn(4, model.channels, generator=g)
+    for start, length, layer in ((1, 3, 1), (2, 4, 1), (1, 5, 0)):
+        targets = rng.integers(1, 5, len(bank))
+        targets[0] = 0                                   # no target: no edit on that level
+        d2, t2 = dirs.clone(), targets.copy()
+        got = fn(model, bank, d2, layer, 6.0, t2, start=start, length=length)
+        assert_unchanged("directions", dirs, d2)
+        _same_array(targets, t2, "targets")
+        want = IV.steer_path(model, bank, dirs, layer, 6.0, targets, start=start, length=length)
+        if isinstance(got, Tensor) and got.shape == want.shape and not torch.allclose(got[0], want[0], atol=1e-4):
+            raise ExerciseFailed("level 0 has target 0 (no route): its hidden state must not be edited")
+        _close(got, want, f"first-step logits (start={start}, length={length}, layer={layer})", atol=1e-4)
+
+
+CHECKS.update({"plan_probe_by_distance": check_plan_probe_by_distance, "steer_path": check_steer_path})
+
+
 # ------------------------------------------------------------------ plausible wrong answers
 def _solve_dfs(level):
     """Depth-first: finds a solution, usually not the shortest."""
@@ -669,6 +740,89 @@ def _project_sequential(basis):
     return hook
 
 
+def _probe_horizon_4(p, acts, target="agent", seed=0, epochs=150):
+    labels = PR.plan_labels(p, 4)[target]                 # a short window, not the rest of the episode
+    feats, y, groups, dist = PR.square_rows(acts, labels, p, with_distance=True)
+    probe = PR.fit_square_probe(feats, y, groups, seed=seed, epochs=epochs)
+    return probe, PR.f1_by_distance(probe, feats, y, groups, dist, bins=PR.PLAN_BINS, seed=seed)
+
+
+def _probe_scored_on_all_rows(p, acts, target="agent", seed=0, epochs=150):
+    labels = PR.plan_labels(p, None)[target]
+    feats, y, groups, dist = PR.square_rows(acts, labels, p, with_distance=True)
+    probe = PR.fit_square_probe(feats, y, groups, seed=seed, epochs=epochs)
+    probe.test_rows = np.arange(len(y))                   # training levels scored too
+    return probe, PR.f1_by_distance(probe, feats, y, groups, dist, bins=PR.PLAN_BINS, seed=seed)
+
+
+def _probe_agent_square_pooled(p, acts, target="agent", seed=0, epochs=150):
+    labels = PR.plan_labels(p, None)[target]
+    feats, y, groups, dist = PR.square_rows(acts, labels, p, with_distance=True)
+    probe = PR.fit_square_probe(feats, y, groups, seed=seed, epochs=epochs)
+    return probe, PR.f1_by_distance(probe, feats, y, groups, dist, bins=((0, 1), (2, 3), (4, None), (0, None)),
+                                    seed=seed)
+
+
+def _probe_box_labels(p, acts, target="agent", seed=0, epochs=150):
+    return PR.plan_probe_by_distance(p, acts, "box", seed, epochs)
+
+
+def _edit_delta(model, bank, directions, targets, squares_of, scale):
+    env = Sokoban(len(bank), bank, auto_reset=False)
+    obs = env.set_levels(np.arange(len(bank)))
+    delta = torch.zeros(len(bank), model.channels, bank.size, bank.size)
+    for i in range(len(bank)):
+        for r, c in squares_of(env, i):
+            delta[i, :, r, c] += directions[int(targets[i]) - 1] * scale
+    return obs, delta
+
+
+def _run_edit(model, obs, delta, names):
+    with model.hooks(fwd_hooks=[(nm, lambda a, hook: a + delta) for nm in names]):
+        return model.step(obs, model.initial_state(len(obs)))[0]
+
+
+def _steer_includes_agent_square(model, bank, directions, layer, scale, targets, start=1, length=3, levels=None):
+    def squares(env, i):
+        sq = IV.path_squares(env.agent[i:i + 1], env.walls[i:i + 1], np.asarray(targets)[i:i + 1], start, length)[0]
+        return [tuple(env.agent[i])] + sq if sq else []          # the agent's own square as well
+    obs, delta = _edit_delta(model, bank, directions, targets, squares, scale)
+    return _run_edit(model, obs, delta, [model.hook_name("h", layer, n) for n in range(model.ticks)])
+
+
+def _steer_through_walls(model, bank, directions, layer, scale, targets, start=1, length=3, levels=None):
+    def squares(env, i):
+        t = int(targets[i])
+        if not 1 <= t <= 4:
+            return []
+        dr, dc = MOVES[t - 1]
+        out = []
+        for k in range(start, length + 1):                      # walls skipped, but the route goes on past them
+            r, c = int(env.agent[i, 0] + k * dr), int(env.agent[i, 1] + k * dc)
+            if 0 <= r < bank.size and 0 <= c < bank.size and not env.walls[i, r, c]:
+                out.append((r, c))
+        return out
+    obs, delta = _edit_delta(model, bank, directions, targets, squares, scale)
+    return _run_edit(model, obs, delta, [model.hook_name("h", layer, n) for n in range(model.ticks)])
+
+
+def _steer_last_tick_only(model, bank, directions, layer, scale, targets, start=1, length=3, levels=None):
+    def squares(env, i):
+        return IV.path_squares(env.agent[i:i + 1], env.walls[i:i + 1], np.asarray(targets)[i:i + 1], start, length)[0]
+    obs, delta = _edit_delta(model, bank, directions, targets, squares, scale)
+    return _run_edit(model, obs, delta, [model.hook_name("h", layer, model.ticks - 1)])
+
+
+def _steer_first_square_only(model, bank, directions, layer, scale, targets, start=1, length=3, levels=None):
+    return IV.steer_path(model, bank, directions, layer, scale, targets, start, start, levels)
+
+
+def _steer_one_target_for_all(model, bank, directions, layer, scale, targets, start=1, length=3, levels=None):
+    t = np.asarray(targets)
+    same = np.where(t > 0, t[t > 0][0], 0)                  # every level steered towards the first target
+    return IV.steer_path(model, bank, directions, layer, scale, same, start, length, levels)
+
+
 WRONG_ANSWERS = {
     "solve": [_solve_dfs, _solve_empty_when_stuck, _solve_start_not_checked],
     "reset_state": [_reset_inverted, _reset_in_place, _reset_h_only, _reset_detached],
@@ -683,4 +837,8 @@ WRONG_ANSWERS = {
     "square_edit_hook": [_edit_everywhere, _edit_swapped, _edit_in_place, _edit_every_row_at_every_square],
     "projection_hook": [_project_raw_basis, _project_normalised_rows, _project_normalises_basis_in_place,
                         _project_sequential],
+    "plan_probe_by_distance": [_probe_horizon_4, _probe_scored_on_all_rows, _probe_agent_square_pooled,
+                               _probe_box_labels],
+    "steer_path": [_steer_includes_agent_square, _steer_through_walls, _steer_last_tick_only,
+                   _steer_first_square_only, _steer_one_target_for_all],
 }

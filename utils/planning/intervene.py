@@ -108,3 +108,94 @@ def ablate_subspace(model: nn.Module, bank: LevelBank, basis: Tensor, layer: int
 def random_basis(k: int, channels: int, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(k, channels, generator=g)
+
+
+# ------------------------------------------------------------------ steering away from the agent
+def path_squares(agent: np.ndarray, walls: np.ndarray, targets: np.ndarray, start: int = 1,
+                 length: int = 3) -> list[list[tuple[int, int]]]:
+    """Per level i, the squares agent[i] + k * move(targets[i]) for k = start .. length (targets
+    1-4: up, down, left, right), cut at the first wall on the way out from the agent (k = 1, 2, ...):
+    the straight route a plan "leave each square moving d" would draw. Empty where the first
+    square is a wall or the route ends before `start`, or where targets[i] is not 1-4."""
+    agent, walls, targets = np.asarray(agent), np.asarray(walls), np.asarray(targets)
+    if agent.ndim != 2 or agent.shape[1] != 2 or walls.ndim != 3 or len(walls) != len(agent) or len(targets) != len(agent):
+        raise CourseError(f"path_squares needs agent [n, 2], walls [n, H, W] and targets [n], got {agent.shape}, "
+                          f"{walls.shape} and {targets.shape}")
+    if not (1 <= start <= length):
+        raise CourseError(f"need 1 <= start <= length (squares away from the agent), got start={start}, length={length}")
+    H, W = walls.shape[1:]
+    out = []
+    for i in range(len(agent)):
+        sq = []
+        if 1 <= targets[i] <= 4:
+            dr, dc = MOVES[int(targets[i]) - 1]
+            for k in range(1, length + 1):
+                r, c = int(agent[i, 0] + k * dr), int(agent[i, 1] + k * dc)
+                if not (0 <= r < H and 0 <= c < W) or walls[i, r, c]:
+                    break
+                if k >= start:
+                    sq.append((r, c))
+        out.append(sq)
+    return out
+
+
+@torch.no_grad()
+def steer_path(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int, scale: float, targets,
+               start: int = 1, length: int = 3, levels=None) -> Tensor:
+    """The first-step logits [n, A] of `levels` (zero state) with `scale * directions[targets[i] - 1]`
+    added to the hidden state of `layer` at every tick, at the squares of `path_squares(agent,
+    walls, targets, start, length)` of level i (none where its path is empty). directions [4, C]:
+    one vector per move (up, down, left, right)."""
+    if directions.ndim != 2 or directions.shape[0] != 4 or directions.shape[1] != model.channels:
+        raise CourseError(f"directions must be [4, {model.channels}] (one per move), got {tuple(directions.shape)}")
+    names = _layer_hooks(model, layer)
+    levels = np.arange(len(bank)) if levels is None else np.asarray(levels).reshape(-1)
+    targets = np.asarray(targets).reshape(-1)
+    if len(targets) != len(levels):
+        raise CourseError(f"one target per level: got {len(targets)} targets for {len(levels)} levels")
+    env = Sokoban(len(levels), bank, auto_reset=False)
+    obs = env.set_levels(levels)
+    squares = path_squares(env.agent, env.walls, targets, start, length)
+    delta = torch.zeros(len(levels), model.channels, bank.size, bank.size)
+    for i, sq in enumerate(squares):
+        for r, c in sq:
+            delta[i, :, r, c] += directions[int(targets[i]) - 1].float() * scale
+
+    def hook(act: Tensor, hook) -> Tensor:
+        return act + delta.to(act.dtype)
+
+    with model.hooks(fwd_hooks=[(nm, hook) for nm in names]):
+        logits, _, _ = model.step(obs, model.initial_state(len(levels)))
+    return logits
+
+
+@torch.no_grad()
+def steer_away(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int, scale: float,
+               controls: dict[str, Tensor] | None = None, start: int = 1, length: int = 3, levels=None,
+               seed: int = 0) -> dict[str, np.ndarray]:
+    """Route steering away from the agent (after Bush et al. 2025). Per level: a target move d (a
+    legal move other than the unedited greedy first action, drawn with `seed`) whose straight
+    route has squares at distance >= `start`; the plan "leave this square moving d" is written on
+    those squares (`steer_path`), never on the agent's own square. Returns {'target' [n] (1-4, 0
+    when no route), 'valid' [n], 'probe' [n] (first move became d with `directions`), and one entry
+    per control in `controls` ({name: [4, C] directions}, used the same way at the same squares),
+    plus 'isotropic' (a random unit direction per level, the floor)}."""
+    levels = np.arange(len(bank)) if levels is None else np.asarray(levels).reshape(-1)
+    n = len(levels)
+    env = Sokoban(n, bank, auto_reset=False)
+    obs = env.set_levels(levels)
+    base = model(obs).argmax(-1).numpy()
+    rng = np.random.default_rng(seed)
+    target = np.zeros(n, int)
+    for i in range(n):
+        legal = [a + 1 for a in range(4) if a != base[i]
+                 and path_squares(env.agent[i:i + 1], env.walls[i:i + 1], np.array([a + 1]), start, length)[0]]
+        target[i] = rng.choice(legal) if legal else 0
+    valid = target > 0
+    out = {"target": target, "valid": valid}
+    iso = torch.from_numpy(rng.standard_normal((4, model.channels))).float()
+    iso = iso / iso.norm(dim=1, keepdim=True)
+    for name, dirs in [("probe", directions), *(controls or {}).items(), ("isotropic", iso)]:
+        logits = steer_path(model, bank, dirs, layer, scale, target, start, length, levels)
+        out[name] = (logits.argmax(-1).numpy() == target - 1) & valid
+    return out

@@ -302,3 +302,33 @@ def plot_plan(p: Play, labels: np.ndarray, episode: int, step: int, ax=None, tit
     ax.set_yticks([])
     ax.set_title(title or f"episode {episode}, step {step}", fontsize=9)
     return ax
+
+
+PLAN_BINS = (*DISTANCE_BINS, (1, None))   # ... and every square away from the agent ("1+")
+
+
+def plan_probe_by_distance(p: Play, acts: Tensor, target: str = "agent", seed: int = 0, epochs: int = 150,
+                           bins=PLAN_BINS) -> tuple[SquareProbe, dict[str, dict]]:
+    """The anchors' probe, end to end: label every square with its next event over the REST of
+    the episode (`plan_labels(p, None)[target]`), fit one square probe on `acts` [n, T, C, H, W]
+    (recorded during `p`) with the split by level, and score it on the held-out levels by distance
+    from the agent (`f1_by_distance`; the agent's own square apart, "1+" = every other square).
+    Returns (probe, {bin: {'f1', 'low', 'high', 'n_rows', 'n_direction_rows'}})."""
+    if target not in TARGETS:
+        raise CourseError(f"unknown plan target {target!r}: use one of {TARGETS}")
+    labels = plan_labels(p, None)[target]
+    feats, y, groups, dist = square_rows(acts, labels, p, with_distance=True)
+    probe = fit_square_probe(feats, y, groups, seed=seed, epochs=epochs)
+    return probe, f1_by_distance(probe, feats, y, groups, dist, bins=bins, seed=seed)
+
+
+@torch.no_grad()
+def decode_plan(probe: SquareProbe, acts: Tensor, p: Play) -> np.ndarray:
+    """The probe's prediction at every square and step, [n, T, H, W] (0 = none, 1-4 = direction;
+    0 on walls and after an episode's end), from activations [n, T, C, H, W] recorded during `p`:
+    the decoded plan that `plot_plan` draws."""
+    if acts.ndim != 5 or tuple(acts.shape[:2]) != tuple(p.actions.shape):
+        raise CourseError(f"activations must be [n, T, C, H, W] with [n, T] = {p.actions.shape}, got {tuple(acts.shape)}")
+    pred = probe.predict(acts.permute(0, 1, 3, 4, 2)).numpy()
+    mask = p.live[:, :, None, None] & ~p.walls[:, None]
+    return np.where(mask, pred, 0)
