@@ -60,7 +60,8 @@ GEMMA_REDUCED = dict(hidden_size=256, intermediate_size=1024, num_attention_head
 AGENT_FIXTURES = (("utils.adventure.hub", "write_hub_fixture"),   # chapter 12: sb3/ppo-MiniGrid-DoorKey-5x5-v0
                   ("utils.dt.hopper", "write_hopper_fixture"),  # chapter 07: edbeeching/decision-transformer-gym-hopper-medium
                   ("utils.vision_agents.atari_hub", "write_atari_fixtures"),   # chapter 11: Breakout DQN + PPO
-                  ("utils.models.drc33", "write_drc33_fixture"))   # chapter 08: AlignmentResearch/learned-planner
+                  ("utils.models.drc33", "write_drc33_fixture"),   # chapter 08: AlignmentResearch/learned-planner
+                  ("utils.alphazero.leela", "write_leela_fixture"))   # chapter 05: Space Xmaster6y/lczerolens-demo (lc0 ONNX)
 DEFAULT_GPT2_LAYERS = (2, 5, 8, 11)     # chapter 03's gpu sites
 DEFAULT_GEMMA_LAYERS = (12,)            # chapter 04's gpu site
 

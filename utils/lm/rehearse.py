@@ -4,6 +4,7 @@
     python -m utils.lm.rehearse --only gpt2           # the GPT-2 path alone (what CI runs)
     python -m utils.lm.rehearse --only hopper         # chapter 07's released decision transformer
     python -m utils.lm.rehearse --only drc33          # chapter 08's released Sokoban DRC(3,3)
+    python -m utils.lm.rehearse --only leela          # chapter 05's Leela Chess Zero (lc0 ONNX via lczerolens)
 
 Each part runs in a fresh subprocess whose environment points every Hugging Face library at
 the fixtures (`HF_HOME=<fixtures> HF_HUB_OFFLINE=1`: the libraries read these at import), with
@@ -125,13 +126,11 @@ def rehearse_hopper(episodes: int = 2, steps: int = 20) -> dict:
 
 def rehearse_drc33(n_levels: int = 8, think_steps=(0, 2), max_steps: int = 12) -> dict:
     """Chapter 08's released DRC(3,3) at full shape, in this process (run it with the fixture
-    environment): load `AlignmentResearch/learned-planner` through `utils.models.drc33`, play 10 x 10
-    course levels through `utils.planning.play` (thinking-time curve) and record one hidden state."""
-    import numpy as np
-
-    from utils.envs.sokoban import LevelBank
+    environment): load `AlignmentResearch/learned-planner` through `utils.models.drc33`, and run
+    section 8's measurements (`utils.planning.released.measure_released`: thinking-time curve,
+    pacing, plan probes by distance with their controls, route steering) on 10 x 10 rooms."""
     from utils.models import drc33
-    from utils.planning.play import play, thinking_curve
+    from utils.planning.released import measure_released, released_bank
 
     t0 = time.time()
     drc = drc33.load_released_drc()
@@ -140,11 +139,12 @@ def rehearse_drc33(n_levels: int = 8, think_steps=(0, 2), max_steps: int = 12) -
     out: dict = {"model": {"class": type(drc).__name__, "params": sum(p.numel() for p in drc.parameters()),
                            "seconds": round(time.time() - t0, 1)}}
     t1 = time.time()
-    bank = LevelBank(n_levels, split="test", size=10, n_boxes=2, min_moves=4)
-    curve = thinking_curve(drc, bank, think_steps=think_steps, max_steps=max_steps)
-    out["thinking_curve"] = {str(k): round(float(np.mean(v)), 3) for k, v in curve.items()}   # solve rate
-    rec = play(drc, bank, max_steps=4, record=(drc.hook_name("h", 2, 2),))
-    out["recorded"] = {k: list(v.shape) for k, v in rec.acts.items()}
+    bank = released_bank(n_levels)
+    res = measure_released(drc, bank, max_steps=max_steps, think_steps=think_steps, probe_epochs=10,
+                           n_random_init=1, progress=lambda *a: None)
+    out["thinking_curve"] = {str(k): round(v[0], 3) for k, v in res["thinking"].items()}   # solve rate
+    out["probe_away_f1"] = round(res["probe"]["1+"][0], 3)
+    out["steer_levels"] = res["n_steer_levels"]
     out["seconds"] = round(time.time() - t1, 1)
     return out
 
@@ -159,7 +159,8 @@ def _ensure_agent_fixtures(hf_home: Path) -> None:
     for module, writer in AGENT_FIXTURES:
         mod = importlib.import_module(module)
         repos = list(mod.REPOS.values()) if hasattr(mod, "REPOS") else [mod.HUB_REPO]
-        if not all((hf_home / "hub" / ("models--" + r.replace("/", "--"))).exists() for r in repos):
+        kind = getattr(mod, "REPO_TYPE", "model")     # a Space's files are under spaces--owner--name
+        if not all((hf_home / "hub" / (f"{kind}s--" + r.replace("/", "--"))).exists() for r in repos):
             print(f"writing the missing fixture of {module} ...", flush=True)
             getattr(mod, writer)(hf_home / "hub")
 
@@ -230,6 +231,7 @@ def main(argv=None) -> int:
     p.add_argument("--chapter", help="(internal) execute this chapter here")
     p.add_argument("--hopper-json", help="(internal) run chapter 07's released-DT path here, result to this file")
     p.add_argument("--drc33-json", help="(internal) run chapter 08's released-DRC path here, result to this file")
+    p.add_argument("--leela-json", help="(internal) run chapter 05's Leela path here, result to this file")
     args = p.parse_args(argv)
     if args.chapter:
         return _run_chapter(args.chapter, args.timeout)
@@ -243,6 +245,11 @@ def main(argv=None) -> int:
         Path(args.drc33_json).write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return 0
+    if args.leela_json:
+        res = rehearse_leela()
+        Path(args.leela_json).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return 0
     if args.json:
         res = rehearse_gpt2()
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -250,7 +257,7 @@ def main(argv=None) -> int:
         return 0
     BUILD.mkdir(parents=True, exist_ok=True)
     hf_home = Path(args.fixtures)
-    parts = args.only or ["gpt2", "hopper", "drc33", *CHAPTERS]
+    parts = args.only or ["gpt2", "hopper", "drc33", "leela", *CHAPTERS]
     have = gemma_width(hf_home)
     if have is None or (args.gemma is not None and have != args.gemma):
         from utils.lm.fixtures import write_fixtures
@@ -280,6 +287,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--hopper-json", str(BUILD / "hopper.json")]
         elif part == "drc33":    # chapter 08's released DRC(3,3) (no T4 estimate: 1.29M parameters)
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--drc33-json", str(BUILD / "drc33.json")]
+        elif part == "leela":    # chapter 05's Leela Chess Zero (its T4 line: an estimate for the real T82 net)
+            cmd = [sys.executable, "-m", "utils.lm.rehearse", "--leela-json", str(est)]
         else:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--chapter", part, "--timeout", str(args.timeout)]
         rc, secs, peak = _run(cmd, env, log, args.timeout)
@@ -306,7 +315,7 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     for r in rows:
         results[r["part"]] = {**r, "run_at": stamp, "load": [round(x, 2) for x in load], "fixtures": str(hf_home)}
     store.write_text(json.dumps(results, indent=1))
-    order = ["gpt2", "hopper", "drc33", *CHAPTERS]
+    order = ["gpt2", "hopper", "drc33", "leela", *CHAPTERS]
     parts = sorted(results, key=lambda p: (order.index(p) if p in order else len(order), p))
     from utils.course.gpu_check import T4_GPU_GIB, T4_HOST_GIB
 

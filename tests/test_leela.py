@@ -1,0 +1,274 @@
+"""Chapter 05's Leela Chess Zero path (utils.alphazero.leela), offline: lczerolens imports beside the CPU
+torch, lc0-format fixtures (attention body and ResNet) load through the course loader and evaluate, the
+residual blocks found from the graph are the right tensors, failures are one line, puzzles are sound."""
+import importlib.util
+import subprocess
+import sys
+
+import chess
+import numpy as np
+import pytest
+import torch
+
+from utils.alphazero import leela
+from utils.core import CourseError
+
+leela.ensure_lczerolens()      # installed without dependencies when `pip install -r requirements.txt` alone ran
+WIDTH, DEPTH = 16, 4
+
+
+def _one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("leela")
+    paths = {arch: leela.write_leela_file(d / f"{arch}.onnx", arch=arch, width=WIDTH, depth=DEPTH, seed=1)
+             for arch in ("attention", "resnet")}
+    return {arch: (p, leela.load_leela(p)) for arch, p in paths.items()}
+
+
+def test_lczerolens_imports_beside_the_cpu_torch_and_leaves_no_stand_in():
+    had_tv = importlib.util.find_spec("torchvision") is not None
+    lz = leela.import_lczerolens()
+    assert lz.__version__ == leela.LCZEROLENS_VERSION and hasattr(lz, "LczeroModel")
+    assert torch.__version__.split("+")[0] == "2.13.0"
+    assert (importlib.util.find_spec("torchvision") is not None) == had_tv
+    tv = sys.modules.get("torchvision")
+    assert tv is None or not getattr(tv, "__course_stub__", False)
+    nms = sys.modules["onnx2torch.node_converters.nms"]
+    if getattr(nms.torchvision, "__course_stub__", False):   # the stand-in raises, in one line
+        with pytest.raises(CourseError, match="no NMS"):
+            nms.torchvision.ops.nms(None, None, 0.5)
+
+
+def test_a_fresh_interpreter_imports_lczerolens_through_the_course():
+    code = ("import sys; from utils.alphazero.leela import ensure_lczerolens, import_lczerolens; ensure_lczerolens(); "
+            "lz = import_lczerolens(); import torch; "
+            "assert not getattr(sys.modules.get('torchvision'), '__course_stub__', False); print(lz.__version__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith(leela.LCZEROLENS_VERSION)
+
+
+@pytest.mark.parametrize("arch", ["attention", "resnet"])
+def test_fixture_loads_and_evaluates_start_and_fen_positions(nets, arch):
+    path, net = nets[arch]
+    assert leela.is_fixture(net) and net.heads == leela.HEADS
+    boards = [chess.Board(), *map(chess.Board, leela.PROBE_FENS)]
+    batch = leela.evaluate(net, boards)
+    lz = leela.import_lczerolens()
+    policy = batch.tensors[lz.LczeroKeys.EVALUATION_POLICY]
+    wdl = batch.tensors[lz.LczeroKeys.NETWORK_WDL]
+    mlh = batch.tensors[lz.LczeroKeys.NETWORK_MLH]
+    assert policy.shape == (len(boards), leela.POLICY_SIZE) and wdl.shape == (len(boards), 3)
+    assert mlh.shape == (len(boards), 1)
+    for b, p in zip(boards, policy):
+        n_legal = b.legal_moves.count()
+        assert int((p > 0).sum()) == n_legal          # the policy lives on the legal moves only
+        if n_legal:
+            assert abs(float(p.sum()) - 1) < 1e-5
+    assert torch.allclose(wdl.sum(1), torch.ones(len(boards)), atol=1e-5)
+    movable = [b for b in boards if b.legal_moves.count()]
+    for b, uci in zip(movable, leela.best_moves(net, movable)):
+        assert chess.Move.from_uci(uci) in b.legal_moves
+    planes = leela.encode_boards(net, boards)
+    assert planes.shape == (len(boards), 112, 8, 8)
+    # the graph lczerolens converted computes what the torch module that was exported computes
+    ref = leela.Lc0Like(arch, WIDTH, DEPTH, seed=1).eval()
+    with torch.no_grad():
+        want = ref(planes)
+        got = leela.graph_module(net)(planes)
+    for w, g in zip(want, got):
+        assert torch.allclose(w, g, atol=1e-4), (w - g).abs().max()
+
+
+@pytest.mark.parametrize("arch", ["attention", "resnet"])
+def test_residual_blocks_are_found_from_the_graph_and_are_the_blocks_outputs(nets, arch):
+    _, net = nets[arch]
+    blocks = leela.residual_blocks(net)
+    assert len(blocks) == DEPTH and [b.index for b in blocks] == list(range(DEPTH))
+    assert {b.kind for b in blocks} == {"attention" if arch == "attention" else "conv"}
+    paths = [p for p, _ in leela.hookable_modules(net)]
+    assert all(b.path in paths for b in blocks)
+    boards = [chess.Board(), *leela.PROBE_FENS[:5]]
+    stream = leela.residual_stream(net, boards, embedding=True)
+    assert sorted(stream) == [-1, *range(DEPTH)]
+    assert all(a.shape == (len(boards), 64, WIDTH) for a in stream.values())
+    # compare with the exported torch module's own block outputs, recorded with hooks
+    ref = leela.Lc0Like(arch, WIDTH, DEPTH, seed=1).eval()
+    got = {}
+    hooks = [blk.register_forward_hook(lambda m, i, o, k=k: got.__setitem__(k, o)) for k, blk in enumerate(ref.body)]
+    hooks.append(ref.embed.register_forward_hook(lambda m, i, o: got.__setitem__(-1, torch.relu(o))))
+    with torch.no_grad():
+        ref(leela.encode_boards(net, boards))
+    for h in hooks:
+        h.remove()
+    for k, a in stream.items():
+        assert torch.allclose(a, leela.squares_first(got[k], len(boards)), atol=1e-4), k
+    # record() by module path, any module
+    some = leela.embedding_module(net)
+    rec = leela.record(net, boards, [some, blocks[1].path], batch_size=2)
+    assert torch.allclose(leela.squares_first(rec[some], len(boards)), stream[-1]) and torch.allclose(
+        leela.squares_first(rec[blocks[1].path], len(boards)), stream[1], atol=1e-6)
+    with pytest.raises(CourseError, match="hookable_modules") as e:
+        leela.record(net, boards, ["no/such/module"])
+    _one_line(e)
+    with pytest.raises(CourseError, match=f"has {DEPTH} blocks") as e:
+        leela.residual_stream(net, boards, blocks=[DEPTH])
+    _one_line(e)
+
+
+def test_blocks_are_found_when_layernorm_is_spelled_out(tmp_path):
+    """Older lc0 exports (opset < 17) have no LayerNormalization op: the same blocks are found."""
+    path = leela.write_leela_file(tmp_path / "old.onnx", width=WIDTH, depth=3, seed=2, opset=14)
+    net = leela.load_leela(path)
+    assert len(leela.residual_blocks(net)) == 3
+    ref = leela.Lc0Like("attention", WIDTH, 3, seed=2).eval()
+    boards = leela.PROBE_FENS[:3]
+    out = {}
+    ref.body[2].register_forward_hook(lambda m, i, o: out.__setitem__("last", o))
+    with torch.no_grad():
+        ref(leela.encode_boards(net, boards))
+    assert torch.allclose(leela.residual_stream(net, boards, blocks=[2])[2], out["last"], atol=1e-4)
+
+
+def test_bad_files_and_the_offline_hub_fail_in_one_line(tmp_path, nets, monkeypatch):
+    with pytest.raises(CourseError, match="write_leela_file") as e:
+        leela.load_leela(tmp_path / "missing.onnx")
+    _one_line(e)
+    gz = tmp_path / "net.pb.gz"
+    gz.write_bytes(b"\x1f\x8b")
+    with pytest.raises(CourseError, match="leela2onnx") as e:
+        leela.load_leela(gz)
+    _one_line(e)
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(nets["attention"][0].read_bytes()[:5000])
+    with pytest.raises(CourseError, match="not a readable lc0 network") as e:
+        leela.load_leela(cut)
+    _one_line(e)
+    with pytest.raises(CourseError, match="filename") as e:
+        leela.load_leela(repo_id="lczero-planning/models")
+    _one_line(e)
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    import huggingface_hub.file_download as fd
+    monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path / "empty"), raising=False)
+    with pytest.raises(CourseError, match="not in the local Hugging Face cache.*write_leela_file") as e:
+        leela.load_leela()
+    _one_line(e)
+
+
+def test_hub_fixture_is_found_offline_under_the_space(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+    import huggingface_hub.file_download as fd
+
+    info = leela.write_leela_fixture(tmp_path / "hub", seed=0)
+    assert info["files"] == [leela.HUB_FILE] and (tmp_path / "hub" / "spaces--Xmaster6y--lczerolens-demo").is_dir()
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+    net = leela.load_leela()
+    assert leela.is_fixture(net) and len(leela.residual_blocks(net)) == 15   # T82's depth
+    wdl = leela.evaluate(net, chess.Board()).wdl
+    assert abs(wdl.win + wdl.draw + wdl.loss - 1) < 1e-5
+
+
+def _mates_in_one(board) -> list:
+    out = []
+    for m in list(board.legal_moves):
+        board.push(m)
+        if board.is_checkmate():
+            out.append(m)
+        board.pop()
+    return out
+
+
+def _mates_in_two(board) -> list:
+    keys = []
+    for m in list(board.legal_moves):
+        board.push(m)
+        if not board.is_game_over() and all(_reply_mated(board, r) for r in list(board.legal_moves)):
+            keys.append(m)
+        board.pop()
+    return keys
+
+
+def _reply_mated(board, reply) -> bool:
+    board.push(reply)
+    ok = bool(_mates_in_one(board))
+    board.pop()
+    return ok
+
+
+def test_puzzles_are_legal_mates_in_two_with_a_single_key_move():
+    assert len(leela.PUZZLES) >= 8 and any(not chess.Board(p["fen"]).turn for p in leela.PUZZLES)
+    for p in leela.PUZZLES:
+        leela.check_puzzle(p)
+        board = chess.Board(p["fen"])
+        assert not _mates_in_one(board), p["fen"]
+        assert [m.uci() for m in _mates_in_two(board)] == [p["moves"][0]], p["fen"]
+        first, third = (chess.Move.from_uci(p["moves"][k]).to_square for k in (0, 2))
+        assert first != third
+    bad = dict(leela.PUZZLES[0], moves=("e5e6", "f7e8", "a6a7"))
+    with pytest.raises(CourseError, match="does not end in mate"):
+        leela.check_puzzle(bad)
+    with pytest.raises(CourseError, match="not legal"):
+        leela.check_puzzle(dict(leela.PUZZLES[0], moves=("e5e7",)))
+
+
+def test_lookahead_labels_are_the_third_moves_target_in_lc0s_frame():
+    labels = leela.lookahead_labels()
+    plain = leela.lookahead_labels(lc0_frame=False)
+    for p, a, b in zip(leela.PUZZLES, labels, plain):
+        target = chess.Move.from_uci(p["moves"][2]).to_square
+        assert b == target
+        assert a == (target if chess.Board(p["fen"]).turn else chess.square_mirror(target))
+    # a puzzle and its colour-swapped copy get the same label in lc0's frame
+    assert labels[0] == labels[8] and labels[1] == labels[9]
+    with pytest.raises(CourseError, match="move must be"):
+        leela.lookahead_labels(move=3)
+
+
+def test_concept_labels_from_python_chess_agree_with_lczerolens_facts():
+    labels = leela.concept_labels(leela.PROBE_FENS)
+    assert labels["material_balance"][0] == 0 and labels["mobility"][0] == 20 and labels["in_check"][0] == 0
+    assert labels["in_check"][3] == 1 and labels["mobility"][3] == 0          # fool's mate: White is mated
+    assert labels["has_queen_us"][4] == 0 and labels["material_balance"][4] == 1
+    assert labels["has_queen_them"][7] == 1 and labels["material_balance"][7] == -9   # Black to move, down a queen
+    facts = importlib.import_module("lczerolens.facts")
+    for fen, bal in zip(leela.PROBE_FENS, labels["material_balance"]):
+        b = chess.Board(fen)
+        us = facts.MaterialAnalyzer(facts.FactPerspective.SIDE_TO_MOVE).analyze(b).value
+        them = facts.MaterialAnalyzer(facts.FactPerspective.WHITE if not b.turn else facts.FactPerspective.BLACK
+                                      ).analyze(b).value
+        assert us - them == bal, fen
+    with pytest.raises(CourseError, match="unknown concept"):
+        leela.concept_labels(leela.PROBE_FENS, ["elo"])
+
+
+def test_probe_dataset_gives_per_block_features_and_labels(nets):
+    _, net = nets["attention"]
+    feats, labels = leela.probe_dataset(net, leela.puzzle_boards(), names=("material_balance", "in_check"))
+    n = len(leela.PUZZLES)
+    assert sorted(feats) == list(range(DEPTH)) and all(f.shape == (n, WIDTH) for f in feats.values())
+    assert set(labels) == {"material_balance", "in_check"} and all(len(v) == n for v in labels.values())
+    flat, _ = leela.probe_dataset(net, leela.puzzle_boards(), names=("in_check",), blocks=[1], pool="flat")
+    assert flat[1].shape == (n, 64 * WIDTH)
+
+
+def test_t4_estimate_is_labelled_and_follows_the_shapes():
+    est = leela.t4_estimate()
+    assert est["estimate"] is True and est["assumptions"]["n_params"] == leela.T82["n_params"]
+    assert abs(est["parts_gib"]["gpu model"] - leela.T82["n_params"] * 4 / 2**30) < 0.01
+    more = leela.t4_estimate(n_puzzles=20000, cached_blocks=4)
+    assert more["host_gib"] > est["host_gib"] and more["gpu_gib"] == est["gpu_gib"]
+    assert leela.t4_estimate(batch=1024)["gpu_gib"] > est["gpu_gib"]
+    assert np.isclose(more["parts_gib"]["host cached_stream"], 20000 * 4 * 64 * 768 * 4 / 2**30, atol=1e-3)
