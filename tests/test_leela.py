@@ -2,6 +2,7 @@
 torch, lc0-format fixtures (attention body and ResNet) load through the course loader and evaluate, the
 residual blocks found from the graph are the right tensors, failures are one line, puzzles are sound."""
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from utils.alphazero import leela
+from utils.checkpoints import REPO_ROOT
 from utils.core import CourseError
 
 leela.ensure_lczerolens()      # installed without dependencies when `pip install -r requirements.txt` alone ran
@@ -45,12 +47,22 @@ def test_lczerolens_imports_beside_the_cpu_torch_and_leaves_no_stand_in():
             nms.torchvision.ops.nms(None, None, 0.5)
 
 
-def test_a_fresh_interpreter_imports_lczerolens_through_the_course():
-    code = ("import sys; from utils.alphazero.leela import ensure_lczerolens, import_lczerolens; ensure_lczerolens(); "
-            "lz = import_lczerolens(); import torch; "
-            "assert not getattr(sys.modules.get('torchvision'), '__course_stub__', False); print(lz.__version__)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+def test_a_fresh_interpreter_imports_lczerolens_past_a_broken_torchvision(tmp_path):
+    """A torchvision that is installed but does not import (PyPI's build beside the CPU torch raises
+    `operator torchvision::nms does not exist`) is set aside: lczerolens imports, nothing is left behind."""
+    broken = tmp_path / "site" / "torchvision"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    # leela.py alone (utils.alphazero's __init__ imports transformer_lens, which a broken torchvision breaks)
+    code = ("import sys, importlib.util as u; s = u.spec_from_file_location('leela', 'utils/alphazero/leela.py'); "
+            "leela = sys.modules['leela'] = u.module_from_spec(s); s.loader.exec_module(leela); leela.ensure_lczerolens(); "
+            "lz = leela.import_lczerolens(); import torch; "
+            "assert not any(m.split('.')[0] == 'torchvision' for m in sys.modules), 'left behind'; "
+            "print(lz.__version__)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith(leela.LCZEROLENS_VERSION)
 

@@ -395,12 +395,21 @@ def _dominator_chain(gm) -> tuple[list, set]:
     return chain[::-1], set(idom)
 
 
+_MATRIX_OPS = ("conv", "linear", "matmul", "gemm")   # onnx2torch's module classes that multiply by a weight
+
+
 def _has_matrix(gm, node, mods) -> bool:
-    """True when `node` multiplies by a weight of two or more dimensions (conv kernel, dense matrix)."""
-    if node.op == "call_module":
-        m = mods.get(node.target)
-        if m is not None and any(t.ndim >= 2 for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False))):
-            return True
+    """True when `node` multiplies its input by a weight of two or more dimensions (a convolution
+    kernel, a dense matrix): a Conv / Linear / MatMul / Gemm module (the converted op's class, not the
+    node's name) with such a parameter or constant input. Constants merely reshaped or broadcast (a
+    positional encoding) do not count."""
+    if node.op != "call_module" or node.target not in mods:
+        return False
+    m = mods[node.target]
+    if not any(op in type(m).__name__.lower() for op in _MATRIX_OPS):
+        return False
+    if any(t.ndim >= 2 for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False))):
+        return True
     for a in node.all_input_nodes:
         if a.op == "get_attr":
             t = gm
@@ -409,6 +418,16 @@ def _has_matrix(gm, node, mods) -> bool:
             if isinstance(t, Tensor) and t.ndim >= 2 and min(t.shape) > 1:
                 return True
     return False
+
+
+def _module_of(node) -> str:
+    """The module whose output a graph node is (onnx2torch makes a module of every ONNX node; a
+    non-module node is followed back through its first input)."""
+    while node.op != "call_module":
+        if not node.all_input_nodes:
+            raise CourseError(f"graph node {node.name} is not the output of a module: record modules by path instead")
+        node = node.all_input_nodes[0]
+    return node.target
 
 
 def residual_blocks(net) -> list[Block]:
@@ -450,24 +469,18 @@ def residual_blocks(net) -> list[Block]:
     for k, (a, b, soft) in enumerate(regions):
         if attention and soft:
             continue                      # the attention sublayer: the block ends after its feed-forward
-        node = starts[k + 1]
-        while node.op != "call_module":   # the stream as a module output (onnx2torch makes modules of nodes)
-            node = node.all_input_nodes[0]
-        blocks.append(Block(len(blocks), node.target, "attention" if attention else ("conv" if convs else "dense")))
+        kind = "attention" if attention else ("conv" if convs else "dense")
+        blocks.append(Block(len(blocks), _module_of(starts[k + 1]), kind))
+    net.course_embedding = _module_of(starts[0])
     net.course_blocks = blocks
     return blocks
 
 
 def embedding_module(net) -> str:
-    """Module path of the residual stream before the first block (after the input embedding / conv)."""
-    gm = graph_module(net)
+    """Module path of the residual stream before the first block (the input embedding's output: where
+    the first residual region starts)."""
     residual_blocks(net)
-    chain, _ = _dominator_chain(gm)
-    mods = dict(gm.named_modules())
-    for x in chain:
-        if len([u for u in x.users if u.op != "output"]) >= 2 and x.op == "call_module" and x.target in mods:
-            return x.target
-    raise CourseError("found no embedding output in this graph")
+    return net.course_embedding
 
 
 def squares_first(t: Tensor, batch: int) -> Tensor:
@@ -643,23 +656,29 @@ def check_puzzle(p: dict) -> None:
 
 # ------------------------------------------------------------------ the offline fixture
 class _Encoder(nn.Module):
-    """A post-LayerNorm encoder layer as in lc0's attention body (without smolgen or DeepNorm scaling)."""
+    """A post-LayerNorm encoder layer laid out as in lc0's attention body: DeepNorm-scaled skips
+    (x * alpha + f(x)), and smolgen, which adds attention logits generated from the whole board
+    (a per-layer compression, then a weight shared by every layer, passed in as `shared`)."""
 
-    def __init__(self, d: int, heads: int, dff: int):
+    def __init__(self, d: int, heads: int, dff: int, alpha: float, gen: int = 16):
         super().__init__()
-        self.heads, self.dh = heads, d // heads
+        self.heads, self.dh, self.alpha, self.gen = heads, d // heads, alpha, gen
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ff1, self.ff2 = nn.Linear(d, dff), nn.Linear(dff, d)
+        self.compress = nn.Linear(d, 4, bias=False)
+        self.gen1, self.gen2 = nn.Linear(64 * 4, 32), nn.Linear(32, heads * gen)
 
-    def forward(self, x: Tensor) -> Tensor:            # [B, 64, d]
+    def forward(self, x: Tensor, shared: nn.Linear) -> Tensor:            # [B, 64, d]
         def split(t):
             return t.reshape(-1, 64, self.heads, self.dh).transpose(1, 2)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        att = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(self.dh), -1)
+        g = self.gen2(torch.relu(self.gen1(self.compress(x).flatten(1)))).reshape(-1, self.heads, self.gen)
+        smolgen = shared(g).reshape(-1, self.heads, 64, 64)
+        att = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(self.dh) + smolgen, -1)
         y = (att @ v).transpose(1, 2).reshape(-1, 64, self.heads * self.dh)
-        x = self.ln1(x + self.o(y))
-        return self.ln2(x + self.ff2(torch.relu(self.ff1(x))))
+        x = self.ln1(x * self.alpha + self.o(y))
+        return self.ln2(x * self.alpha + self.ff2(torch.relu(self.ff1(x))))
 
 
 class _SEBlock(nn.Module):
@@ -680,7 +699,9 @@ class Lc0Like(nn.Module):
     """A reduced-width lc0-format network with random weights: input [B, 112, 8, 8]; outputs policy
     logits [B, 1858], WDL probabilities [B, 3], moves-left [B, 1]. arch "attention" (T82's layout:
     per-square embedding, post-LN encoder layers, attention policy over from-to square pairs) or
-    "resnet" (SE-ResNet, convolutional policy over 80 x 64 planes), gathered to lc0's 1858 moves."""
+    "resnet" (SE-ResNet, convolutional policy over 80 x 64 planes), gathered to lc0's 1858 moves. The
+    attention body has T82's structure at small width: a concatenated positional encoding, DeepNorm skips,
+    smolgen with a weight shared across layers (no mask or promotion logits in the policy)."""
 
     def __init__(self, arch: str = "attention", width: int = 32, depth: int = 15, heads: int = 4, seed: int = 0):
         super().__init__()
@@ -691,8 +712,11 @@ class Lc0Like(nn.Module):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             if arch == "attention":
-                self.embed = nn.Linear(112, width)
-                self.body = nn.ModuleList(_Encoder(width, heads, 2 * width) for _ in range(depth))
+                self.register_buffer("pos", torch.eye(64))           # a positional encoding, concatenated
+                self.embed = nn.Linear(112 + 64, width)
+                self.body = nn.ModuleList(_Encoder(width, heads, 2 * width, (2 * depth) ** -0.25)
+                                          for _ in range(depth))
+                self.smolgen = nn.Linear(16, 64 * 64, bias=False)
                 self.pq, self.pk = nn.Linear(width, width), nn.Linear(width, width)
                 n_logits, self.value_in = 64 * 64, nn.Linear(width, 32)
                 self.mlh_in = nn.Linear(width, 8)
@@ -708,9 +732,10 @@ class Lc0Like(nn.Module):
 
     def forward(self, planes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.arch == "attention":
-            x = torch.relu(self.embed(planes.flatten(2).transpose(1, 2)))      # [B, 64, width]
+            x = planes.flatten(2).transpose(1, 2)                               # [B, 64, 112]
+            x = torch.relu(self.embed(torch.cat([x, self.pos.expand(x.shape[0], 64, 64)], -1)))   # [B, 64, width]
             for layer in self.body:
-                x = layer(x)
+                x = layer(x, self.smolgen)
             logits = (self.pq(x) @ self.pk(x).transpose(1, 2)) / math.sqrt(self.width)
             v, m = self.value_in(x), self.mlh_in(x)
         else:

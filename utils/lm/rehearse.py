@@ -149,6 +149,37 @@ def rehearse_drc33(n_levels: int = 8, think_steps=(0, 2), max_steps: int = 12) -
     return out
 
 
+def rehearse_leela(n_boards: int = 64) -> dict:
+    """Chapter 05's Leela Chess Zero path, in this process (run it with the fixture environment): load
+    the look-ahead network's hub file through `utils.alphazero.leela` (lczerolens), evaluate the puzzles
+    and random positions, find the residual blocks, gather the probe dataset (concepts, look-ahead
+    labels). Returns shapes, timings and the T4 ESTIMATE for the real T82 network (leela.t4_estimate)."""
+    from utils.alphazero import leela
+
+    leela.ensure_lczerolens()
+    t0 = time.time()
+    net = leela.load_leela()
+    if not leela.is_fixture(net):
+        raise RuntimeError(f"expected the hub fixture for {leela.HUB_REPO}, got the real network")
+    blocks = leela.residual_blocks(net)
+    out: dict = {"model": {"params": sum(p.numel() for p in net.parameters()), "blocks": len(blocks),
+                           "kind": blocks[0].kind, "seconds": round(time.time() - t0, 1)}}
+    t1 = time.time()
+    boards = leela.puzzle_boards() + leela.random_boards(n_boards, seed=0)
+    out["evaluated"] = len(leela.evaluate(net, boards))
+    moves = leela.best_moves(net, leela.puzzle_boards())
+    out["puzzle_first_move_found"] = f"{sum(m == p['moves'][0] for m, p in zip(moves, leela.PUZZLES))}/{len(moves)}"
+    feats, labels = leela.probe_dataset(net, boards)
+    out["probe_features"] = {str(b): list(f.shape) for b, f in list(feats.items())[:2]}
+    out["concepts"] = sorted(labels)
+    out["lookahead_labels"] = leela.lookahead_labels().tolist()
+    out["claims"] = "skipped: random weights (a fixture), no probe accuracy is meaningful"
+    print(f"leela: {out['claims']}")
+    out["seconds"] = round(time.time() - t1, 1)
+    out["t4"] = leela.t4_estimate()
+    return out
+
+
 def _ensure_agent_fixtures(hf_home: Path) -> None:
     """Write the released-agent fixtures a fixtures folder lacks (one written before a loader was
     added), without rewriting the rest."""
