@@ -269,3 +269,21 @@ def test_boxoban_like_rooms_ten_by_ten_with_four_boxes():
     assert replay(small, []) == (False, 0.0) and small.moves is None
     frames = drc33.tinyworld(Sokoban(4, bank, auto_reset=False).set_levels(np.arange(4)))
     assert frames.shape == (4, 3, 10, 10)
+
+
+def test_chapter_measurements_run_on_the_released_drc(released):
+    """Section 8 of chapter 08 on the full-shape fixture: thinking curve, pacing, probes by distance
+    with the observation-only and random-init controls, and route steering away from the agent."""
+    from utils.planning.released import measure_released, released_bank
+
+    bank = released_bank(8)
+    assert len(bank) == 8 and bank.size == 10 and all(len(lv.boxes) == 4 for lv in bank)
+    out = measure_released(released[1], bank, max_steps=10, think_steps=(0, 1), probe_epochs=5, n_random_init=1,
+                           progress=lambda *a: None)
+    assert set(out["thinking"]) == {0, 1} and out["n_levels"] == 8
+    for k in ("thinking_gain", "pacing_start", "pacing_later", "pacing_start_minus_later"):
+        m, lo, hi = out[k]
+        assert lo <= m <= hi
+    assert set(out["probe"]) == set(out["probe_obs"]) == {"agent's square", "1", "2-3", "4+", "1+"}
+    assert len(out["probe_random_init_away"]) == 1
+    assert set(out["steer_away"]) == {"probe", "matched", "isotropic"} and 0 <= out["n_steer_levels"] <= 8

@@ -89,3 +89,22 @@ def test_training_unrolls_use_the_given_state_reset():
     with torch.random.fork_rng(devices=[]):
         train_agent("drc", 0, cfg, progress=False, reset_fn=spy)
     assert len(calls) > 100 and max(calls) >= 1
+
+
+def test_plan_probe_by_distance_and_decode_plan(played):
+    from utils.planning.probes import PLAN_BINS, decode_plan, plan_probe_by_distance
+
+    p = played
+    probe, table = plan_probe_by_distance(p, p.acts["hook_h.0.0"], seed=0, epochs=10)
+    assert set(table) == {"agent's square", "1", "2-3", "4+", "1+"} and len(PLAN_BINS) == 5
+    # "1+" pools every bin but the agent's own square
+    assert table["1+"]["n_rows"] == sum(table[b]["n_rows"] for b in ("1", "2-3", "4+"))
+    with pytest.raises(CourseError, match="plan target"):
+        plan_probe_by_distance(p, p.acts["hook_h.0.0"], "wall")
+    dec = decode_plan(probe, p.acts["hook_h.0.0"], p)
+    n, T = p.actions.shape
+    assert dec.shape == (n, T, 6, 6) and dec.min() >= 0 and dec.max() <= 4
+    assert (dec[np.broadcast_to(p.walls[:, None], dec.shape)] == 0).all()      # nothing decoded on walls
+    assert (dec[~p.live] == 0).all()                                           # nor after the end
+    with pytest.raises(CourseError, match="activations"):
+        decode_plan(probe, p.acts["hook_h.0.0"][:, :2], p)
