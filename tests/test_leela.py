@@ -55,7 +55,8 @@ def test_a_fresh_interpreter_imports_lczerolens_past_a_broken_torchvision(tmp_pa
     (broken / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
     # leela.py alone (utils.alphazero's __init__ imports transformer_lens, which a broken torchvision breaks)
     code = ("import sys, importlib.util as u; s = u.spec_from_file_location('leela', 'utils/alphazero/leela.py'); "
-            "leela = sys.modules['leela'] = u.module_from_spec(s); s.loader.exec_module(leela); leela.ensure_lczerolens(); "
+            "leela = sys.modules['leela'] = u.module_from_spec(s); s.loader.exec_module(leela); "
+            "leela.ensure_lczerolens(); "
             "lz = leela.import_lczerolens(); import torch; "
             "assert not any(m.split('.')[0] == 'torchvision' for m in sys.modules), 'left behind'; "
             "print(lz.__version__)")
@@ -189,6 +190,13 @@ def test_hub_fixture_is_found_offline_under_the_space(tmp_path, monkeypatch):
     monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
     net = leela.load_leela()
     assert leela.is_fixture(net) and len(leela.residual_blocks(net)) == 15   # T82's depth
+    # the look-ahead net ignores history: its boards are encoded without it, whatever their move stack
+    assert net.course_input_format == "no_history_zeros"
+    played = chess.Board()
+    for uci in ("e2e4", "e7e5", "g1f3"):
+        played.push_uci(uci)
+    assert leela.encode_boards(net, [played])[0, 13:104].abs().sum() == 0
+    assert leela.encode_boards(net, [played], input_format="classical_112")[0, 13:104].abs().sum() > 0
     wdl = leela.evaluate(net, chess.Board()).wdl
     assert abs(wdl.win + wdl.draw + wdl.loss - 1) < 1e-5
 

@@ -83,14 +83,18 @@ INSTALL_HINT = ("python -m pip install --no-deps lczerolens==0.5.1 onnx2torch==1
 HUB_REPO = "Xmaster6y/lczerolens-demo"
 REPO_TYPE = "space"          # the hub cache keeps it under spaces--Xmaster6y--lczerolens-demo
 HUB_FILE = "demo/onnx-models/look-ahead-lc0.onnx"
-NETWORKS = {"t82-lookahead": dict(repo_id=HUB_REPO, filename=HUB_FILE, repo_type=REPO_TYPE)}
+# input_format: the network was fine-tuned to ignore history and zeroes what it gets (leela-interp's
+# LeelaBoard docstring), so its boards are encoded without history planes
+NETWORKS = {"t82-lookahead": dict(repo_id=HUB_REPO, filename=HUB_FILE, repo_type=REPO_TYPE,
+                                  input_format="no_history_zeros")}
 DEFAULT_NETWORK = "t82-lookahead"
 # T82-768x15x24h (Jenner et al.'s network): its shape, for the T4 estimate. About 109M parameters (research
 # notes, from leela-interp); the feed-forward width dff is not read from the file: 4 x 768 = 3072 is what
 # makes 15 layers of attention (4 x 768^2) and feed-forward (2 x 768 x dff) add up to about 106M of them
 T82 = dict(n_params=109_000_000, n_layers=15, d_model=768, n_heads=24, dff=3072, squares=64, policy=1858)
 FIXTURE_KEY = "course_fixture"
-FIXTURE_TEXT = f"{FIXTURE_KEY}: random weights written by utils.alphazero.leela.write_leela_file; numbers are meaningless"
+FIXTURE_TEXT = (f"{FIXTURE_KEY}: random weights written by utils.alphazero.leela.write_leela_file; "
+                "numbers are meaningless")
 OFFLINE_HINT = ("write a random-weight stand-in in the real format with utils.alphazero.leela.write_leela_file(path) "
                 "and load_leela(path) (or `python -m utils.lm fixtures --out DIR --gemma none`, then HF_HOME=DIR "
                 "HF_HUB_OFFLINE=1), or run chapter 05 on its own agents (PROFILE = 'cpu', USE_HUB = False)")
@@ -183,8 +187,11 @@ def _file_is_fixture(path: Path) -> bool:
         return FIXTURE_KEY.encode() in f.read(4096)
 
 
-def load_leela_file(path: str | os.PathLike, out_keys: Sequence[str] | None = None, device: str = "cpu"):
-    """An lczerolens `LczeroModel` (eval mode) from an lc0 ONNX file (or a pickled lczerolens `.pt`)."""
+def load_leela_file(path: str | os.PathLike, out_keys: Sequence[str] | None = None, device: str = "cpu",
+                    input_format: str = "classical_112"):
+    """An lczerolens `LczeroModel` (eval mode) from an lc0 ONNX file (or a pickled lczerolens `.pt`);
+    `input_format` (an lczerolens InputFormat value) is how encode_boards / evaluate / record encode
+    boards for it unless told otherwise (net.course_input_format)."""
     path = Path(path)
     if not path.is_file():
         raise CourseError(f"no lc0 network at {path}: give the path of an lc0 ONNX file (`lc0 leela2onnx` makes one "
@@ -207,18 +214,21 @@ def load_leela_file(path: str | os.PathLike, out_keys: Sequence[str] | None = No
     model = model.to(device).eval()
     model.course_fixture = path.suffix == ".onnx" and _file_is_fixture(path)
     model.course_source = str(path)
+    model.course_input_format = _input_format(input_format).value
     return model
 
 
 def load_leela(name_or_path: str | os.PathLike | None = None, *, repo_id: str | None = None,
                filename: str | None = None, repo_type: str | None = None, out_keys: Sequence[str] | None = None,
-               device: str = "cpu"):
+               device: str = "cpu", input_format: str | None = None):
     """An lc0 network as an lczerolens `LczeroModel`: from a local path, else a hub file (a name in
     NETWORKS, default "t82-lookahead", or repo_id + filename) from the Hugging Face cache, downloaded
     only when the hub is reachable and HF_HUB_OFFLINE is not set. Offline without the file: one line
-    naming the offline fixture. Call it in the gpu profile, or in cpu when `hub_opted_in` says so."""
+    naming the offline fixture. Call it in the gpu profile, or in cpu when `hub_opted_in` says so.
+    input_format: how boards are encoded for it (default: the NETWORKS entry's, else "classical_112")."""
     if name_or_path is not None and (str(name_or_path) not in NETWORKS or Path(name_or_path).exists()):
-        return load_leela_file(name_or_path, out_keys=out_keys, device=device)
+        return load_leela_file(name_or_path, out_keys=out_keys, device=device,
+                               input_format=input_format or "classical_112")
     spec = dict(NETWORKS[str(name_or_path or DEFAULT_NETWORK)])
     if repo_id is not None:
         if filename is None:
@@ -238,7 +248,8 @@ def load_leela(name_or_path: str | os.PathLike | None = None, *, repo_id: str | 
     except Exception as e:  # noqa: BLE001 - every failure to find the file gets the same advice
         raise CourseError(f"{spec['repo_id']}/{spec['filename']} is not in the local Hugging Face cache and the hub "
                           f"is unavailable ({type(e).__name__}): {OFFLINE_HINT}") from None
-    return load_leela_file(local, out_keys=out_keys, device=device)
+    return load_leela_file(local, out_keys=out_keys, device=device,
+                           input_format=input_format or spec.get("input_format", "classical_112"))
 
 
 # ------------------------------------------------------------------ boards in, heads out
@@ -272,20 +283,23 @@ def _input_format(fmt):
         raise CourseError(f"unknown input format {fmt!r}: one of {[f.value for f in lz.InputFormat]}") from None
 
 
-def evaluator(net, input_format: str = "classical_112"):
-    """lczerolens' `LczeroEvaluator` for `net` (input encoding, legal-move policy, WDL, value, MLH)."""
+def evaluator(net, input_format: str | None = None):
+    """lczerolens' `LczeroEvaluator` for `net` (input encoding, legal-move policy, WDL, value, MLH);
+    input_format None: the network's own (net.course_input_format, set by load_leela)."""
     lz = import_lczerolens()
-    return lz.LczeroEvaluator(net, input_format=_input_format(input_format))
+    fmt = input_format or getattr(net, "course_input_format", "classical_112")
+    return lz.LczeroEvaluator(net, input_format=_input_format(fmt))
 
 
-def encode_boards(net, boards, input_format: str = "classical_112") -> Tensor:
+def encode_boards(net, boards, input_format: str | None = None) -> Tensor:
     """lczerolens' encoding of `boards` (chess.Board or FEN), [B, 112, 8, 8] float32 on net's device.
-    Boards made from a FEN carry no history: "classical_112" then leaves the history planes zero."""
+    input_format None: the network's own (load_leela sets it; "no_history_zeros" for the look-ahead net).
+    Boards made from a FEN carry no history: "classical_112" then leaves the history planes zero too."""
     lz = import_lczerolens()
     return evaluator(net, input_format).prepare(_boards(boards))[lz.LczeroKeys.INPUT_PLANES]
 
 
-def evaluate(net, boards, input_format: str = "classical_112"):
+def evaluate(net, boards, input_format: str | None = None):
     """lczerolens' EvaluationBatch for a list of boards (an Evaluation for one chess.Board or FEN):
     `.policy` over the legal moves, `.wdl`, `.value`, `.mlh`, and `.tensors` (the TensorDict)."""
     import chess
@@ -295,7 +309,7 @@ def evaluate(net, boards, input_format: str = "classical_112"):
     return batch[0] if isinstance(boards, (chess.Board, str)) else batch
 
 
-def best_moves(net, boards, input_format: str = "classical_112") -> list[str]:
+def best_moves(net, boards, input_format: str | None = None) -> list[str]:
     """The network's top legal move (UCI) for each board, from the policy head alone."""
     lz = import_lczerolens()
     boards = _boards(boards)
@@ -329,7 +343,7 @@ def _run(net, planes: Tensor) -> None:
         graph_module(net)(planes)
 
 
-def record(net, boards, modules: Sequence[str], input_format: str = "classical_112", batch_size: int = 64,
+def record(net, boards, modules: Sequence[str], input_format: str | None = None, batch_size: int = 64,
            planes: Tensor | None = None) -> dict[str, Tensor]:
     """Outputs of the modules at `modules` (paths from `hookable_modules`) for `boards`, on the CPU:
     {path: Tensor [B, ...]}, through forward hooks, in batches of `batch_size`."""
@@ -499,7 +513,7 @@ def squares_first(t: Tensor, batch: int) -> Tensor:
                       f"([B, C, 8, 8], [B, 64, C] or [B * 64, C])")
 
 
-def residual_stream(net, boards, blocks: Sequence[int] | None = None, input_format: str = "classical_112",
+def residual_stream(net, boards, blocks: Sequence[int] | None = None, input_format: str | None = None,
                     batch_size: int = 64, embedding: bool = False) -> dict[int, Tensor]:
     """The residual stream after each block (or the `blocks` asked for), {block: [B, 64, C]} on the CPU,
     squares in lc0's side-to-move orientation (`lc0_square`); block -1 is the embedding when `embedding`."""
