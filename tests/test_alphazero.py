@@ -181,7 +181,7 @@ def test_nmf_threat_pairs_ablation_and_auc():
     boards = random_positions(C4, 300, seed=4, min_moves=6)
     clean, corrupt, squares = C.threat_pairs(C4, boards)
     assert C.winning_moves(C4, clean, -1).any(1).all() and not C.winning_moves(C4, corrupt, -1).any(1).any()
-    assert (squares.sum((1, 2)) == 4).all() and ((clean != corrupt).sum((1, 2)) == 1).all()
+    assert (squares.sum((1, 2)) == 4).all() and ((clean != corrupt).sum((1, 2)) == 2).all()
     net = AZNet(game="connect_four", channels=8, n_blocks=1).eval()
     d = C.nmf_layer(net, boards[:50], "blocks.0.hook_resid", 3, iters=50)
     eff = C.ablate_component(net, boards[:50], "blocks.0.hook_resid", d["maps"], d["H"], 0)
@@ -189,6 +189,53 @@ def test_nmf_threat_pairs_ablation_and_auc():
     zero = C.ablate_component(net, boards[:50], "blocks.0.hook_resid", d["maps"] * 0, d["H"], 0)
     assert np.allclose(zero["kl"], 0, atol=1e-6) and np.allclose(zero["dvalue"], 0, atol=1e-6)
     assert C.auc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0 and C.auc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5
+
+
+@pytest.mark.parametrize("game, n, moves", [(C4, 400, 6), (TTT, 400, 3)])
+def test_threat_pairs_corrupt_boards_are_legal_positions(game, n, moves):
+    """The corrupt board must be a position the game can reach: same occupied squares (gravity),
+    both players' stone counts kept (the side to move has as many stones as the opponent, or one
+    fewer), not finished, the threat broken. Swapping one opponent stone for an own stone (the old
+    behaviour) gives the side to move two stones too many."""
+    boards = random_positions(game, n, seed=4, min_moves=moves)
+    clean, corrupt, squares = C.threat_pairs(game, boards, seed=1)
+    assert len(clean) >= 10
+    for k in (clean, corrupt):
+        assert C.legal_counts(k).all()
+    assert np.array_equal((clean == 1).sum((1, 2)), (corrupt == 1).sum((1, 2)))
+    assert np.array_equal((clean == -1).sum((1, 2)), (corrupt == -1).sum((1, 2)))
+    assert np.array_equal(clean != 0, corrupt != 0)
+    assert not game.finished(corrupt).any() and not C.winning_moves(game, corrupt, -1).any()
+    changed = clean != corrupt
+    assert (changed.sum((1, 2)) == 2).all()
+    # one opponent stone of the line became own, one own stone off the line became the opponent's
+    assert ((changed & squares & (clean == -1) & (corrupt == 1)).sum((1, 2)) == 1).all()
+    assert ((changed & ~squares & (clean == 1) & (corrupt == -1)).sum((1, 2)) == 1).all()
+    for b in corrupt[:25]:           # every corrupt board is solvable as a legal position
+        game.solver_value(b)
+
+
+def test_square_patching_same_layer_recovers_each_squares_share():
+    """Patching one square of the layer the feature is read from recovers that square's share of
+    the gap (the map sums to 1), not the whole clean activation on every square."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = AZNet(game="connect_four", channels=8, n_blocks=1).eval()
+    boards = random_positions(C4, 300, seed=4, min_moves=6)
+    clean, corrupt, _ = C.threat_pairs(C4, boards)
+    layer = "blocks.0.hook_resid"
+    d = C.nmf_layer(net, boards[:100], layer, 3, iters=50)
+    gaps = [float((C.feature_strength(net, C4.encode(clean), layer, d["H"], k)
+                   - C.feature_strength(net, C4.encode(corrupt), layer, d["H"], k)).mean()) for k in range(3)]
+    comp = int(np.argmax(np.abs(gaps)))
+    same = C.square_patching(net, clean, corrupt, layer, layer, d["H"], comp)
+    assert same.shape == (4, 5) and abs(float(same.sum()) - 1.0) < 1e-4
+    assert not torch.allclose(same, torch.ones(4, 5))
+    # only the squares that differ between clean and corrupt, and their neighbours, carry the gap
+    stem = C.square_patching(net, clean, corrupt, "hook_stem", layer, d["H"], comp)
+    assert stem.shape == (4, 5) and torch.isfinite(stem).all() and not torch.allclose(stem, torch.ones(4, 5))
+    with pytest.raises(CourseError):
+        C.square_patching(net, clean, corrupt, "blocks.9.hook_resid", layer, d["H"], comp)
 
 
 def test_shipped_connect_four_artifacts():

@@ -209,7 +209,10 @@ def square_patching(net: AZNet, clean: np.ndarray, corrupt: np.ndarray, source_l
                     H: Tensor, comp: int) -> Tensor:
     """[rows, cols]: fraction of the feature's mean clean-minus-corrupt gap (at `target_layer`)
     recovered when the activation of ONE square of `source_layer` (all channels) is patched from
-    the clean run into the corrupt run (ratio of means over the pairs)."""
+    the clean run into the corrupt run (ratio of means over the pairs). With source and target the
+    same layer, the feature is read from the patched activation itself: each square then recovers
+    its own share of the gap (the map sums to 1, a check of the method)."""
+    check_names(net, [source_layer, target_layer])
     xc, xk = net.game.encode(clean), net.game.encode(corrupt)
     src = cache_activations(net, xc, [source_layer])[source_layer]
     f_clean = _feature_with_grad(net, xc, target_layer, H, comp)
@@ -217,39 +220,53 @@ def square_patching(net: AZNet, clean: np.ndarray, corrupt: np.ndarray, source_l
     gap = float((f_clean - f_corr).mean())
     if abs(gap) < 1e-8:
         raise CourseError("the feature is the same on clean and corrupt boards: pick a feature the contrast changes")
+    h = H[comp] / H[comp].norm().clamp_min(1e-12)
     r, c = net.game.shape
     out = torch.zeros(r, c)
     for i in range(r):
         for j in range(c):
-            def hook(act, hook, i=i, j=j):
+            store = {}
+
+            def patch(act, hook, i=i, j=j):
                 act = act.clone()
                 act[:, :, i, j] = src[:, :, i, j]
+                store["a"] = act           # read here when the target is the patched layer itself
                 return act
-            store = {}
 
             def keep(act, hook):
                 store["a"] = act
                 return act
-            hooks = [(source_layer, hook), (target_layer, keep)] if source_layer != target_layer else [(source_layer, hook)]
+            hooks = [(source_layer, patch)] + ([(target_layer, keep)] if target_layer != source_layer else [])
             net.run_with_hooks(xk, fwd_hooks=hooks)
-            a = store.get("a")
-            if a is None:   # patching the target layer itself
-                a = src.clone()
-            h = H[comp] / H[comp].norm().clamp_min(1e-12)
+            a = store["a"]
             f = torch.einsum("bcrk,c->b", a, h.to(a.dtype))
             out[i, j] = float((f - f_corr).mean()) / gap
     return out
 
 
+def legal_counts(boards: np.ndarray) -> np.ndarray:
+    """[B] bool: the stone counts of a reachable canonical board: the side to move has as many
+    stones as the opponent (it moved first) or one fewer (it moved second)."""
+    flat = np.asarray(boards).reshape(len(boards), -1)
+    d = (flat == 1).sum(1) - (flat == -1).sum(1)
+    return (d == 0) | (d == -1)
+
+
 def threat_pairs(game: Game, boards: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(clean, corrupt, threat squares [B, rows, cols] bool): for boards where the opponent threatens
-    to win at once, the corrupt board swaps ONE opponent stone of the threatening line for an own
-    stone (the line is broken, stone positions are kept); the threat squares are that line's cells."""
+    to win at once, the corrupt board EXCHANGES the colours of two stones: one opponent stone of the
+    threatening line becomes the side to move's, and one of the side to move's stones off that line
+    becomes the opponent's. The occupied squares and both players' stone counts are kept, so the
+    corrupt board is a legal position (same gravity, legal counts, game not over) in which the
+    threat is broken and no other opponent threat remains; boards without such an exchange are
+    skipped. The threat squares are the line's cells."""
+    boards = game.check_boards(boards)
     rng = np.random.default_rng(seed)
     wins = winning_moves(game, boards, -1)
+    ok = legal_counts(boards) & ~game.finished(boards)
     clean, corrupt, squares = [], [], []
-    for b, w in zip(boards, wins):
-        if not w.any():
+    for b, w, good in zip(boards, wins, ok):
+        if not (w.any() and good):
             continue
         flat = b.reshape(-1)
         cand = [ln for ln in game.lines if (flat[ln] == -1).sum() == game.connect - 1 and (flat[ln] == 0).sum() == 1]
@@ -258,18 +275,28 @@ def threat_pairs(game: Game, boards: np.ndarray, seed: int = 0) -> tuple[np.ndar
             continue
         ln = cand[rng.integers(len(cand))]
         opp = [i for i in ln if flat[i] == -1]
-        k = b.copy().reshape(-1)
-        k[opp[rng.integers(len(opp))]] = 1
-        k = k.reshape(b.shape)
-        if winning_moves(game, k[None], -1).any() or game.finished(k[None])[0]:
-            continue          # another threat remains, or the swap made a finished board: not a clean contrast
+        own = [i for i in np.flatnonzero(flat == 1) if i not in set(ln)]
+        found = None
+        for i_opp in rng.permutation(opp):
+            for i_own in rng.permutation(own):
+                k = flat.copy()
+                k[i_opp], k[i_own] = 1, -1
+                k = k.reshape(b.shape)
+                if not (winning_moves(game, k[None], -1).any() or game.finished(k[None])[0]):
+                    found = k
+                    break
+            if found is not None:
+                break
+        if found is None:
+            continue          # every exchange leaves a threat or ends the game: not a clean contrast
         sq = np.zeros(b.size, dtype=bool)
         sq[ln] = True
         clean.append(b)
-        corrupt.append(k)
+        corrupt.append(found)
         squares.append(sq.reshape(b.shape))
     if not clean:
-        raise CourseError("no board with an opponent threat: sample more (or later) positions")
+        raise CourseError("no board with an opponent threat that one exchange of stones breaks: sample more "
+                          "(or later) positions")
     return np.stack(clean), np.stack(corrupt), np.stack(squares)
 
 
