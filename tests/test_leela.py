@@ -309,3 +309,13 @@ def test_the_rehearsal_part_runs_on_the_hub_fixture(tmp_path, monkeypatch):
     assert out["model"]["blocks"] == 15 and out["model"]["kind"] == "attention"
     assert out["evaluated"] == len(leela.PUZZLES) + 4 and out["claims"].startswith("skipped")
     assert out["t4"]["estimate"] is True and out["t4"]["fits"] in (True, False)
+
+
+def test_fixture_module_takes_t82s_heads_and_feed_forward_width():
+    net = leela.Lc0Like("attention", width=48, depth=2, heads=6, dff=192)
+    assert net.body[0].heads == 6 and net.body[0].ff1.out_features == 192
+    with torch.no_grad():
+        policy, wdl, mlh = net(torch.zeros(2, 112, 8, 8))
+    assert policy.shape == (2, leela.POLICY_SIZE) and wdl.shape == (2, 3) and mlh.shape == (2, 1)
+    with pytest.raises(CourseError, match="arch"):
+        leela.Lc0Like("transformer")

@@ -720,7 +720,8 @@ class Lc0Like(nn.Module):
     attention body has T82's structure at small width: a concatenated positional encoding, DeepNorm skips,
     smolgen with a weight shared across layers (no mask or promotion logits in the policy)."""
 
-    def __init__(self, arch: str = "attention", width: int = 32, depth: int = 15, heads: int = 4, seed: int = 0):
+    def __init__(self, arch: str = "attention", width: int = 32, depth: int = 15, heads: int = 4, seed: int = 0,
+                 dff: int | None = None):
         super().__init__()
         if arch not in ("attention", "resnet"):
             raise CourseError(f"arch must be 'attention' or 'resnet', got {arch!r}")
@@ -731,7 +732,7 @@ class Lc0Like(nn.Module):
             if arch == "attention":
                 self.register_buffer("pos", torch.eye(64))           # a positional encoding, concatenated
                 self.embed = nn.Linear(112 + 64, width)
-                self.body = nn.ModuleList(_Encoder(width, heads, 2 * width, (2 * depth) ** -0.25)
+                self.body = nn.ModuleList(_Encoder(width, heads, dff or 2 * width, (2 * depth) ** -0.25)
                                           for _ in range(depth))
                 self.smolgen = nn.Linear(16, 64 * 64, bias=False)
                 self.pq, self.pk = nn.Linear(width, width), nn.Linear(width, width)
@@ -767,7 +768,7 @@ class Lc0Like(nn.Module):
 
 
 def write_leela_file(path: str | os.PathLike, arch: str = "attention", width: int = 32, depth: int = 15,
-                     seed: int = 0, opset: int = 17) -> Path:
+                     seed: int = 0, opset: int = 17, heads: int = 4, dff: int | None = None) -> Path:
     """Write a random-weight lc0-format ONNX network (reduced width) at `path`: lc0's input and output
     names, a batch axis, the heads ending in Identity nodes named like lc0's (`/output/policy`, ...),
     so lczerolens reads the heads from the graph as it does for `leela2onnx` files. opset < 17 writes
@@ -777,7 +778,7 @@ def write_leela_file(path: str | os.PathLike, arch: str = "attention", width: in
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = Lc0Like(arch, width, depth, seed=seed).eval()
+    net = Lc0Like(arch, width, depth, heads=heads, seed=seed, dff=dff).eval()
     outs = [f"/output/{h}" for h in HEADS]
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad():
