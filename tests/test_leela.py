@@ -319,3 +319,33 @@ def test_fixture_module_takes_t82s_heads_and_feed_forward_width():
     assert policy.shape == (2, leela.POLICY_SIZE) and wdl.shape == (2, 3) and mlh.shape == (2, 1)
     with pytest.raises(CourseError, match="arch"):
         leela.Lc0Like("transformer")
+
+
+@pytest.mark.parametrize("arch", ["attention", "resnet"])
+def test_patching_a_block_with_the_corrupted_stream_gives_the_corrupted_run(nets, arch):
+    """The stream after a found block is all the later layers see: patching it whole reproduces the
+    corrupted run's heads exactly (a check that the blocks really are the residual stream), patching
+    no square changes nothing, and a few squares move the heads part of the way."""
+    _, net = nets[arch]
+    clean, corrupt = list(leela.PROBE_FENS[:4]), list(leela.PROBE_FENS[4:8])
+    base = leela.run_patched(net, clean, {})
+    target = leela.run_patched(net, corrupt, {})
+    assert set(base) == set(leela.HEADS)
+    for block in (0, DEPTH // 2, DEPTH - 1):
+        whole = leela.patch_squares(net, clean, corrupt, block, range(64))
+        none = leela.patch_squares(net, clean, corrupt, block, [])
+        for h in leela.HEADS:
+            assert torch.allclose(whole[h], target[h], atol=1e-4), (block, h)
+            assert torch.allclose(none[h], base[h], atol=1e-6), (block, h)
+    some = leela.patch_squares(net, clean, corrupt, 0, [0, 9, 27])["policy"]
+    assert not torch.allclose(some, base["policy"]) and not torch.allclose(some, target["policy"])
+    # a function patch: zero-ablating the last block's stream changes the heads
+    last = leela.residual_blocks(net)[-1].path
+    zeroed = leela.run_patched(net, clean, {last: torch.zeros_like})
+    assert not torch.allclose(zeroed["policy"], base["policy"])
+    with pytest.raises(CourseError, match="in pairs") as e:
+        leela.patch_squares(net, clean, corrupt[:2], 0, [0])
+    _one_line(e)
+    with pytest.raises(CourseError, match="has shape") as e:
+        leela.run_patched(net, clean, {last: torch.zeros(1)})
+    _one_line(e)

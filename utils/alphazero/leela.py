@@ -6,6 +6,7 @@ when the learner opts in to the hub (`utils.course.gpu_check.hub_opted_in`: USE_
     batch = evaluate(net, [chess.Board()])              # lczerolens' EvaluationBatch (policy, wdl, mlh)
     stream = residual_stream(net, boards)               # {block: [B, 64, C]}, found from the graph, no node names
     acts = record(net, boards, ["some/module/path"])    # any module, by path (hookable_modules(net) lists them)
+    heads = patch_squares(net, clean, corrupt, block=6, squares=[lc0_square(sq, turn)])   # activation patching
 
 Networks. lc0 networks are gzipped protobuf (`.pb.gz`); interpretability work uses the ONNX that
 `lc0 leela2onnx` makes, which `lczerolens.LczeroModel.from_path` converts to a torch.fx GraphModule with
@@ -528,6 +529,76 @@ def residual_stream(net, boards, blocks: Sequence[int] | None = None, input_form
     planes = encode_boards(net, boards, input_format)
     acts = record(net, None, sorted(set(paths.values())), batch_size=batch_size, planes=planes)
     return {b: squares_first(acts[p], len(planes)) for b, p in sorted(paths.items())}
+
+
+def run_patched(net, boards, patches: dict, input_format: str | None = None,
+                planes: Tensor | None = None) -> dict[str, Tensor]:
+    """The network's raw heads {"policy": logits [B, 1858], "wdl": [B, 3], "mlh": [B, 1]} on `boards`
+    with module outputs replaced through forward hooks: `patches` maps a module path to a tensor of
+    that module's output shape or to a function output -> new output (activation patching, ablation,
+    steering; no node names involved)."""
+    gm = graph_module(net)
+    mods = dict(gm.named_modules())
+    missing = [m for m in patches if m not in mods]
+    if missing:
+        raise CourseError(f"no module {missing[0]!r} in this network: pick paths from hookable_modules(net) "
+                          f"or residual_blocks(net)")
+    if planes is None:
+        planes = encode_boards(net, boards, input_format)
+
+    def hook(path):
+        def replace(_m, _i, out):
+            new = patches[path](out) if callable(patches[path]) else patches[path]
+            new = torch.as_tensor(new, dtype=out.dtype, device=out.device)
+            if new.shape != out.shape:
+                raise CourseError(f"patch for {path!r} has shape {tuple(new.shape)}, the module outputs "
+                                  f"{tuple(out.shape)}")
+            return new
+        return replace
+
+    handles = [mods[m].register_forward_hook(hook(m)) for m in patches]
+    try:
+        with torch.no_grad():
+            outs = gm(planes)
+    finally:
+        for h in handles:
+            h.remove()
+    outs = (outs,) if isinstance(outs, Tensor) else tuple(outs)
+    return dict(zip(getattr(net, "heads", HEADS), outs))
+
+
+def _square_view(t: Tensor, batch: int) -> Tensor:
+    """`t` viewed as [B, 64, C] without copying where the layout allows ([B, C, 8, 8] is permuted)."""
+    if t.ndim == 4:
+        return t.flatten(2).transpose(1, 2)
+    return t.reshape(batch, 64, -1)
+
+
+def patch_squares(net, clean, corrupt, block: int, squares: Sequence[int], input_format: str | None = None
+                  ) -> dict[str, Tensor]:
+    """Activation patching on squares: the clean boards' run with the residual stream after `block`
+    replaced, on `squares` (lc0's frame, see lc0_square), by the corrupted boards' (pairwise, same
+    number of boards). Returns the raw heads as run_patched does. All 64 squares give the corrupted
+    run's heads exactly (the stream after a block is all the later layers see)."""
+    found = residual_blocks(net)
+    if not -len(found) <= block < len(found):
+        raise CourseError(f"this network has {len(found)} blocks (0-{len(found) - 1}), not block {block}")
+    clean, corrupt = _boards(clean), _boards(corrupt)
+    if len(clean) != len(corrupt):
+        raise CourseError(f"clean and corrupted boards go in pairs: {len(clean)} vs {len(corrupt)}")
+    bad = [q for q in squares if not 0 <= int(q) < 64]
+    if bad:
+        raise CourseError(f"squares are 0-63 (lc0's frame), got {bad}")
+    path = found[block].path
+    src = record(net, corrupt, [path], input_format)[path]
+    idx = torch.as_tensor([int(q) for q in squares], dtype=torch.long)
+
+    def swap(out):
+        new = out.clone()
+        _square_view(new, len(clean))[:, idx] = _square_view(src.to(out.device, out.dtype), len(clean))[:, idx]
+        return new
+
+    return run_patched(net, clean, {path: swap}, input_format)
 
 
 def lc0_square(square: int, turn: bool) -> int:
