@@ -164,6 +164,14 @@ def test_bad_files_and_the_offline_hub_fail_in_one_line(tmp_path, nets, monkeypa
     with pytest.raises(CourseError, match="not a readable lc0 network") as e:
         leela.load_leela(cut)
     _one_line(e)
+    import onnx
+
+    old = onnx.load(str(nets["attention"][0]))
+    old.opset_import[0].version = 14        # LayerNormalization at an opset onnx2torch has no converter for
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    with pytest.raises(CourseError, match="cannot convert its LayerNormalization nodes.*leela2onnx") as e:
+        leela.load_leela(tmp_path / "old.onnx")
+    _one_line(e)
     with pytest.raises(CourseError, match="filename") as e:
         leela.load_leela(repo_id="lczero-planning/models")
     _one_line(e)

@@ -41,7 +41,11 @@ and between them the residual regions that hold a weight matrix. A region with a
 sublayer; in an attention body a block is attention + feed-forward, in a ResNet each residual region is a
 block. The same code finds the 15 encoder layers of T82 and the blocks of the ResNet checkpoints. lc0
 flips the board for Black to move: square s of an activation is the side to move's square (square ^ 56
-for Black in python-chess numbering); `lc0_square` converts.
+for Black in python-chess numbering); `lc0_square` converts. Checked by hand on graphs lc0 itself wrote
+(`lc0 leela2onnx` of random-weight native networks: an SE-ResNet with 4 blocks, and T82's attention
+layout with 3 and 15 encoder layers, PE-map embedding, smolgen, Mish): the blocks found were lc0's
+`block{i}/conv2/relu` and `encoder{i}/ln2`, and patching a block whole reproduced the corrupted run.
+`run_patched` and `patch_squares` patch module outputs through the same hooks.
 
 Offline. `write_leela_file(path)` writes a RANDOM-weight network in the real format (ONNX with lc0's
 input and output names, `/input/planes` [B, 112, 8, 8] -> `/output/policy` [B, 1858], `/output/wdl`
@@ -207,6 +211,11 @@ def load_leela_file(path: str | os.PathLike, out_keys: Sequence[str] | None = No
     except Exception as e:  # noqa: BLE001 - lczerolens wraps every failure in ValueError("Could not load ...")
         cause = e.__cause__ or e
         first = (str(cause).splitlines() or [""])[0][:160]
+        if isinstance(cause, NotImplementedError) and "Converter is not implemented" in first:
+            op = first.split("operation_type=")[-1].split(",")[0].strip("'\"") if "operation_type=" in first else "?"
+            raise CourseError(f"{path}: onnx2torch cannot convert its {op} nodes at this opset: export the "
+                              f"network again with `lc0 leela2onnx --input=NET.pb.gz --output=NET.onnx` (default "
+                              f"opset 17)") from None
         if "output heads" in first and not out_keys:
             raise CourseError(f"{path}: lczerolens could not tell the heads from the graph's last nodes ({first}): "
                               f"pass out_keys, e.g. load_leela(path, out_keys=['policy', 'wdl', 'mlh'])") from None
