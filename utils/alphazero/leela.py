@@ -33,13 +33,16 @@ and `import_lczerolens()` imports lczerolens with a stand-in `torchvision.ops` (
 RoIAlign nodes; calling the stand-in raises) only while onnx2torch imports, and only when torchvision is
 absent or does not import; it removes the stand-in afterwards. Never `pip install lczerolens` unpinned
 without `--no-deps`: it pulls torchvision and may replace the CPU torch with a CUDA build.
+`ensure_lczerolens()` installs the two without dependencies into `_build/pip-no-deps` when they are
+missing (tests/test_leela.py and the rehearsal call it, so `make test` exercises the import).
 
 Activations. Everything goes through torch forward hooks on the modules of the converted graph, so no
 code here depends on ONNX node names. `residual_blocks(net)` finds the residual stream from the graph's
 structure: the nodes every path from the input to the heads goes through (the dominators of the output),
 and between them the residual regions that hold a weight matrix. A region with a softmax is an attention
 sublayer; in an attention body a block is attention + feed-forward, in a ResNet each residual region is a
-block. The same code finds the 15 encoder layers of T82 and the blocks of the ResNet checkpoints. lc0
+block. The same code is meant for T82's 15 encoder layers and the ResNet checkpoints' blocks (the real
+files are not downloaded here: check `len(residual_blocks(net))` on them). lc0
 flips the board for Black to move: square s of an activation is the side to move's square (square ^ 56
 for Black in python-chess numbering); `lc0_square` converts. Checked by hand on graphs lc0 itself wrote
 (`lc0 leela2onnx` of random-weight native networks: an SE-ResNet with 4 blocks, and T82's attention
