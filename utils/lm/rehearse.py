@@ -162,7 +162,8 @@ def rehearse_leela(n_boards: int = 64) -> dict:
     if not leela.is_fixture(net):
         raise RuntimeError(f"expected the hub fixture for {leela.HUB_REPO}, got the real network")
     blocks = leela.residual_blocks(net)
-    out: dict = {"model": {"params": sum(p.numel() for p in net.parameters()), "blocks": len(blocks),
+    weights = sum(t.numel() for t in net.state_dict().values())   # onnx2torch keeps most weights as buffers
+    out: dict = {"model": {"weights": weights, "blocks": len(blocks),
                            "kind": blocks[0].kind, "seconds": round(time.time() - t0, 1)}}
     t1 = time.time()
     boards = leela.puzzle_boards() + leela.random_boards(n_boards, seed=0)
