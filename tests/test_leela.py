@@ -357,3 +357,21 @@ def test_patching_a_block_with_the_corrupted_stream_gives_the_corrupted_run(nets
     with pytest.raises(CourseError, match="has shape") as e:
         leela.run_patched(net, clean, {last: torch.zeros(1)})
     _one_line(e)
+
+
+def test_randomized_baseline_and_chapter_05s_probe_tools_run_on_leela_features(nets):
+    from utils.interp.probes import probe_with_controls
+
+    _, net = nets["attention"]
+    rand = leela.randomized(net, seed=3)
+    assert [b.path for b in leela.residual_blocks(rand)] == [b.path for b in leela.residual_blocks(net)]
+    w0, w1 = leela.graph_module(net).state_dict(), leela.graph_module(rand).state_dict()
+    big = [k for k, v in w0.items() if v.ndim >= 2 and v.is_floating_point()]
+    assert big and all(torch.equal(w0[k].flatten().sort().values, w1[k].flatten().sort().values) for k in big)
+    assert any(not torch.equal(w0[k], w1[k]) for k in big)
+    boards = leela.random_boards(48, seed=1)
+    feats, labels = leela.probe_dataset(net, boards, names=("has_queen_them",), blocks=[1])
+    rand_feats, _ = leela.probe_dataset(rand, boards, names=("has_queen_them",), blocks=[1])
+    assert not torch.allclose(feats[1], rand_feats[1])
+    row = probe_with_controls(feats[1], labels["has_queen_them"], rand_feats[1], groups=np.arange(len(boards)))
+    assert 0 <= row["probe"] <= 1 and 0 <= row["random_net"] <= 1 and "gain" in row

@@ -678,6 +678,24 @@ def random_boards(n: int, min_plies: int = 4, max_plies: int = 60, seed: int = 0
     return out
 
 
+def randomized(net, seed: int = 0):
+    """A copy of `net` with every weight tensor of two or more dimensions (kernels, dense matrices,
+    smolgen's weights) shuffled entrywise: the same architecture, graph and weight scale, no learned
+    structure. The random-network baseline for probes on the hub path (Jenner et al. compare with a
+    randomly initialised network, `lc0-random.onnx` on figshare, not on the hub)."""
+    import copy
+
+    out = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in list(graph_module(out).parameters()) + list(graph_module(out).buffers()):
+            if t.ndim >= 2 and t.is_floating_point():
+                flat = t.reshape(-1)
+                t.copy_(flat[torch.randperm(flat.numel(), generator=g)].reshape(t.shape))
+    out.course_fixture = is_fixture(net)
+    return out
+
+
 def probe_dataset(net, boards, names: Sequence[str] = CONCEPTS, blocks: Sequence[int] | None = None,
                   pool: str = "mean", batch_size: int = 64) -> tuple[dict[int, Tensor], dict[str, np.ndarray]]:
     """What chapter 05's probes take, on Leela: per-block features [B, C] (the residual stream pooled
