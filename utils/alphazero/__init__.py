@@ -5,8 +5,11 @@
 - `mcts`: `batched_mcts` (many games, virtual batching of leaves) and `simple_mcts` (one game),
   with the pieces `puct_scores`, `backup`, `add_dirichlet_noise`;
 - `training`: `self_play`, `ReplayBuffer`, `az_loss`, `train_alphazero` (checkpoints over training);
-- `concepts`: concepts defined in code, probes at every layer and checkpoint, NMF, ablation,
-  the feature trace and the network-versus-search comparison.
+- `concepts`: concepts defined in code, probes at every layer and checkpoint (`what_when_where`),
+  NMF, ablation against a random direction on the same maps (`nmf_ablation_test`), the feature
+  trace and the network-versus-search comparison;
+- `baselines`: players (network, search, exact solver, random, depth-limited negamax) and
+  `play_match`, for measuring how strong an agent is before it is interpreted.
 """
 from utils.alphazero.games import GAMES, Game, all_positions, get_game, random_positions
 from utils.alphazero.mcts import (MCTSConfig, add_dirichlet_noise, backup, batched_mcts, puct_scores, simple_mcts,

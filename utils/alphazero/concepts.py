@@ -21,7 +21,7 @@ from torch import Tensor
 
 from utils.alphazero.games import Game
 from utils.alphazero.mcts import MCTSConfig, batched_mcts
-from utils.alphazero.network import AZNet
+from utils.alphazero.network import AZNet, layer_names
 from utils.core import CourseError, torch_threads
 from utils.interp.hooks import cache_activations, check_names
 from utils.interp.probes import train_probe
@@ -123,6 +123,21 @@ def boards_to_input(net: AZNet, boards: np.ndarray) -> Tensor:
     return net.game.encode(boards).reshape(len(boards), -1)
 
 
+def what_when_where(nets: dict[int, AZNet], boards: np.ndarray, labels: dict[str, np.ndarray], seed: int = 0,
+                    epochs: int = 150, progress: Callable | None = None) -> dict[str, np.ndarray]:
+    """McGrath's what-when-where, end to end: for every concept (what) x checkpoint (when) x layer
+    (where, `layer_names`), the held-out accuracy of a linear probe split by symmetry orbit
+    (`Game.orbit_ids`), with its baselines: the same probe on the raw input planes ("input"), the
+    network at iteration 0 (row 0 of "acc", the random-init control; iteration 0 must be among
+    the checkpoints) and the majority class ("majority"). Same output as `probe_grid`."""
+    if not nets or 0 not in nets:
+        raise CourseError("what_when_where needs the checkpoint at iteration 0 (the random-init control) among nets")
+    its = sorted(nets)
+    net0 = nets[its[0]]
+    groups = net0.game.orbit_ids(net0.game.check_boards(boards))
+    return probe_grid(nets, boards, labels, layer_names(net0), groups, seed=seed, progress=progress, epochs=epochs)
+
+
 # ------------------------------------------------------------------ NMF (8.1)
 def nmf(X: Tensor, k: int, iters: int = 200, seed: int = 0, eps: float = 1e-9) -> tuple[Tensor, Tensor]:
     """Non-negative matrix factorisation X [n, d] ~ W [n, k] @ H [k, d] (Lee and Seung's
@@ -171,6 +186,43 @@ def ablate_component(net: AZNet, boards: np.ndarray, layer: str, maps: Tensor, H
     lq = torch.log_softmax(a_logits.masked_fill(~mask, -1e9), -1)
     kl = (lp.exp() * (lp - lq)).masked_fill(~mask, 0.0).sum(-1)
     return {"dvalue": (a_value - value).abs().numpy(), "kl": kl.numpy()}
+
+
+def nmf_ablation_test(net: AZNet, boards: np.ndarray, layer: str, k: int, seed: int = 0, n_random: int = 4,
+                      iters: int = 200) -> dict[str, Tensor | np.ndarray]:
+    """NMF of `layer` (`nmf_layer`, k components, `seed`, `iters`) tested by ablation against a control
+    as specific as the claim. For each component c, on the boards where it fires (its total strength
+    maps[:, c].sum() in its top fifth, >= the 0.8 quantile) and where it barely fires (bottom half,
+    <= the 0.5 quantile), the effect of `ablate_component` (|value change| + KL per board):
+    "fired" [k] (mean where it fires), "contrast" [k] (fired minus the mean where it barely fires);
+    "random" [k]: the same ablation with H[c] replaced by a random non-negative direction of equal
+    norm ON THE SAME MAPS (n_random draws, mean of their "fired"), and "ratio" = fired / random.
+    The directions come from g = torch.Generator().manual_seed(seed), drawn in order (component 0's
+    n_random draws first), each torch.rand(channels, generator=g) scaled to |H[c]|.
+    Also returns "maps" [B, k, rows, cols], "H" [k, channels] and "rel_error"."""
+    if not (isinstance(n_random, int) and n_random >= 1):
+        raise CourseError(f"n_random must be an int >= 1, got {n_random!r}")
+    d = nmf_layer(net, boards, layer, k, seed=seed, iters=iters)
+    maps, H = d["maps"], d["H"]
+    strength = maps.sum((2, 3)).numpy()
+    g = torch.Generator().manual_seed(seed)
+    fired, contrast, random = np.zeros(k), np.zeros(k), np.zeros(k)
+    for c in range(k):
+        hi = strength[:, c] >= np.quantile(strength[:, c], 0.8)
+        lo = strength[:, c] <= np.quantile(strength[:, c], 0.5)
+        eff = ablate_component(net, boards, layer, maps, H, c)
+        e = eff["dvalue"] + eff["kl"]
+        fired[c], contrast[c] = e[hi].mean(), e[hi].mean() - e[lo].mean()
+        draws = []
+        for _ in range(n_random):
+            r = torch.rand(H.shape[1], generator=g)
+            H_r = H.clone()
+            H_r[c] = r / r.norm() * H[c].norm()
+            eff_r = ablate_component(net, boards, layer, maps, H_r, c)
+            draws.append((eff_r["dvalue"] + eff_r["kl"])[hi].mean())
+        random[c] = float(np.mean(draws))
+    return {"maps": maps, "H": H, "rel_error": d["rel_error"], "fired": fired, "contrast": contrast,
+            "random": random, "ratio": fired / np.maximum(random, 1e-12)}
 
 
 # ------------------------------------------------------------------ one feature traced back (8.4)

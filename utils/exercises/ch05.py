@@ -17,7 +17,7 @@ from utils.alphazero import concepts as R
 from utils.alphazero import mcts as M
 from utils.alphazero import training as T
 from utils.alphazero.games import get_game, random_positions
-from utils.alphazero.network import AZNet
+from utils.alphazero.network import AZNet, layer_names
 from utils.core import torch_threads
 from utils.exercises import ExerciseFailed, check, global_rng_untouched
 
@@ -420,6 +420,107 @@ def check_input_attribution(fn) -> None:
         _arr_close(g, want, f"{layer}, component {comp}", atol=1e-4)
 
 
+# ------------------------------------------------------------------ 11. what-when-where, end to end
+def _small_runs(game: str, seed: int) -> dict:
+    """Three checkpoints of one small network's 'training' (iteration 0 = random init): each later
+    checkpoint is the previous one's weights moved by a seeded random step."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        base = AZNet(game=game, channels=8, n_blocks=2).eval()
+        nets = {0: base}
+        for it in (2, 5):
+            net = AZNet(game=game, channels=8, n_blocks=2).eval()
+            net.load_state_dict(nets[max(nets)].state_dict())
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
+            nets[it] = net
+    return {5: nets[5], 0: nets[0], 2: nets[2]}          # not in order: the caller sorts
+
+
+@check
+@_quiet
+def check_what_when_where(fn) -> None:
+    """what_when_where(nets, boards, labels, seed, epochs) -> probe_grid's dict, split by orbit."""
+    game = get_game("tictactoe")
+    nets = _small_runs("tictactoe", 6)
+    boards = random_positions(game, 400, seed=6, min_moves=2)
+    labels = R.all_concepts(game, boards, ("win_in_1", "opp_threat", "centre"))
+    for seed in (0, 1):
+        arg, lab = boards.copy(), {k: v.copy() for k, v in labels.items()}
+        got = fn(nets, arg, lab, seed=seed, epochs=25)
+        _unchanged(boards, arg, "boards")
+        for k in labels:
+            _unchanged(labels[k], lab[k], f"labels[{k!r}]")
+        want = R.what_when_where(nets, boards, labels, seed=seed, epochs=25)
+        if not isinstance(got, dict):
+            raise ExerciseFailed("return a dict like probe_grid's: 'acc', 'low', 'high', 'input', 'majority', "
+                                 "'iterations'")
+        missing = [k for k in ("acc", "low", "high", "input", "majority", "iterations") if k not in got]
+        if missing:
+            raise ExerciseFailed(f"the result lacks {missing}: the baselines belong to the answer")
+        its = np.asarray(got["iterations"])
+        if its.shape != want["iterations"].shape or not np.array_equal(its, want["iterations"]):
+            raise ExerciseFailed(f"iterations {its.tolist()}, expected {want['iterations'].tolist()}: checkpoints in "
+                                 "sorted order, iteration 0 (the random-init control) first")
+        acc = np.asarray(got["acc"], dtype=np.float64)
+        if acc.shape != want["acc"].shape:
+            raise ExerciseFailed(f"'acc' should be [concepts, checkpoints, layers] = {want['acc'].shape}, got "
+                                 f"{acc.shape}: every layer of layer_names(net), the stem included")
+        if not np.allclose(acc, want["acc"], atol=1e-6):
+            ungrouped = R.probe_grid(nets, boards, labels, layer_names(nets[0]), None, seed=seed, epochs=25)
+            if np.allclose(acc, ungrouped["acc"], atol=1e-6):
+                raise ExerciseFailed("the probes were split at random: mirrored and rotated copies of a board land on "
+                                     "both sides; pass groups=game.orbit_ids(boards)")
+            _arr_close(acc, want["acc"], f"seed {seed}: held-out probe accuracy [concept, checkpoint, layer]")
+        for key in ("low", "high"):
+            _arr_close(got[key], want[key], f"seed {seed}: the interval's {key} end", atol=1e-6)
+        _arr_close(got["input"], want["input"], f"seed {seed}: the input-only baseline (a probe on the raw input "
+                   "planes, net.game.encode flattened, with the same orbit split)", atol=1e-6)
+        _arr_close(got["majority"], want["majority"], f"seed {seed}: the majority-class rate of the test orbits",
+                   atol=1e-6)
+
+
+# ------------------------------------------------------------------ 12. NMF ablation test, end to end
+@check
+@_quiet
+def check_nmf_ablation_test(fn) -> None:
+    """nmf_ablation_test(net, boards, layer, k, seed, n_random, iters) -> per component: fired,
+    contrast, random (equal-norm non-negative direction on the same maps) and their ratio."""
+    game = get_game("connect_four")
+    net = _net("connect_four", 7)
+    boards = random_positions(game, 80, seed=8, min_moves=4)
+    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for layer, k, seed, n_random in (("blocks.1.hook_resid", 3, 0, 2), ("blocks.0.hook_resid", 2, 3, 3)):
+        arg = boards.copy()
+        got = global_rng_untouched("nmf_ablation_test", lambda: fn(net, arg, layer, k, seed=seed,
+                                                                    n_random=n_random, iters=60))
+        _unchanged(boards, arg, "boards")
+        for name, v in net.state_dict().items():
+            _unchanged(params[name], v, f"network's {name}")
+        want = R.nmf_ablation_test(net, boards, layer, k, seed=seed, n_random=n_random, iters=60)
+        if not isinstance(got, dict):
+            raise ExerciseFailed("return a dict with 'maps', 'H', 'fired', 'contrast', 'random' and 'ratio'")
+        missing = [key for key in ("maps", "H", "fired", "contrast", "random", "ratio") if key not in got]
+        if missing:
+            raise ExerciseFailed(f"the result lacks {missing}")
+        what = f"{layer}, k={k}, seed={seed}"
+        _arr_close(got["H"], want["H"], f"{what}: H (nmf_layer with this k, seed and iters)", atol=1e-5)
+        _arr_close(got["maps"], want["maps"], f"{what}: maps", atol=1e-5)
+        _arr_close(got["fired"], want["fired"], f"{what}: mean effect (|value change| + KL) where each component "
+                   "fires (top fifth of its total strength)", atol=1e-6)
+        _arr_close(got["contrast"], want["contrast"], f"{what}: contrast (where it fires minus where it barely "
+                   "fires, the bottom half)", atol=1e-6)
+        r = np.asarray(got["random"], dtype=np.float64)
+        if r.shape == want["random"].shape and not np.allclose(r, want["random"], atol=1e-6):
+            raise ExerciseFailed(f"{what}: the random control differs from the reference: for component c draw "
+                                 "n_random directions torch.rand(channels, generator=g) in order from ONE "
+                                 "torch.Generator().manual_seed(seed), scale each to |H[c]|, put it in place of "
+                                 "H[c] with the SAME maps, and average the effect on the boards where c fires")
+        _arr_close(r, want["random"], f"{what}: random control", atol=1e-6)
+        _arr_close(got["ratio"], want["ratio"], f"{what}: ratio fired / random", atol=1e-5)
+
+
 CHECKS = {
     "puct_scores": check_puct_scores,
     "backup": check_backup,
@@ -431,6 +532,8 @@ CHECKS = {
     "nmf": check_nmf,
     "ablate_component": check_ablate_component,
     "input_attribution": check_input_attribution,
+    "what_when_where": check_what_when_where,
+    "nmf_ablation_test": check_nmf_ablation_test,
 }
 
 
@@ -753,6 +856,81 @@ def _attr_normalises_h_in_place(net, boards, layer, H, comp):
     return R.input_attribution(net, boards, layer, H, comp)
 
 
+def _www_random_split(nets, boards, labels, seed=0, epochs=150, progress=None):
+    return R.probe_grid(nets, boards, labels, layer_names(nets[min(nets)]), None, seed=seed, epochs=epochs)
+
+
+def _www_dict_order(nets, boards, labels, seed=0, epochs=150, progress=None):
+    """Checkpoints in the dict's order, not sorted: iteration 0 is no longer row 0."""
+    layers = layer_names(nets[min(nets)])
+    groups = get_game(nets[min(nets)].game.name).orbit_ids(boards)
+    out = R.probe_grid(nets, boards, labels, layers, groups, seed=seed, epochs=epochs)
+    order = [sorted(nets).index(it) for it in nets]
+    for key in ("acc", "low", "high"):
+        out[key] = out[key][:, order]
+    out["iterations"] = np.array(list(nets))
+    return out
+
+
+def _www_blocks_only(nets, boards, labels, seed=0, epochs=150, progress=None):
+    """The stem left out of the 'where' axis."""
+    layers = [lay for lay in layer_names(nets[min(nets)]) if lay != "hook_stem"]
+    groups = nets[min(nets)].game.orbit_ids(boards)
+    return R.probe_grid(nets, boards, labels, layers, groups, seed=seed, epochs=epochs)
+
+
+def _www_input_from_stem(nets, boards, labels, seed=0, epochs=150, progress=None):
+    """'Input-only' read from the random network's stem instead of the raw input planes."""
+    groups = nets[min(nets)].game.orbit_ids(boards)
+    out = R.what_when_where(nets, boards, labels, seed=seed, epochs=epochs)
+    stem = R.layer_acts(nets[0], boards, ["hook_stem"])["hook_stem"]
+    out["input"] = np.array([R.probe_accuracy(stem, labels[n], groups, seed, epochs)["acc"] for n in labels])
+    return out
+
+
+def _nat_unmatched_norm(net, boards, layer, k, seed=0, n_random=4, iters=200):
+    """The random direction is not scaled to |H[c]|: a different magnitude, not a control."""
+    return _nat(net, boards, layer, k, seed, n_random, iters, scale=False)
+
+
+def _nat_fresh_maps(net, boards, layer, k, seed=0, n_random=4, iters=200):
+    """The random direction gets random maps of its own instead of the component's maps."""
+    return _nat(net, boards, layer, k, seed, n_random, iters, same_maps=False)
+
+
+def _nat_all_boards(net, boards, layer, k, seed=0, n_random=4, iters=200):
+    """The effect averaged over every board, not where the component fires."""
+    return _nat(net, boards, layer, k, seed, n_random, iters, where_fires=False)
+
+
+def _nat_global_rng(net, boards, layer, k, seed=0, n_random=4, iters=200):
+    """Directions from the global generator (torch.rand without generator=)."""
+    return _nat(net, boards, layer, k, seed, n_random, iters, global_rng=True)
+
+
+def _nat(net, boards, layer, k, seed, n_random, iters, scale=True, same_maps=True, where_fires=True,
+         global_rng=False):
+    d = R.nmf_layer(net, boards, layer, k, seed=seed, iters=iters)
+    maps, H = d["maps"], d["H"]
+    st = maps.sum((2, 3)).numpy()
+    g = torch.Generator().manual_seed(seed)
+    out = {key: np.zeros(k) for key in ("fired", "contrast", "random")}
+    for c in range(k):
+        hi = st[:, c] >= np.quantile(st[:, c], 0.8) if where_fires else np.ones(len(st), bool)
+        lo = st[:, c] <= np.quantile(st[:, c], 0.5)
+        e = sum(R.ablate_component(net, boards, layer, maps, H, c).values())
+        out["fired"][c], out["contrast"][c] = e[hi].mean(), e[hi].mean() - e[lo].mean()
+        draws = []
+        for _ in range(n_random):
+            r = torch.rand(H.shape[1]) if global_rng else torch.rand(H.shape[1], generator=g)
+            H_r = H.clone()
+            H_r[c] = r / r.norm() * H[c].norm() if scale else r
+            m = maps if same_maps else maps[:, [c]][torch.randperm(len(maps), generator=g)].expand_as(maps)
+            draws.append(sum(R.ablate_component(net, boards, layer, m, H_r, c).values())[hi].mean())
+        out["random"][c] = float(np.mean(draws))
+    return {"maps": maps, "H": H, **out, "ratio": out["fired"] / np.maximum(out["random"], 1e-12)}
+
+
 WRONG_ANSWERS = {
     "puct_scores": [_puct_no_mask, _puct_sqrt_no_one, _puct_w_not_q, _puct_ignores_c, _puct_divides_by_n],
     "backup": [_backup_no_negation, _backup_leaf_sign, _backup_root_first_sign,
@@ -770,4 +948,6 @@ WRONG_ANSWERS = {
                          _ablate_normalises_h_in_place],
     "input_attribution": [_attr_gradient_only, _attr_own_plane_only, _attr_unnormalised_direction,
                           _attr_normalises_h_in_place],
+    "what_when_where": [_www_random_split, _www_dict_order, _www_blocks_only, _www_input_from_stem],
+    "nmf_ablation_test": [_nat_unmatched_norm, _nat_fresh_maps, _nat_all_boards, _nat_global_rng],
 }
