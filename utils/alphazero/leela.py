@@ -34,7 +34,8 @@ RoIAlign nodes; calling the stand-in raises) only while onnx2torch imports, and 
 absent or does not import; it removes the stand-in afterwards. Never `pip install lczerolens` unpinned
 without `--no-deps`: it pulls torchvision and may replace the CPU torch with a CUDA build.
 `ensure_lczerolens()` installs the two without dependencies into `_build/pip-no-deps` when they are
-missing (tests/test_leela.py and the rehearsal call it, so `make test` exercises the import).
+missing, and chess / onnx / tensordict at requirements.txt's pins with torch held (Colab's setup cell
+does not install them); tests/test_leela.py and the rehearsal call it, so `make test` exercises the import.
 
 Activations. Everything goes through torch forward hooks on the modules of the converted graph, so no
 code here depends on ONNX node names. `residual_blocks(net)` finds the residual stream from the graph's
@@ -86,8 +87,9 @@ from torch import Tensor, nn
 from utils.core import CourseError
 
 LCZEROLENS_VERSION = "0.5.1"
-INSTALL_HINT = ("python -m pip install --no-deps lczerolens==0.5.1 onnx2torch==1.5.15 (their other dependencies, "
-                "onnx, tensordict and chess, are pinned in requirements.txt; --no-deps keeps torchvision out)")
+INSTALL_HINT = ("call utils.alphazero.leela.ensure_lczerolens(), or run python -m pip install --no-deps "
+                "lczerolens==0.5.1 onnx2torch==1.5.15 (their other dependencies, onnx, tensordict and chess, are "
+                "pinned in requirements.txt; --no-deps keeps torchvision out)")
 HUB_REPO = "Xmaster6y/lczerolens-demo"
 REPO_TYPE = "space"          # the hub cache keeps it under spaces--Xmaster6y--lczerolens-demo
 HUB_FILE = "demo/onnx-models/look-ahead-lc0.onnx"
