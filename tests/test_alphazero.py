@@ -250,3 +250,32 @@ def test_shipped_connect_four_artifacts():
     assert 0 in nets and len(nets) >= 3 and len(log["loss"]) >= 2
     with pytest.raises(CourseError, match="not tictactoe"):
         load_run(artifact_name(0), game="tictactoe")
+
+
+def test_baselines_negamax_and_matches():
+    from utils.alphazero.baselines import (negamax_move_values, negamax_player, play_match, random_player,
+                                           solver_player)
+    win = np.zeros((4, 5), np.int8)
+    win[3, :3] = 1                   # three own stones in the bottom row: column 3 wins at once
+    win[2, :2] = -1
+    v = negamax_move_values(C4, win, 2)[0]
+    assert v[3] == 1 and np.nanmax(np.delete(v, 3)) < 1
+    block = -win                     # the opponent threatens column 3: every other move loses
+    block[1, 0] = -1                 # (one more own stone keeps the counts legal)
+    vb = negamax_move_values(C4, block, 2)[0]
+    assert vb[3] > -1 and np.nanmax(np.delete(vb, 3)) == -1
+    rng = np.random.default_rng(0)
+    assert negamax_player(C4, 2)(block[None], rng) == 3
+    # perfect play draws tic-tac-toe; the perfect player never loses to a random one
+    assert (play_match(TTT, solver_player(TTT), solver_player(TTT), 6, seed=0) == 0).all()
+    sc = play_match(TTT, solver_player(TTT), random_player(TTT), 10, seed=1, opening_plies=0)
+    assert (sc >= 0).all() and (sc == 1).any()
+    # a depth-2 negamax beats random play from random openings, with either colour
+    a = play_match(C4, negamax_player(C4, 2), random_player(C4), 8, seed=2, opening_plies=2)
+    assert a.shape == (8,) and a[::2].mean() > 0 and a[1::2].mean() > 0
+    with pytest.raises(CourseError, match="depth"):
+        negamax_player(C4, 0)
+    with pytest.raises(CourseError, match="n_games"):
+        play_match(C4, random_player(C4), random_player(C4), 0)
+    with pytest.raises(CourseError, match="not over"):
+        negamax_move_values(TTT, np.array([[1, 1, 1], [-1, -1, 0], [0, 0, 0]]), 2)
