@@ -286,4 +286,5 @@ def test_chapter_measurements_run_on_the_released_drc(released):
         assert lo <= m <= hi
     assert set(out["probe"]) == set(out["probe_obs"]) == {"agent's square", "1", "2-3", "4+", "1+"}
     assert len(out["probe_random_init_away"]) == 1
-    assert set(out["steer_away"]) == {"probe", "matched", "isotropic"} and 0 <= out["n_steer_levels"] <= 8
+    assert set(out["steer_away"]) == {"probe", "probe_decoy", "matched", "matched_decoy", "isotropic"}
+    assert set(out["steer_away_specific"]) == {"probe", "matched"} and 0 <= out["n_steer_levels"] <= 8

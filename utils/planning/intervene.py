@@ -169,6 +169,9 @@ def steer_path(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int
     return logits
 
 
+DECOY = (1, 2, 3, 0)   # the decoy content for move d (0-3): the next move's direction, up->down->left->right->up
+
+
 @torch.no_grad()
 def steer_away(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int, scale: float,
                controls: dict[str, Tensor] | None = None, start: int = 1, length: int = 3, levels=None,
@@ -177,9 +180,12 @@ def steer_away(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int
     legal move other than the unedited greedy first action, drawn with `seed`) whose straight
     route has squares at distance >= `start`; the plan "leave this square moving d" is written on
     those squares (`steer_path`), never on the agent's own square. Returns {'target' [n] (1-4, 0
-    when no route), 'valid' [n], 'probe' [n] (first move became d with `directions`), and one entry
-    per control in `controls` ({name: [4, C] directions}, used the same way at the same squares),
-    plus 'isotropic' (a random unit direction per level, the floor)}."""
+    when no route), 'valid' [n], and for the probe `directions` ('probe'), each control in
+    `controls` ({name: [4, C] directions}, used the same way at the same squares) and 'isotropic'
+    (random unit directions, the floor): `name` [n] (the first move became d) and `name_decoy` [n]
+    (the first move became d when the route carries ANOTHER move's direction, `DECOY`: the same
+    squares and norm, different content). `name - name_decoy` is the specific effect of writing
+    d: about zero for random directions by symmetry, whatever their disruption does."""
     levels = np.arange(len(bank)) if levels is None else np.asarray(levels).reshape(-1)
     n = len(levels)
     env = Sokoban(n, bank, auto_reset=False)
@@ -196,6 +202,7 @@ def steer_away(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int
     iso = torch.from_numpy(rng.standard_normal((4, model.channels))).float()
     iso = iso / iso.norm(dim=1, keepdim=True)
     for name, dirs in [("probe", directions), *(controls or {}).items(), ("isotropic", iso)]:
-        logits = steer_path(model, bank, dirs, layer, scale, target, start, length, levels)
-        out[name] = (logits.argmax(-1).numpy() == target - 1) & valid
+        for suffix, content in (("", dirs), ("_decoy", dirs[list(DECOY)])):
+            logits = steer_path(model, bank, content, layer, scale, target, start, length, levels)
+            out[name + suffix] = (logits.argmax(-1).numpy() == target - 1) & valid
     return out

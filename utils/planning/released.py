@@ -5,7 +5,8 @@
 (greedy play, k extra steps before the first move), pacing at the start of each episode, the
 anchors' plan probe on the top layer scored by distance from the agent against the
 observation-only probe and the same probe on randomly initialised DRC(3,3)s, and route steering
-away from the agent against variance-matched random directions. There is one released agent, so
+away from the agent (own content against a decoy move's content on the same squares) against
+variance-matched random directions. There is one released agent, so
 every interval is over levels (a bootstrap over levels), not over training seeds.
 """
 from __future__ import annotations
@@ -73,8 +74,11 @@ def measure_released(drc: nn.Module, bank: LevelBank, max_steps: int = 120, thin
     st = steer_away(drc, bank, dirs, drc.depth - 1, steer_scale * norm, controls={"matched": matched}, start=2,
                     length=4, seed=seed)
     ok = st["valid"]
-    out["steer_away"] = {k: _boot(st[k][ok].astype(float), seed=seed) for k in ("probe", "matched", "isotropic")}
-    out["steer_away_diff"] = _boot(st["probe"][ok].astype(float) - st["matched"][ok].astype(float), seed=seed)
+    out["steer_away"] = {k: _boot(st[k][ok].astype(float), seed=seed)
+                         for k in ("probe", "probe_decoy", "matched", "matched_decoy", "isotropic")}
+    spec = {k: st[k][ok].astype(float) - st[f"{k}_decoy"][ok].astype(float) for k in ("probe", "matched")}
+    out["steer_away_specific"] = {k: _boot(v, seed=seed) for k, v in spec.items()}
+    out["steer_away_diff"] = _boot(spec["probe"] - spec["matched"], seed=seed)
     out["n_levels"], out["n_steer_levels"] = len(bank), int(ok.sum())
     out["solved"] = curve[k_lo]
     return out
