@@ -57,17 +57,9 @@ def steer_first_move(model: nn.Module, bank: LevelBank, directions: Tensor, laye
     if directions.ndim != 2 or directions.shape[0] != 4 or directions.shape[1] != model.channels:
         raise CourseError(f"directions must be [4, {model.channels}] (one per move), got {tuple(directions.shape)}")
     names = _layer_hooks(model, layer)
-    levels = np.arange(len(bank)) if levels is None else np.asarray(levels)
-    n = len(levels)
-    env = Sokoban(n, bank, auto_reset=False)
-    obs = env.set_levels(levels)
-    base = model(obs).argmax(-1).numpy()
-    rng = np.random.default_rng(seed)
-    target = np.zeros(n, int)
-    for i in range(n):
-        legal = [a for a in range(4) if not env.walls[i, env.agent[i, 0] + MOVES[a][0], env.agent[i, 1] + MOVES[a][1]]
-                 and a != base[i]]
-        target[i] = rng.choice(legal) if legal else -1
+    env, obs, target, rng = _pick_targets(model, bank, levels, 1, 1, seed)   # a legal first move
+    n = len(target)
+    target = target - 1                                                     # 0-3, -1 when none
     ok = target >= 0
     vec = directions[np.maximum(target, 0)] * scale
     rand = torch.from_numpy(rng.standard_normal((n, model.channels))).float()
@@ -139,6 +131,24 @@ def path_squares(agent: np.ndarray, walls: np.ndarray, targets: np.ndarray, star
     return out
 
 
+def _pick_targets(model: nn.Module, bank: LevelBank, levels, start: int, length: int, seed: int):
+    """(env, obs, targets [n], rng): the rooms `levels` started in one env, and per room a move d
+    (1-4) other than the unedited greedy first action whose straight route has a square at
+    distance >= `start` (`path_squares`; start = length = 1: the first square is not a wall),
+    drawn with `rng` seeded by `seed` (returned, to draw the controls next); 0 where none."""
+    levels = np.arange(len(bank)) if levels is None else np.asarray(levels).reshape(-1)
+    env = Sokoban(len(levels), bank, auto_reset=False)
+    obs = env.set_levels(levels)
+    base = model(obs).argmax(-1).numpy()
+    rng = np.random.default_rng(seed)
+    target = np.zeros(len(levels), int)
+    for i in range(len(levels)):
+        legal = [a + 1 for a in range(4) if a != base[i]
+                 and path_squares(env.agent[i:i + 1], env.walls[i:i + 1], np.array([a + 1]), start, length)[0]]
+        target[i] = rng.choice(legal) if legal else 0
+    return env, obs, target, rng
+
+
 @torch.no_grad()
 def steer_path(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int, scale: float, targets,
                start: int = 1, length: int = 3, levels=None) -> Tensor:
@@ -187,16 +197,7 @@ def steer_away(model: nn.Module, bank: LevelBank, directions: Tensor, layer: int
     squares and norm, different content). `name - name_decoy` is the specific effect of writing
     d: about zero for random directions by symmetry, whatever their disruption does."""
     levels = np.arange(len(bank)) if levels is None else np.asarray(levels).reshape(-1)
-    n = len(levels)
-    env = Sokoban(n, bank, auto_reset=False)
-    obs = env.set_levels(levels)
-    base = model(obs).argmax(-1).numpy()
-    rng = np.random.default_rng(seed)
-    target = np.zeros(n, int)
-    for i in range(n):
-        legal = [a + 1 for a in range(4) if a != base[i]
-                 and path_squares(env.agent[i:i + 1], env.walls[i:i + 1], np.array([a + 1]), start, length)[0]]
-        target[i] = rng.choice(legal) if legal else 0
+    _, _, target, rng = _pick_targets(model, bank, levels, start, length, seed)
     valid = target > 0
     out = {"target": target, "valid": valid}
     iso = torch.from_numpy(rng.standard_normal((4, model.channels))).float()

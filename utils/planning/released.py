@@ -20,15 +20,13 @@ from utils.interp.controls import variance_matched_random
 from utils.planning.intervene import steer_away
 from utils.planning.play import THINK_STEPS, pacing, play, thinking_curve
 from utils.planning.probes import obs_features, plan_probe_by_distance, record_on_observations
+from utils.stats import bootstrap_ci
 
 
-def _boot(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def _boot(x: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """`utils.stats.bootstrap_ci` over levels, NaN when there is no level to resample."""
     x = np.asarray(x, float)
-    if not len(x):
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    b = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(1)
-    return float(x.mean()), float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))
+    return bootstrap_ci(x, seed=seed) if len(x) else (float("nan"),) * 3
 
 
 def released_bank(n: int, seed: int = 0, min_moves: int = 15, reverse_steps: int = 150) -> LevelBank:
