@@ -143,42 +143,18 @@ NO_DEPS = ("lczerolens==0.5.1", "onnx2torch==1.5.15")
 DEPS = {"chess": "chess==1.11.2", "onnx": "onnx==1.23.2", "tensordict": "tensordict==0.15.3"}
 
 
-def _pip(args: list[str], what: str) -> None:
-    import subprocess
-
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
-        raise CourseError(f"could not install {what} ({last}): {INSTALL_HINT}")
-
-
 def ensure_lczerolens(target: str | os.PathLike | None = None) -> str:
     """Make lczerolens importable without touching torch: its dependencies `DEPS` (pinned in
     requirements.txt) are installed when missing, with the installed torch held by a pip constraint
     (Colab: requirements-colab.txt does not list them); lczerolens and onnx2torch themselves, when
     missing, WITHOUT dependencies (NO_DEPS) into `target` (default _build/pip-no-deps in the repository),
-    which goes on sys.path. tests/test_leela.py and the rehearsal call it, so `make test` exercises the
-    import after a plain `pip install -r requirements.txt`. Returns where lczerolens is."""
-    import tempfile
+    which goes on sys.path (utils.pip_no_deps.ensure_no_deps). tests/test_leela.py and the rehearsal call
+    it, so `make test` exercises the import after a plain `pip install -r requirements.txt`. Returns where
+    lczerolens is."""
+    from utils.pip_no_deps import ensure_no_deps
 
-    missing = [pin for module, pin in DEPS.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        with tempfile.TemporaryDirectory() as d:
-            hold = Path(d) / "constraints.txt"
-            hold.write_text(f"torch=={torch.__version__}\n")
-            _pip(["-c", str(hold), *missing], " ".join(missing))
-    spec = importlib.util.find_spec("lczerolens")
-    if spec is not None:
-        return str(Path(spec.origin).parent)
-    from utils.checkpoints import REPO_ROOT
-
-    target = Path(target or REPO_ROOT / "_build" / "pip-no-deps")
-    if not (target / "lczerolens").is_dir() or not (target / "onnx2torch").is_dir():
-        _pip(["--no-deps", "--target", str(target), *NO_DEPS], f"{' '.join(NO_DEPS)} into {target}")
-    if str(target) not in sys.path:
-        sys.path.append(str(target))
-    importlib.invalidate_caches()
-    return str(target / "lczerolens")
+    return ensure_no_deps(NO_DEPS, provides=("lczerolens", "onnx2torch"), hint=INSTALL_HINT, deps=DEPS,
+                          target=target)
 
 
 def import_lczerolens():
