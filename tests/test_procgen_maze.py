@@ -197,3 +197,38 @@ def test_cheese_vector_experiment_end_to_end_on_the_fixture(procgen, tmp_path):
     assert "FIXTURE" in P.format_result(res)
     with pytest.raises(CourseError, match="at is 'start'"):
         P.cheese_vector_experiment(policy, seeds=range(3), at="corner")
+
+
+def test_rehearsal_part_loads_the_fixture_and_says_skipped_without_procgen(tmp_path, monkeypatch):
+    from utils.lm import rehearse
+
+    monkeypatch.setattr(P, "procgen_available", lambda: False)
+    out = rehearse.rehearse_procgen(tmp_path / "released" / "model_rand_region_5.pth")
+    assert out["skipped"] == rehearse.PROCGEN_SKIP and out["model"]["params"] == 3_653_136
+    assert (tmp_path / "released" / "model_rand_region_5.pth").exists() and "median_p_cheese" not in out
+
+
+def test_ensure_procgen_installs_without_dependencies_into_the_target_and_holds_torch(tmp_path, monkeypatch):
+    import importlib.util
+    import subprocess
+    import sys
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd, open(cmd[cmd.index("-c") + 1]).read() if "-c" in cmd else None))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    real = importlib.util.find_spec
+    gone = {"procgen", "gym3", "gym", "imageio"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    where = P.ensure_procgen(target=tmp_path)
+    (deps, held), (no_deps, _) = calls
+    assert deps[-1] == P.DEPS["imageio"] and "--no-deps" not in deps and held.strip() == f"torch=={torch.__version__}"
+    assert no_deps[-3:] == list(P.PINS) and "--no-deps" in no_deps and no_deps[no_deps.index("--target") + 1] == str(tmp_path)
+    assert where == str(tmp_path / "procgen") and sys.path[-1] == str(tmp_path)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no wheel"))
+    with pytest.raises(CourseError, match="could not install .*--install"):
+        P.ensure_procgen(target=tmp_path / "other")

@@ -5,6 +5,7 @@
     python -m utils.lm.rehearse --only hopper         # chapter 07's released decision transformer
     python -m utils.lm.rehearse --only drc33          # chapter 08's released Sokoban DRC(3,3)
     python -m utils.lm.rehearse --only leela          # chapter 05's Leela Chess Zero (lc0 ONNX via lczerolens)
+    python -m utils.lm.rehearse --only procgen        # chapter 06's released procgen maze agent (cheese vector)
 
 Each part runs in a fresh subprocess whose environment points every Hugging Face library at
 the fixtures (`HF_HOME=<fixtures> HF_HUB_OFFLINE=1`: the libraries read these at import), with
@@ -181,6 +182,44 @@ def rehearse_leela(n_boards: int = 64) -> dict:
     return out
 
 
+PROCGEN_SKIP = ("skipped: procgen-mirror not installed (python -m utils.goal_misgen.procgen_maze --install; "
+                "never in requirements.txt)")
+
+
+def rehearse_procgen(fixture: str | Path, n_seeds: int = 8) -> dict:
+    """Chapter 06's released maze agent, in this process: the random-weight file in the released format at
+    full shape (`impala.write_maze_fixture`, written into `fixture` when missing: the real file is not on the
+    hub), loaded with `impala.load_maze_policy`, then the cheese-vector experiment with its controls
+    (`procgen_maze.cheese_vector_experiment`) on level seeds 0..n_seeds-1, where procgen-mirror is installed;
+    elsewhere the result says "skipped" (PROCGEN_SKIP)."""
+    import torch
+
+    from utils.goal_misgen import impala, procgen_maze
+
+    t0 = time.time()
+    fixture = Path(fixture)
+    if not fixture.exists():
+        impala.write_maze_fixture(fixture)
+    policy = impala.load_maze_policy(fixture)
+    if not policy.fixture:
+        raise RuntimeError(f"expected the random-weight maze fixture at {fixture}, got a real checkpoint")
+    out: dict = {"model": {"class": type(policy).__name__, "params": sum(p.numel() for p in policy.parameters()),
+                           "seconds": round(time.time() - t0, 1)}}
+    if not procgen_maze.procgen_available():
+        out["skipped"] = PROCGEN_SKIP
+        print(f"procgen: {PROCGEN_SKIP}")
+        return out
+    t1 = time.time()
+    torch.set_num_threads(1)
+    res = procgen_maze.cheese_vector_experiment(policy, seeds=range(n_seeds))
+    out["mazes"] = {"with_decision_square": res["n_mazes"], "without": len(res["no_decision_square"])}
+    out["median_p_cheese"] = {k: round(v[0], 3) for k, v in res["median"].items()}
+    out["claims"] = "skipped: random weights (a fixture), no P(cheese | decision square) is meaningful"
+    print(procgen_maze.format_result(res))
+    out["seconds"] = round(time.time() - t1, 1)
+    return out
+
+
 def _ensure_agent_fixtures(hf_home: Path) -> None:
     """Write the released-agent fixtures a fixtures folder lacks (one written before a loader was
     added), without rewriting the rest."""
@@ -264,6 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--hopper-json", help="(internal) run chapter 07's released-DT path here, result to this file")
     p.add_argument("--drc33-json", help="(internal) run chapter 08's released-DRC path here, result to this file")
     p.add_argument("--leela-json", help="(internal) run chapter 05's Leela path here, result to this file")
+    p.add_argument("--procgen-json", help="(internal) run chapter 06's procgen maze path here, result to this file")
     args = p.parse_args(argv)
     if args.chapter:
         return _run_chapter(args.chapter, args.timeout)
@@ -282,6 +322,12 @@ def main(argv=None) -> int:
         Path(args.leela_json).write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return 0
+    if args.procgen_json:
+        res = rehearse_procgen(Path(os.environ.get("HF_HOME", REPO_ROOT / "_build" / "hub-fixtures"))
+                               / "released" / "model_rand_region_5.pth")
+        Path(args.procgen_json).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return 0
     if args.json:
         res = rehearse_gpt2()
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -289,7 +335,7 @@ def main(argv=None) -> int:
         return 0
     BUILD.mkdir(parents=True, exist_ok=True)
     hf_home = Path(args.fixtures)
-    parts = args.only or ["gpt2", "hopper", "drc33", "leela", *CHAPTERS]
+    parts = args.only or ["gpt2", "hopper", "drc33", "leela", "procgen", *CHAPTERS]
     have = gemma_width(hf_home)
     if have is None or (args.gemma is not None and have != args.gemma):
         from utils.lm.fixtures import write_fixtures
@@ -321,11 +367,16 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--drc33-json", str(BUILD / "drc33.json")]
         elif part == "leela":    # chapter 05's Leela Chess Zero (its T4 line: an estimate for the real T82 net)
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--leela-json", str(est)]
+        elif part == "procgen":  # chapter 06's released maze agent (no T4 estimate: 3.65M parameters)
+            (BUILD / "procgen.json").unlink(missing_ok=True)
+            cmd = [sys.executable, "-m", "utils.lm.rehearse", "--procgen-json", str(BUILD / "procgen.json")]
         else:
             cmd = [sys.executable, "-m", "utils.lm.rehearse", "--chapter", part, "--timeout", str(args.timeout)]
         rc, secs, peak = _run(cmd, env, log, args.timeout)
         t4 = json.loads(est.read_text()).get("t4") if est.exists() else None
         status = "ok" if rc == 0 else ("timeout" if rc == 124 else f"failed: {_last_error(log, part)}")
+        if part == "procgen" and rc == 0 and (BUILD / "procgen.json").exists():
+            status = json.loads((BUILD / "procgen.json").read_text()).get("skipped", status)
         rows.append({"part": part, "seconds": round(secs), "peak_cpu_gib": round(peak, 2),
                      "t4_gib": t4["total_gib"] if t4 else None, "t4_fits": t4["fits"] if t4 else None,
                      "t4_host_gib": t4.get("host_gib") if t4 else None,
@@ -333,7 +384,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     md = report_table(rows, hf_home)
     print(md)
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    # the procgen part is skipped where procgen-mirror is not installed (a separate install step): not a failure
+    return 0 if all(r["status"] == "ok" or r["status"] == PROCGEN_SKIP for r in rows) else 1
 
 
 def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> str:
@@ -347,7 +399,7 @@ def report_table(rows: list[dict], hf_home: Path, build: Path | None = None) -> 
     for r in rows:
         results[r["part"]] = {**r, "run_at": stamp, "load": [round(x, 2) for x in load], "fixtures": str(hf_home)}
     store.write_text(json.dumps(results, indent=1))
-    order = ["gpt2", "hopper", "drc33", "leela", *CHAPTERS]
+    order = ["gpt2", "hopper", "drc33", "leela", "procgen", *CHAPTERS]
     parts = sorted(results, key=lambda p: (order.index(p) if p in order else len(order), p))
     from utils.course.gpu_check import T4_GPU_GIB, T4_HOST_GIB
 
