@@ -189,6 +189,11 @@ def test_cheese_vector_experiment_end_to_end_on_the_fixture(procgen, tmp_path):
     # at the decision square with coeff 1, subtracting the cheese vector IS removing the cheese there
     assert np.allclose(res["p_cheese"]["cheese vector"], res["p_cheese"]["cheese removed"], atol=1e-5)
     assert not np.allclose(res["p_cheese"]["cheese vector"], res["p_cheese"]["original"], atol=1e-9)
+    # one maze by hand: the same probabilities from its case
+    case = P.maze_case(P.make_maze_env(res["seeds"][0]), res["seeds"][0])
+    assert np.allclose(P.decision_probs(policy, case), (res["p_cheese"]["original"][0], res["p_corner"]["original"][0]),
+                       atol=1e-6)
+    assert np.isclose(P.decision_probs(policy, case, cheese=False)[0], res["p_cheese"]["cheese removed"][0], atol=1e-6)
     # with a huge coefficient the patch moves the policy; the source's numbers travel with the result
     big = P.cheese_vector_experiment(policy, seeds=range(8), coeff=1e4, controls=False)
     assert list(big["p_cheese"]) == ["original", "cheese removed", "cheese vector"]
@@ -227,7 +232,8 @@ def test_ensure_procgen_installs_without_dependencies_into_the_target_and_holds_
     where = P.ensure_procgen(target=tmp_path)
     (deps, held), (no_deps, _) = calls
     assert deps[-1] == P.DEPS["imageio"] and "--no-deps" not in deps and held.strip() == f"torch=={torch.__version__}"
-    assert no_deps[-3:] == list(P.PINS) and "--no-deps" in no_deps and no_deps[no_deps.index("--target") + 1] == str(tmp_path)
+    assert no_deps[-3:] == list(P.PINS) and "--no-deps" in no_deps
+    assert no_deps[no_deps.index("--target") + 1] == str(tmp_path)
     assert where == str(tmp_path / "procgen") and sys.path[-1] == str(tmp_path)
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no wheel"))
     with pytest.raises(CourseError, match="could not install .*--install"):

@@ -15,6 +15,15 @@ installs nothing. Measured here (Python 3.11, numpy 2.4.6, one core): the wheel 
 about 20 s; the first env takes about 3 s to create (asset loading), later ones milliseconds; about 5k
 random steps/s.
 
+Use:
+
+    policy = impala.load_maze_policy("model_rand_region_5.pth")       # or url=impala.RELEASED_URL
+    res = cheese_vector_experiment(policy, seeds=range(100))          # numbers; format_result(res) prints them
+    env = make_maze_env(seed); state = get_state(env)                 # MazeState: grid, mouse, cheese
+    case = maze_case(env, seed)                                       # decision square, moves, 4 observations
+    p_cheese, p_corner = decision_probs(policy, case)                 # at the decision square
+    observe(env, state.with_cheese(square).with_mouse(other))         # edit, set_state, render
+
 The agent: `utils.goal_misgen.impala.load_maze_policy(path)` with the released `model_rand_region_5.pth`,
 which is NOT on the Hugging Face hub: the learner gives a local path, or `url=impala.RELEASED_URL`
 (https://nerdsniper.net/mats/model_rand_region_5.pth, the file procgen-tools downloads) to download it once.
@@ -200,7 +209,8 @@ class MazeState:
         r = _Reader(bytes(data))
         head = r.block(_HEAD)
         if head["game_name"] != "maze":
-            raise CourseError(f"not a maze state: the game is {head['game_name']!r} (make the env with env_name='maze')")
+            raise CourseError(f"not a maze state: the game is {head['game_name']!r} "
+                              "(make the env with env_name='maze')")
         n_ents = r.take("i")
         if not 0 <= n_ents <= 10_000:
             raise CourseError(f"not a procgen maze state: {n_ents} entities")
@@ -447,7 +457,8 @@ def _median_ci(x: np.ndarray, seed: int) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def _forward(policy, obs: torch.Tensor, delta: torch.Tensor | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(policy, obs: torch.Tensor, delta: torch.Tensor | None,
+             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, RESADD_OUT activations) of `obs`, with `delta` [n, 128, 16, 16] added at RESADD_OUT."""
     from utils.goal_misgen.impala import RESADD_OUT
 
@@ -465,6 +476,18 @@ def _forward(policy, obs: torch.Tensor, delta: torch.Tensor | None, batch_size: 
         logits.append(policy.run_with_hooks(x, fwd_hooks=[(RESADD_OUT, hook)]).float().cpu())
         acts.append(store["a"].float().cpu())
     return torch.cat(logits), torch.cat(acts)
+
+
+def decision_probs(policy, case: MazeCase, delta: torch.Tensor | None = None,
+                   cheese: bool = True) -> tuple[float, float]:
+    """(P(cheese move), P(corner move)) of `policy` at the case's decision square, the maze with its cheese
+    (or without: cheese=False), with `delta` ([128, 16, 16], e.g. minus a cheese vector) added at RESADD_OUT."""
+    from utils.goal_misgen.impala import preprocess
+
+    obs = preprocess(case.obs["decision" if cheese else "decision no cheese"])
+    logits, _ = _forward(policy, obs, None if delta is None else delta.reshape(1, *delta.shape[-3:]), 1)
+    probs = action_probs(logits)
+    return float(probs[case.cheese_move][0]), float(probs[case.corner_move][0])
 
 
 def cheese_vector_experiment(policy, seeds: Iterable[int] = range(100), coeff: float = 1.0, at: str = "start",
@@ -500,7 +523,8 @@ def cheese_vector_experiment(policy, seeds: Iterable[int] = range(100), coeff: f
     del env
     n = len(cases)
     if n < 2:
-        raise CourseError(f"{n} of the {len(seeds)} mazes have a decision square: give more seeds (the source used 0-99)")
+        raise CourseError(f"{n} of the {len(seeds)} mazes have a decision square: give more seeds "
+                          "(the source used 0-99)")
     stack = lambda key: preprocess(np.stack([c.obs[key] for c in cases]))   # noqa: E731
     src = "start" if at == "start" else "decision"
     _, with_cheese = _forward(policy, stack(src), None, batch_size)
