@@ -279,3 +279,82 @@ def test_baselines_negamax_and_matches():
         play_match(C4, random_player(C4), random_player(C4), 0)
     with pytest.raises(CourseError, match="not over"):
         negamax_move_values(TTT, np.array([[1, 1, 1], [-1, -1, 0], [0, 0, 0]]), 2)
+
+
+def test_self_play_random_openings_and_config_checks():
+    out = self_play(uniform_evaluator(TTT), TTT, 12, MCTSConfig(n_sims=8), np.random.default_rng(3), opening_plies=3)
+    starts = np.flatnonzero(np.r_[True, out["game"][1:] != out["game"][:-1]])
+    stones = np.count_nonzero(out["boards"][starts].reshape(len(starts), -1), axis=1)
+    assert stones.max() <= 3 and stones.min() == 0 and len(set(stones.tolist())) > 1
+    assert not TTT.finished(out["boards"]).any() and np.isfinite(out["q"]).all()
+    for g, s in enumerate(starts):       # the first player's score: z at the first searched board, by parity
+        assert out["first_player_score"][g] == out["z"][s] * (1 if stones[g] % 2 == 0 else -1)
+        L = out["lengths"][g]
+        assert np.allclose(out["z"][s + 1:s + L:2], -out["z"][s])
+    base = self_play(uniform_evaluator(TTT), TTT, 4, MCTSConfig(n_sims=8), np.random.default_rng(0))
+    assert (np.count_nonzero(base["boards"][0]) == 0) and base["lengths"].sum() == len(base["z"])
+    for bad in (dict(value_target="q"), dict(lr_end=1.0), dict(opening_plies=9), dict(opening_plies=-1)):
+        with pytest.raises(CourseError):
+            AZConfig(**bad)
+
+
+def test_replay_buffer_keeps_the_latest_examples_with_every_symmetry():
+    from utils.alphazero.training import ReplayBuffer
+    buf = ReplayBuffer(TTT, capacity=20)
+    b = np.zeros((2, 3, 3), np.int8)
+    b[0, 0, 0] = 1                          # a corner stone: its 8 images cover the 4 corners
+    pi = np.zeros((2, 9))
+    pi[:, 0] = 1
+    buf.add(b, pi, np.array([1.0, -1.0]))
+    assert len(buf) == 16
+    corners = {int(np.flatnonzero(x.reshape(-1))[0]) for x, z in zip(buf.boards, buf.z) if z == 1}
+    assert corners == {0, 2, 6, 8}
+    for x, p in zip(buf.boards, buf.pi):      # the policy moves with the board
+        if x.any():
+            assert np.argmax(p) == np.flatnonzero(x.reshape(-1))[0]
+    buf.add(b[:1], pi[:1], np.array([0.5]))
+    assert len(buf) == 20 and (buf.z[-8:] == 0.5).all() and (buf.z[:4] != 0.5).all()
+    x, p, z = buf.sample(5, np.random.default_rng(0))
+    assert x.shape == (5, 2, 3, 3) and p.shape == (5, 9) and z.shape == (5,)
+
+
+def test_worst_case_score_is_exhaustive():
+    from utils.alphazero.baselines import random_player, solver_player, worst_case_score
+    perfect = worst_case_score(TTT, solver_player(TTT), "any")
+    assert perfect["first"] == 0 and perfect["second"] == 0 and perfect["losing_line_first"] == []
+
+    def lowest(board, rng):                 # the lowest free cell: a player that loses
+        return int(np.flatnonzero(TTT.legal_mask(board)[0])[0])
+    wc = worst_case_score(TTT, lowest, "perfect")
+    assert wc["first"] == -1 and wc["second"] == -1
+    b, moves = TTT.initial(1), wc["losing_line_first"]  # the line replays to a game the player loses
+    for k, a in enumerate(moves):
+        assert k % 2 == 1 or a == lowest(b, None)
+        b, term, val = TTT.step(b, [a])
+    assert term[0] and val[0] == -1 and len(moves) % 2 == 0     # the opponent moved last and won
+    assert worst_case_score(TTT, random_player(TTT), "any")["second"] == -1
+    with pytest.raises(CourseError, match="opponent"):
+        worst_case_score(TTT, lowest, "random")
+    with pytest.raises(CourseError, match="positions"):
+        worst_case_score(C4, lambda b, rng: int(np.flatnonzero(C4.legal_mask(b)[0])[0]), "any", max_positions=50)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shipped_tictactoe_agents_never_lose(seed):
+    """The chapter's bar on the shipped agents: the network alone never loses, first or second, to
+    any line of play; its optimal-move rate on all positions is near 1; the random init fails both."""
+    from utils.alphazero.baselines import net_player, worst_case_score
+    from utils.alphazero.pretrain import artifact_name, load_run
+    nets, log = load_run(artifact_name(seed, "tictactoe"), "tictactoe")
+    final, init = nets[max(nets)], nets[0]
+    boards = all_positions(TTT)
+    opt = TTT.optimal_mask(boards)
+    assert C.optimal_move_rate(final, boards, opt).mean() >= 0.98
+    assert C.optimal_move_rate(init, boards, opt).mean() < 0.9
+    wc = worst_case_score(TTT, net_player(final), "any")
+    assert wc["first"] == 0 and wc["second"] == 0, wc
+    wi = worst_case_score(TTT, net_player(init), "any")
+    assert min(wi["first"], wi["second"]) == -1
+    assert len(log["loss"]) == 40
+    with pytest.raises(CourseError, match="not connect_four"):
+        load_run(artifact_name(seed, "tictactoe"), game="connect_four")

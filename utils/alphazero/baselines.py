@@ -11,6 +11,11 @@ players here:
   sees every win and loss within `depth` plies exactly and scores the positions at the horizon
   with a material-like count (open lines, `concepts.open_lines`); ties broken at random.
 
+`worst_case_score(game, player, opponent)` is the exhaustive version of a match for a
+deterministic player: its lowest score over EVERY line the opponent can choose (any legal move,
+or any of the solver's optimal moves), as first and as second player. 0 for both on tic-tac-toe
+means the player never loses, a proof rather than a sample of games.
+
 `play_match(game, a, b, n_games, seed, opening_plies)` plays a against b, a first in even games
 and second in odd ones; `opening_plies` uniformly random moves start each pair of games (the same
 opening for both colours), so that two deterministic players still meet in many positions.
@@ -105,6 +110,57 @@ def net_player(net, cfg: MCTSConfig | None = None) -> Player:
             return int(np.where(game.legal_mask(board)[0], pri[0], -np.inf).argmax())
         return int(batched_mcts(net.evaluate, game, board, cfg, rng).argmax())
     return play
+
+
+def worst_case_score(game: Game | str, player: Player, opponent: str = "any",
+                     max_positions: int = 200_000) -> dict:
+    """The deterministic `player`'s lowest score (+1 win, 0 draw, -1 loss) over every line of play of
+    the opponent: "any" (every legal move) or "perfect" (every move the exact solver rates optimal),
+    from the empty board as first and as second player. Returns {"first", "second", "positions"
+    (distinct positions where the player moved), "losing_line_first" / "losing_line_second" (the
+    moves of one game the player loses, [] if none)}. The player must be deterministic (it is
+    asked once per position, with a fixed generator): a network's argmax, or a search without
+    root noise. Made for tic-tac-toe (a few hundred positions); `max_positions` stops a game tree
+    too large to walk with a CourseError."""
+    game = get_game(game)
+    if opponent not in ("any", "perfect"):
+        raise CourseError(f"opponent must be 'any' (every legal move) or 'perfect' (every optimal move), got {opponent!r}")
+    memo: dict[tuple[bytes, bool], tuple[float, list[int]]] = {}
+    moves: dict[bytes, int] = {}
+    rng = np.random.default_rng(0)
+
+    def value(b: np.ndarray, agent: bool) -> tuple[float, list[int]]:
+        key = (b.tobytes(), agent)
+        if key in memo:
+            return memo[key]
+        if agent:
+            if b.tobytes() not in moves:
+                if len(moves) >= max_positions:
+                    raise CourseError(f"more than {max_positions} positions: worst_case_score walks the whole game "
+                                      "tree, use play_match on a game this large")
+                moves[b.tobytes()] = int(player(b[None], rng))
+            acts = [moves[b.tobytes()]]
+        else:
+            mask = game.optimal_mask(b[None])[0] if opponent == "perfect" else game.legal_mask(b[None])[0]
+            acts = np.flatnonzero(mask).tolist()
+        best = None
+        for a in acts:
+            nb, term, val = game.step(b[None], [a])
+            if term[0]:
+                mover = 0.0 - float(val[0])             # +1: the mover completed a line
+                r = (mover if agent else -mover) + 0.0, [a]
+            else:
+                v, line = value(nb[0], not agent)
+                r = v, [a] + line
+            if best is None or r[0] < best[0]:
+                best = r
+        memo[key] = best
+        return best
+
+    first, second = value(game.initial(1)[0], True), value(game.initial(1)[0], False)
+    return {"first": first[0], "second": second[0], "positions": len(moves),
+            "losing_line_first": first[1] if first[0] < 0 else [],
+            "losing_line_second": second[1] if second[0] < 0 else []}
 
 
 def play_match(game: Game | str, a: Player, b: Player, n_games: int, seed: int = 0,
