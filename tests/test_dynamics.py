@@ -249,19 +249,19 @@ def test_distil_leaves_the_global_rng_alone_and_keeps_its_history():
 
 def test_cloning_works_on_another_course_environment_and_architecture():
     """The protocol, not the colour-goal gridworld: a conv policy on the maze, student = fresh copy."""
-    from utils.goal_misgen.policy import ConvPolicy
     from utils.envs import make_env
+    from utils.models.conv_policy import HookedConvPolicy
 
     env = make_env("maze", 4, seed=0)
     obs = env.reset(seed=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        teacher = ConvPolicy((3, 7, 7), 4, (4, 4), 16)
+        teacher = HookedConvPolicy((3, 7, 7), 4, (4, 4), (16,))
     assert obs.shape[1] == teacher.obs_dim
     data = collect_states(teacher, 256, seed=1, env="maze", n_envs=16)
     assert set(data) == {"obs", "episode"} and data["obs"].shape == (256, teacher.obs_dim)
     student, log = distil(teacher, data["obs"], steps=30, seed=0, dagger_rounds=1, dagger_states=64, env="maze")
-    assert isinstance(student, ConvPolicy) and log["n_states"] == [256, 320]
+    assert isinstance(student, HookedConvPolicy) and log["n_states"] == [256, 320]
     a, b = fresh_copy(teacher, 3), fresh_copy(teacher, 3)
     assert torch.equal(a.fc.weight if hasattr(a, "fc") else next(a.parameters()),
                        b.fc.weight if hasattr(b, "fc") else next(b.parameters()))

@@ -18,7 +18,7 @@ from utils.envs.maze import (CHANNELS, MazeEnv, bfs_distances, channel_index, en
 from utils.envs.monster_gridworld import MonsterGridworld
 from utils.goal_misgen import analysis as A
 from utils.goal_misgen.behaviour import UniformPolicy, coinrun_behaviour, maze_behaviour, monster_behaviour
-from utils.goal_misgen.policy import ConvPolicy
+from utils.models.conv_policy import HookedConvPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_coin_run_train_coin_at_the_end_and_test_anywhere():
 # ------------------------------------------------------------------ the policy and the analysis
 def _policy(seed=0):
     torch.manual_seed(seed)
-    return ConvPolicy((3, 7, 7), 4, channels=(8, 8), hidden=32).eval()
+    return HookedConvPolicy((3, 7, 7), 4, channels=(8, 8), hidden=(32,)).eval()
 
 
 def test_conv_policy_shapes_hooks_and_errors():
@@ -180,11 +180,11 @@ def test_conv_policy_shapes_hooks_and_errors():
     logits, value = p.forward_both(obs)
     assert logits.shape == (5, 4) and value.shape == (5,)
     _, cache = p.run_with_cache(obs)
-    assert cache["conv.1.hook_post"].shape == (5, 8, 7, 7)
+    assert cache["convs.1.hook_post"].shape == (5, 8, 7, 7)
     with pytest.raises(CourseError, match="observations"):
         p(torch.zeros(5, 10))
     with pytest.raises(CourseError, match="unknown layer"):
-        A.channel_patching(p, obs, obs, "conv.7.hook_post", torch.zeros(5), torch.ones(5))
+        A.channel_patching(p, obs, obs, "convs.7.hook_post", torch.zeros(5), torch.ones(5))
 
 
 def test_channel_patching_effects_sum_to_one_when_the_head_is_linear():
@@ -192,9 +192,9 @@ def test_channel_patching_effects_sum_to_one_when_the_head_is_linear():
     effects add up: patching every channel moves the whole difference, so the effects sum to 1."""
     p = _policy(1)
     with torch.no_grad():
-        p.fc.bias.fill_(50.0)  # every fc unit active on these inputs: the readout from conv.1 is linear
+        p.layers[0].linear.bias.fill_(50.0)  # every fc unit active on these inputs: the readout from conv.1 is linear
     pairs = A.cheese_pairs(40, seed=0)
-    eff = A.channel_patching(p, pairs["clean"], pairs["corrupt"], "conv.1.hook_post", pairs["a_clean"], pairs["a_corrupt"])
+    eff = A.channel_patching(p, pairs["clean"], pairs["corrupt"], "convs.1.hook_post", pairs["a_clean"], pairs["a_corrupt"])
     assert eff.shape == (8,) and torch.isfinite(eff).all()
     assert float(eff.sum()) == pytest.approx(1.0, abs=2e-2)
 
@@ -213,17 +213,17 @@ def test_cheese_pairs_differ_only_in_cheese():
 def test_cheese_vector_shape_check_and_subtraction_removes_cheese_at_layer():
     p = _policy(2)
     lay = maze_layouts(6, seed=2, cheese="anywhere")
-    v = A.cheese_vectors(p, lay["walls"], lay["agent"], lay["cheese"], "conv.0.hook_post")
+    v = A.cheese_vectors(p, lay["walls"], lay["agent"], lay["cheese"], "convs.0.hook_post")
     assert v.shape == (6, 8, 7, 7)
     # subtracting the cheese vector gives exactly the no-cheese activation at that layer (same agent square)
     with_c = torch.from_numpy(encode(lay["walls"], lay["agent"], lay["cheese"]))
     no_c = torch.from_numpy(encode(lay["walls"], lay["agent"], np.full((6, 2), -1)))
-    steered = p.run_with_hooks(with_c, fwd_hooks=[("conv.0.hook_post", A.subtract_hook(v))])
+    steered = p.run_with_hooks(with_c, fwd_hooks=[("convs.0.hook_post", A.subtract_hook(v))])
     assert torch.allclose(steered, p(no_c), atol=1e-5)
     r = A.random_like(v, 0)
     assert torch.allclose(r.flatten(1).norm(dim=1), v.flatten(1).norm(dim=1), atol=1e-4)
     with pytest.raises(CourseError, match="shape"):
-        A.steered_success(p, lay, "conv.0.hook_post", v[:, :4])
+        A.steered_success(p, lay, "convs.0.hook_post", v[:, :4])
 
 
 def test_retarget_hook_writes_only_the_target_square():
@@ -232,13 +232,13 @@ def test_retarget_hook_writes_only_the_target_square():
     target = lay["agent"].copy()
     obs = torch.from_numpy(encode(lay["walls"], lay["agent"], lay["cheese"]))
     hook = A.retarget_hook([1, 2], target, 9.0)
-    _, clean = p.run_with_cache(obs, names_filter=["conv.1.hook_post"])
-    act = hook(clean["conv.1.hook_post"], None)
-    diff = (act != clean["conv.1.hook_post"])
+    _, clean = p.run_with_cache(obs, names_filter=["convs.1.hook_post"])
+    act = hook(clean["convs.1.hook_post"], None)
+    diff = (act != clean["convs.1.hook_post"])
     assert diff[:, [0, 3, 4, 5, 6, 7]].sum() == 0
     assert (act[torch.arange(4), 1, target[:, 0], target[:, 1]] == 9.0).all()
     with pytest.raises(CourseError, match="channels must be"):
-        A.retarget_rate(p, lay, "conv.1.hook_post", [99], target, 1.0)
+        A.retarget_rate(p, lay, "convs.1.hook_post", [99], target, 1.0)
 
 
 def test_spearman_and_interval():
@@ -276,3 +276,107 @@ def test_bench_maze_prints_the_ratio():
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "ratio batched / gymnasium" in res.stdout
+
+
+# ------------------------------------------------------------------ issue 32: oracle, controls, estimators, agents
+from utils.envs.maze import oracle_actions  # noqa: E402
+from utils.goal_misgen import train as T  # noqa: E402
+from utils.goal_misgen.behaviour import OraclePolicy  # noqa: E402
+
+
+def test_oracle_actions_follow_the_shortest_path_and_the_oracle_always_arrives():
+    lay = maze_layouts(30, seed=4, cheese="anywhere", **T.MAZE)
+    for w, c in zip(lay["walls"], lay["cheese"]):
+        lab, d = oracle_actions(w, c), bfs_distances(w, c)
+        for r, col in np.argwhere(lab >= 0)[:20]:
+            nr, nc = np.array([r, col]) + np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])[lab[r, col]]
+            assert d[nr, nc] == d[r, col] - 1
+        assert lab[c[0], c[1]] == -1 and (lab[w] == -1).all()
+    side = lay["walls"].shape[-1]
+    out = maze_behaviour(OraclePolicy((3, side, side)), 150, cheese="anywhere", seed=5, **T.MAZE)
+    assert out["success"].all()
+    # corner first happens to the oracle too, whenever the corner is on its way: geometry, not a goal
+    assert 0.0 < out["corner_first"].mean() < 0.5
+
+
+def test_coin_run_training_coin_is_always_collectable_and_the_oracle_collects_it():
+    for mode in ("train", "anywhere"):
+        out = coinrun_behaviour(OraclePolicy((3, 5, 10), coinrun=True), 200, coin=mode, seed=2, greedy=True)
+        assert out["success"].all() and not out["reached_end"].any()
+    assert T.coin_oracle(np.zeros((5, 10), bool), (4, 9))[4, 8] == 3     # step right onto the coin
+
+
+def test_patch_channels_is_a_ratio_of_sums_and_random_baseline_draws_k_channels():
+    p = _policy(5)
+    pairs = A.cheese_pairs(30, seed=6)
+    args = (p, pairs["clean"], pairs["corrupt"], "convs.1.hook_post", pairs["a_clean"], pairs["a_corrupt"])
+    everything = A.patch_channels(*args, list(range(8)))
+    assert everything == pytest.approx(1.0, abs=1e-4)         # every channel patched: the corrupt run
+    assert A.patch_channels(*args, []) == pytest.approx(0.0, abs=1e-6)
+    single = A.channel_patching(*args)
+    assert float(single[3]) == pytest.approx(A.patch_channels(*args, [3]), abs=1e-6)
+    base = A.random_channel_baseline(p, pairs, "convs.1.hook_post", k=2, n_draws=4, seed=0, exclude=[0, 1])
+    assert base.shape == (4,) and np.isfinite(base).all()
+    with pytest.raises(CourseError, match="random channels"):
+        A.random_channel_baseline(p, pairs, "convs.1.hook_post", k=8, n_draws=1, exclude=[0])
+
+
+def test_resampling_test_same_cheese_moves_nothing_when_channels_only_see_the_cheese():
+    """A network whose chosen channel reads only the cheese channel: resampling it from a maze with the
+    cheese on the same square changes nothing; from a maze with the cheese elsewhere it does."""
+    p = _policy(6)
+    with torch.no_grad():
+        w = p.convs[0].conv.weight
+        w[0].zero_()
+        w[0, 2, 1, 1] = 3.0          # channel 0 of convs.0 = the cheese channel itself
+        p.convs[0].conv.bias[0] = 0.0
+    out = A.resampling_test(p, "convs.0.hook_post", [0], n=30, seed=1)
+    assert out["same"].max() < 1e-6 and out["different"].mean() > 1e-3
+
+
+def test_decision_square_steering_with_the_cheese_vector_equals_no_cheese():
+    p = _policy(7)
+    data = A.decision_square_data(p, 20, seed=3)
+    v = A.cheese_vectors(p, data["walls"], data["agent"], data["cheese"], "convs.1.hook_post")
+    steered = A.decision_square_steering(p, data, "convs.1.hook_post", v)
+    no_cheese = torch.from_numpy(encode(data["walls"], data["agent"], np.full((len(v), 2), -1)))
+    want = torch.softmax(p(no_cheese), -1).detach().numpy()[np.arange(len(v)), data["a_cheese_action"]]
+    assert np.allclose(steered, want, atol=1e-5)
+    assert np.allclose(A.decision_square_steering(p, data, "convs.1.hook_post", None), data["p_cheese"], atol=1e-6)
+
+
+def test_within_level_ranks_remove_the_level():
+    levels = ["a"] * 4 + ["b"] * 4
+    x = [1, 2, 3, 4, 11, 12, 13, 14]          # the level alone orders the pooled values
+    assert np.allclose(A.within_level_ranks(x, levels), [0, 1 / 3, 2 / 3, 1] * 2)
+    assert A.spearman(A.within_level_ranks(x, levels), A.within_level_ranks(x[::-1], levels[::-1])) < 0
+
+
+def test_internal_predictors_run_on_a_policy():
+    p = _policy(8)
+    lay = maze_layouts(40, seed=2, cheese="train")
+    assert 0 <= A.cheese_channel_share(p, lay, "convs.1.hook_post")
+    pairs = A.cheese_pairs(20, seed=2, cheese="train", sizes=(4,))
+    assert np.isfinite(A.patching_mass(p, pairs, "convs.1.hook_post", 2))
+    assert 0 <= A.probe_strength(p, "convs.1.hook_post", n=80, seed=0) <= 1
+
+
+def test_agent_names_and_bad_checkpoints(tmp_path):
+    assert T.parse_name("ch06_maze_r1_s2") == ("maze", {**T.MAZE, "rand_frac": 1.0}, 2)
+    assert T.parse_name("ch06_coinrun_r1_s0")[1]["rand_frac"] == 1.0
+    assert len(T.maze_names("r0")) >= 5 and len(T.maze_names("r01")) >= 5 and len(T.maze_names("r03")) >= 5
+    for bad in ("ch06_maze_r2_s0", "ch07_maze_r0_s0", "ch06_coinrun_r0_s0"):
+        with pytest.raises(CourseError, match="not a chapter-06 agent name"):
+            T.parse_name(bad)
+    with pytest.raises(CourseError, match="unknown environment"):
+        T.train_agent("pong")
+
+
+@pytest.mark.parametrize("name", [n for n in T.shipped_names() if "monster" not in n])
+def test_shipped_agents_meet_the_competence_bar(name):
+    env_id, kw, seed = T.parse_name(name)
+    policy = T.load_agent(name)
+    goal = "anywhere" if kw.get("rand_frac") == 1.0 else "train"
+    kw = {k: v for k, v in kw.items() if k != "rand_frac"}
+    rate = T.success_rate(env_id, policy, 200, seed=777, goal=goal, **kw)
+    assert rate >= T.COMPETENCE_BAR - 0.03, f"{name}: {rate:.3f}"     # 200 episodes: allow sampling noise

@@ -138,8 +138,14 @@ def test_install_pins_stay_out_of_requirements():
 
 @pytest.fixture(scope="module")
 def procgen():
+    """procgen-mirror, installed without its dependencies into _build/pip-no-deps when missing (as
+    `make test` does for chapter 05's lczerolens); skipped only where the registry cannot be reached."""
     if not P.procgen_available():
-        pytest.skip("procgen-mirror is not installed: python -m utils.goal_misgen.procgen_maze --install")
+        try:
+            P.ensure_procgen()
+        except Exception as e:  # noqa: BLE001 - no registry: the pure tests above still ran
+            pytest.skip(f"procgen-mirror could not be installed ({type(e).__name__}): "
+                        "python -m utils.goal_misgen.procgen_maze --install")
     return P.import_procgen()
 
 

@@ -58,15 +58,23 @@ class CoinRunEnv(BatchedEnv):
         self.reset_where(np.ones(n_envs, bool))
 
     def reset_where(self, mask: np.ndarray) -> None:
+        """New levels where `mask` is True. Reaching the last column ends the level, so a level is kept
+        only if the ground square in front of the end (bottom row, column W - 2) can be reached without
+        touching the last column: the training coin is then always collectable. Coins at test lie on
+        squares reachable the same way (or on the last column, next to such a square)."""
         start = np.array([self.h - 1, 0])
         for i in np.flatnonzero(mask):
             while True:
                 w = np.zeros((self.h, self.w), bool)
                 w[:, 1:-1] = self.rng.random((self.h, self.w - 2)) < self.block_frac
-                dist = bfs_distances(w, start)
-                if (dist[:, -1] >= 0).any():
+                closed = w.copy()
+                closed[:, -1] = True
+                dist = bfs_distances(closed, start)
+                if dist[self.h - 1, self.w - 2] >= 0:
                     break
             reach = np.argwhere(dist > 0)
+            ends = np.argwhere(dist[:, -2] >= 0).ravel()
+            reach = np.concatenate([reach, np.stack([ends, np.full(len(ends), self.w - 1)], -1)])
             if self.coin_mode == "anywhere" or self.rng.random() < self.rand_frac:
                 pool = reach
             else:  # the end of the level, on the ground

@@ -13,7 +13,8 @@ instead. This is that task at CPU scale, stepped in numpy.
 - Cheese: in training, on a random open square of the top-right `region` x `region` squares of
   the maze; with probability `rand_frac` (Langosco's randomisation knob), and always with
   `cheese="anywhere"`, on any open square but the agent's.
-- Reward 1 for stepping onto the cheese (the episode ends); `max_steps` truncates.
+- Reward 1 for stepping onto the cheese (the episode ends); `max_steps` (default 8 x the window's
+  side, a generous limit as procgen's) truncates.
 - Observation: three channels (`CHANNELS`: walls, agent, cheese) of the window, flattened
   ([n_envs, 3 * side * side], `obs_shape` = (3, side, side)); a conv policy reshapes it.
 - Actions: 0 up, 1 down, 2 left, 3 right (moving into a wall does nothing).
@@ -101,6 +102,23 @@ def bfs_distances(walls: np.ndarray, source) -> np.ndarray:
     return dist
 
 
+def oracle_actions(walls: np.ndarray, target) -> np.ndarray:
+    """The shortest-path oracle: [side, side] int, at every open square the action (0 up, 1 down,
+    2 left, 3 right) that starts the shortest path to `target`; -1 on walls, on the target and where
+    it is unreachable. In a perfect maze the shortest path is unique, so the action is."""
+    dist = bfs_distances(walls, target)
+    side_r, side_c = dist.shape
+    out = np.full(dist.shape, -1, np.int64)
+    for a, (dr, dc) in enumerate(MOVES):
+        nb = np.full(dist.shape, -1, np.int64)
+        rs, re_ = max(0, -dr), side_r - max(0, dr)
+        cs, ce = max(0, -dc), side_c - max(0, dc)
+        nb[rs:re_, cs:ce] = dist[rs + dr:re_ + dr, cs + dc:ce + dc]
+        step = (dist > 0) & (nb >= 0) & (nb == dist - 1) & (out < 0)
+        out[step] = a
+    return out
+
+
 def encode(walls: np.ndarray, agent: np.ndarray, cheese: np.ndarray) -> np.ndarray:
     """Flat observations [n, 3 * side * side] from walls [n, side, side] (bool), agent [n, 2] and
     cheese [n, 2] squares (row, col); a cheese at (-1, -1) is absent (an empty cheese channel)."""
@@ -139,7 +157,7 @@ class MazeEnv(BatchedEnv):
         self.n_envs, self.sizes, self.region = n_envs, sizes, int(region)
         self.rand_frac, self.cheese_mode, self.auto_reset = float(rand_frac), cheese, auto_reset
         self.side = 2 * max(sizes) - 1
-        self.max_steps = int(max_steps) if max_steps is not None else 4 * self.side + 8
+        self.max_steps = int(max_steps) if max_steps is not None else 8 * self.side
         if self.max_steps <= 0:
             raise CourseError(f"max_steps must be positive, got {max_steps}")
         self.obs_shape = (len(CHANNELS), self.side, self.side)

@@ -19,9 +19,9 @@ from utils.core import torch_threads
 from utils.envs.maze import MOVES, bfs_distances, encode, maze_layouts
 from utils.exercises import ExerciseFailed, check
 from utils.goal_misgen import analysis as A
-from utils.goal_misgen.policy import ConvPolicy
+from utils.models.conv_policy import HookedConvPolicy
 
-LAYER = "conv.1.hook_post"
+LAYER = "convs.1.hook_post"
 
 
 def _quiet(fn):
@@ -33,9 +33,9 @@ def _quiet(fn):
     return wrapper
 
 
-def _policy(seed: int, channels=(6, 5), hidden: int = 16) -> ConvPolicy:
+def _policy(seed: int, channels=(6, 5), hidden: int = 16) -> HookedConvPolicy:
     with torch.random.fork_rng(devices=[]):
-        model = ConvPolicy((3, 7, 7), 4, channels=channels, hidden=hidden)
+        model = HookedConvPolicy((3, 7, 7), 4, channels=channels, hidden=(hidden,))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -177,7 +177,7 @@ def check_channel_patching(fn) -> None:
         a_c, a_x = torch.as_tensor(pairs["a_clean"]).clone(), torch.as_tensor(pairs["a_corrupt"]).clone()
         a_x[0] = a_c[0]          # a pair whose two actions agree: d_corrupt == d_clean, it must be left out
         saved = _saved(policy)
-        for layer in ("conv.0.hook_post", LAYER):
+        for layer in ("convs.0.hook_post", LAYER):
             a_c0, a_x0 = a_c.clone(), a_x.clone()
             got = fn(policy, clean, corrupt, layer, a_c, a_x)
             if not torch.equal(clean, pairs["clean"]) or not torch.equal(corrupt, pairs["corrupt"]):
@@ -186,18 +186,21 @@ def check_channel_patching(fn) -> None:
             _same(a_x0, a_x, "a_corrupt")
             _policy_untouched(policy, saved)
             if isinstance(got, Tensor) and not torch.isfinite(got).all():
-                raise ExerciseFailed(f"{layer}: NaN/inf channel effects: pair 0 has a_clean == a_corrupt, so "
-                                     "d_corrupt - d_clean = 0; leave out pairs with |d_corrupt - d_clean| <= 1e-6")
+                raise ExerciseFailed(f"{layer}: NaN/inf channel effects: divide the SUM over pairs of "
+                                     "(d_patched - d_clean) by the SUM of (d_corrupt - d_clean), not pair by pair")
             want = A.channel_patching(policy, clean, corrupt, layer, a_c, a_x)
             if isinstance(got, Tensor) and got.shape == want.shape and not torch.allclose(got, want, atol=1e-4):
                 if torch.allclose(got, A.channel_patching(policy, corrupt, clean, layer, a_x, a_c), atol=1e-4):
                     raise ExerciseFailed(f"{layer}: you patched the wrong way round: run the CLEAN input with one "
                                          "channel's map taken from the CORRUPT run")
                 if torch.allclose(got, 1 - want, atol=1e-4):
-                    raise ExerciseFailed(f"{layer}: you return 1 - the effect: report (d_patched - d_clean) / "
-                                         "(d_corrupt - d_clean), the share of the change one channel carries")
-            _close(got, want, f"channel effects at {layer} (the mean over pairs of (d_patched - d_clean) / "
-                   "(d_corrupt - d_clean))", atol=1e-4)
+                    raise ExerciseFailed(f"{layer}: you return 1 - the effect: report sum(d_patched - d_clean) / "
+                                         "sum(d_corrupt - d_clean), the share of the change one channel carries")
+                if torch.allclose(got, _patch_mean_of_ratios(policy, clean, corrupt, layer, a_c, a_x), atol=1e-4):
+                    raise ExerciseFailed(f"{layer}: you average per-pair ratios, which one pair with a tiny "
+                                         "denominator can swing: divide the sums over pairs instead")
+            _close(got, want, f"channel effects at {layer} (sum over pairs of (d_patched - d_clean) / "
+                   "sum of (d_corrupt - d_clean))", atol=1e-4)
 
 
 # ------------------------------------------------------------------ 5. cheese-tracking channels
@@ -205,7 +208,7 @@ def check_channel_patching(fn) -> None:
 @_quiet
 def check_cheese_tracking(fn) -> None:
     """cheese_tracking(policy, walls, agent, cheese, layer) -> [channels]."""
-    for seed, layer in ((2, LAYER), (3, "conv.0.hook_post")):
+    for seed, layer in ((2, LAYER), (3, "convs.0.hook_post")):
         policy = _policy(seed)
         saved = _saved(policy)
         lay = _layouts(16, seed=30 + seed)
@@ -228,7 +231,7 @@ def check_cheese_tracking(fn) -> None:
 @_quiet
 def check_cheese_vectors(fn) -> None:
     """cheese_vectors(policy, walls, agent, cheese, layer) -> [n, channels, H, W]."""
-    for seed, layer in ((4, LAYER), (5, "conv.0.hook_post")):
+    for seed, layer in ((4, LAYER), (5, "convs.0.hook_post")):
         policy = _policy(seed)
         lay = _layouts(10, seed=40 + seed)
         saved, w0, ag0, c0 = _saved(policy), lay["walls"].copy(), lay["agent"].copy(), lay["cheese"].copy()
@@ -670,11 +673,13 @@ def _ds_walks_start_in_place(walls, start, cheese, corner):
 
 
 @torch.no_grad()
-def _patch_keeps_tied_pairs(policy, clean, corrupt, layer, a_clean, a_corrupt):
+def _patch_mean_of_ratios(policy, clean, corrupt, layer, a_clean, a_corrupt):
+    """The old, unstable estimator: the mean over pairs of per-pair ratios (tied pairs left out)."""
     rows = torch.arange(len(clean))
     src = policy.run_with_cache(corrupt, names_filter=[layer])[1][layer]
     lc, lx = policy(clean), policy(corrupt)
     d_clean, d_corrupt = lc[rows, a_corrupt] - lc[rows, a_clean], lx[rows, a_corrupt] - lx[rows, a_clean]
+    keep = (d_corrupt - d_clean).abs() > 1e-6
     out = torch.zeros(src.shape[1])
     for ch in range(src.shape[1]):
         def hook(act, hook, ch=ch):
@@ -682,13 +687,13 @@ def _patch_keeps_tied_pairs(policy, clean, corrupt, layer, a_clean, a_corrupt):
             act[:, ch] = src[:, ch]
             return act
         lp = policy.run_with_hooks(clean, fwd_hooks=[(layer, hook)])
-        out[ch] = ((lp[rows, a_corrupt] - lp[rows, a_clean] - d_clean) / (d_corrupt - d_clean)).mean()
+        out[ch] = ((lp[rows, a_corrupt] - lp[rows, a_clean] - d_clean)[keep] / (d_corrupt - d_clean)[keep]).mean()
     return out
 
 
 @torch.no_grad()
 def _track_fixed_layer(policy, walls, agent, cheese, layer):
-    return A.cheese_tracking(policy, walls, agent, cheese, "conv.1.hook_post")
+    return A.cheese_tracking(policy, walls, agent, cheese, "convs.1.hook_post")
 
 
 @torch.no_grad()
@@ -765,7 +770,7 @@ WRONG_ANSWERS = {
     "first_steps": [_first_manhattan, _first_only_one, _first_from_source_distances,
                     _first_no_distance_guard],
     "decision_square": [_ds_start, _ds_one_too_far, _ds_never_none, _ds_walks_start_in_place],
-    "channel_patching": [_patch_raw, _patch_reversed, _patch_all_but_one, _patch_keeps_tied_pairs],
+    "channel_patching": [_patch_raw, _patch_reversed, _patch_all_but_one, _patch_mean_of_ratios],
     "cheese_tracking": [_track_no_baseline, _track_whole_map, _track_abs, _track_fixed_layer,
                         _track_removes_cheese_in_place],
     "cheese_vectors": [_vec_reversed, _vec_mean, _vec_moved_cheese, _vec_removes_cheese_in_place],

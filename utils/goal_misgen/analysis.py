@@ -1,9 +1,10 @@
 """Opening the maze agent: decision squares, cheese probes, channel patching, the cheese vector,
 channel edits that retarget the agent, and the 8.7 prediction from internals.
 
-Conventions: a conv activation is [batch, channels, H, W] at hook `layer` ("conv.0.hook_post"
-or "conv.1.hook_post"); the convolutions keep the grid's resolution, so position (r, c) of a
-channel map sits over square (r, c) of the maze.
+Conventions: the agents are `utils.models.conv_policy.HookedConvPolicy` networks; a conv
+activation is [batch, channels, H, W] at hook `layer` ("convs.{i}.hook_post", `conv_layers(policy)`);
+the convolutions keep the grid's resolution, so position (r, c) of a channel map sits over square
+(r, c) of the maze.
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from utils.envs.maze import AGENT, CHEESE, MOVES, MazeEnv, bfs_distances, encode
 from utils.goal_misgen.behaviour import run_maze
 from utils.stats import t_quantile
 
-CONV_LAYERS = ("conv.0.hook_post", "conv.1.hook_post")
+def conv_layers(policy) -> list[str]:
+    """The conv layers' post-activation hooks of a HookedConvPolicy, input to output."""
+    return [k for k in policy.hook_dict if k.startswith("convs.") and k.endswith(".hook_post")]
 
 
 def check_layer(policy, layer: str) -> None:
-    if layer not in policy.hook_dict:
-        conv = [k for k in policy.hook_dict if k.startswith("conv")]
-        raise CourseError(f"unknown layer {layer!r}: use one of {', '.join(conv)}")
+    if layer not in conv_layers(policy):
+        raise CourseError(f"unknown layer {layer!r}: use one of {', '.join(conv_layers(policy))}")
 
 
 def first_steps(walls: np.ndarray, source, target) -> np.ndarray:
@@ -99,7 +101,8 @@ def decision_square_data(policy, n: int, seed: int = 0, **env_kwargs) -> dict[st
     a_co = np.array([r["a_corner"] for r in rows])
     out = {k: np.array([r[k] for r in rows], float) for k in ("path_cheese", "path_corner", "euclid_cheese",
                                                                "euclid_cheese_corner")}
-    out.update(p_cheese=p[idx, a_ch], p_corner=p[idx, a_co], obs=obs.numpy(),
+    out.update(p_cheese=p[idx, a_ch], p_corner=p[idx, a_co], obs=obs.numpy(), a_cheese_action=a_ch,
+               a_corner_action=a_co,
                walls=np.stack([r["walls"] for r in rows]), agent=np.stack([r["agent"] for r in rows]),
                cheese=np.stack([r["cheese"] for r in rows]))
     out["chooses_cheese"] = out["p_cheese"] > out["p_corner"]
@@ -183,35 +186,60 @@ def cheese_pairs(n: int, seed: int = 0, cheese: str = "anywhere", **env_kwargs) 
             "clean": torch.from_numpy(encode(walls, agent, ca)), "corrupt": torch.from_numpy(encode(walls, agent, cb))}
 
 
+def _logit_diff(logits: Tensor, a_clean: Tensor, a_corrupt: Tensor) -> Tensor:
+    rows = torch.arange(len(logits))
+    return logits[rows, a_corrupt] - logits[rows, a_clean]
+
+
 @torch.no_grad()
-def channel_patching(policy, clean: Tensor, corrupt: Tensor, layer: str, a_clean: Tensor, a_corrupt: Tensor) -> Tensor:
-    """[channels]: for each channel of `layer`, the mean over pairs of the fraction of the logit
-    difference (logit[a_corrupt] - logit[a_clean]) moved from its clean value towards its corrupt
-    value when that one channel's map is copied from the corrupt run into the clean run
-    (0 = no effect, 1 = the whole corrupt difference). Pairs where the clean and corrupt
-    differences are equal are left out."""
+def patch_channels(policy, clean: Tensor, corrupt: Tensor, layer: str, a_clean, a_corrupt,
+                   channels) -> float:
+    """The share of the logit difference (logit[a_corrupt] - logit[a_clean]) moved from its clean value
+    to its corrupt value when the maps of `channels` (together) are copied from the corrupt run into
+    the clean run, as a ratio of sums over pairs: sum(d_patched - d_clean) / sum(d_corrupt - d_clean).
+    A ratio of sums is stable where a mean of per-pair ratios is not (a pair whose clean and corrupt
+    differences nearly agree has a huge ratio)."""
     check_layer(policy, layer)
     a_clean, a_corrupt = torch.as_tensor(a_clean).long(), torch.as_tensor(a_corrupt).long()
-    rows = torch.arange(len(clean))
-
-    def diff(logits):
-        return logits[rows, a_corrupt] - logits[rows, a_clean]
-
-    _, cache = policy.run_with_cache(corrupt, names_filter=[layer])
-    src = cache[layer]
-    d_clean, d_corrupt = diff(policy(clean)), diff(policy(corrupt))
-    keep = (d_corrupt - d_clean).abs() > 1e-6
-    if not keep.any():
+    src = policy.run_with_cache(corrupt, names_filter=[layer])[1][layer]
+    d_clean = _logit_diff(policy(clean), a_clean, a_corrupt)
+    d_corrupt = _logit_diff(policy(corrupt), a_clean, a_corrupt)
+    total = float((d_corrupt - d_clean).sum())
+    if abs(total) < 1e-6:
         raise CourseError("the clean and corrupt observations give the same logit difference: nothing to patch")
-    out = torch.zeros(src.shape[1])
-    for ch in range(src.shape[1]):
-        def hook(act, hook, ch=ch):
-            act = act.clone()
-            act[:, ch] = src[:, ch]
-            return act
-        d = diff(policy.run_with_hooks(clean, fwd_hooks=[(layer, hook)]))
-        out[ch] = ((d - d_clean)[keep] / (d_corrupt - d_clean)[keep]).mean()
-    return out
+    ch = torch.as_tensor(list(channels), dtype=torch.long)
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, ch] = src[:, ch]
+        return act
+    d = _logit_diff(policy.run_with_hooks(clean, fwd_hooks=[(layer, hook)]), a_clean, a_corrupt)
+    return float((d - d_clean).sum()) / total
+
+
+@torch.no_grad()
+def channel_patching(policy, clean: Tensor, corrupt: Tensor, layer: str, a_clean: Tensor, a_corrupt: Tensor) -> Tensor:
+    """[channels]: for each channel of `layer`, the share of the logit difference (logit[a_corrupt] -
+    logit[a_clean]) moved from its clean value towards its corrupt value when that one channel's map
+    is copied from the corrupt run into the clean run (0 = no effect, 1 = the whole corrupt
+    difference), as a ratio of sums over pairs: sum(d_patched - d_clean) / sum(d_corrupt - d_clean)."""
+    check_layer(policy, layer)
+    n_ch = policy.run_with_cache(clean[:1], names_filter=[layer])[1][layer].shape[1]
+    return torch.tensor([patch_channels(policy, clean, corrupt, layer, a_clean, a_corrupt, [c]) for c in range(n_ch)])
+
+
+def random_channel_baseline(policy, pairs: dict, layer: str, k: int, n_draws: int = 20, seed: int = 0,
+                            exclude=()) -> np.ndarray:
+    """[n_draws]: the share moved by patching `k` channels drawn at random (without those in
+    `exclude`), the baseline a set of top channels must beat."""
+    n_ch = policy.run_with_cache(pairs["clean"][:1], names_filter=[layer])[1][layer].shape[1]
+    pool = np.setdiff1d(np.arange(n_ch), np.asarray(list(exclude), int))
+    if k > len(pool):
+        raise CourseError(f"cannot draw {k} random channels from {len(pool)}")
+    rng = np.random.default_rng(seed)
+    return np.array([patch_channels(policy, pairs["clean"], pairs["corrupt"], layer, pairs["a_clean"],
+                                    pairs["a_corrupt"], rng.choice(pool, k, replace=False).tolist())
+                     for _ in range(n_draws)])
 
 
 def cheese_tracking(policy, walls: np.ndarray, agent: np.ndarray, cheese: np.ndarray, layer: str) -> Tensor:
@@ -306,17 +334,95 @@ def retarget_hook(channels: Sequence[int], target: np.ndarray, value: Tensor | f
 
 
 def retarget_rate(policy, layouts: dict[str, np.ndarray], layer: str, channels: Sequence[int], target: np.ndarray,
-                  value: Tensor | float, seed: int = 0, **env_kwargs) -> np.ndarray:
+                  value: Tensor | float, seed: int = 0, hook_fn: Callable = None, **env_kwargs) -> np.ndarray:
     """Per maze: did the agent (cheese removed from the maze) step on `target` when `channels` of
-    `layer` are set to `value` at the target square at every step? channels=[] is the unedited run."""
+    `layer` are set to `value` at the target square at every step? channels=[] is the unedited run.
+    `hook_fn(channels, target, value)` builds the editing hook (default `retarget_hook`; the chapter
+    passes the learner's)."""
     check_layer(policy, layer)
     n_ch = policy.channels[int(layer.split(".")[1])]
     if any((not isinstance(c, (int, np.integer))) or not 0 <= c < n_ch for c in channels):
         raise CourseError(f"channels must be ints in [0, {n_ch}) for {layer}, got {list(channels)}")
     lay = dict(layouts, cheese=np.full((len(layouts["walls"]), 2), -1))
     env = maze_env_from(lay, **env_kwargs)
-    hooks = [(layer, retarget_hook(channels, target, value))] if len(channels) else []
+    hooks = [(layer, (hook_fn or retarget_hook)(channels, target, value))] if len(channels) else []
     return run_maze(policy, env, hooks, seed=seed, target=target)["reached_target"]
+
+
+# ------------------------------------------------------------------ Turner et al.'s further tests
+@torch.no_grad()
+def channel_maps(policy, walls: np.ndarray, agent: np.ndarray, cheese: np.ndarray, layer: str,
+                 channels: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """(with cheese, without cheese): the maps [n, len(channels), H, W] of `channels` at `layer`,
+    for heatmaps over the maze."""
+    check_layer(policy, layer)
+    n = len(walls)
+    ch = list(channels)
+    a = policy.run_with_cache(torch.from_numpy(encode(walls, agent, cheese)), names_filter=[layer])[1][layer]
+    b = policy.run_with_cache(torch.from_numpy(encode(walls, agent, np.full((n, 2), -1))),
+                              names_filter=[layer])[1][layer]
+    return a[:, ch], b[:, ch]
+
+
+def _tv(p: Tensor, q: Tensor) -> Tensor:
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+@torch.no_grad()
+def resampling_test(policy, layer: str, channels: Sequence[int], n: int = 200, seed: int = 0,
+                    **env_kwargs) -> dict[str, np.ndarray]:
+    """Turner et al.'s resampling test for cheese channels. For each maze A (cheese anywhere), the
+    maps of `channels` are replaced by those of another maze B (other walls, other agent square)
+    whose cheese sits **on A's cheese square** ("same"), or of a maze C whose cheese sits elsewhere
+    ("different"). If the channels carry where the cheese is (and little else), the same-cheese
+    resample barely moves A's action distribution while the different-cheese one does. Returns
+    per-maze total-variation distances from A's own distribution: same, different."""
+    check_layer(policy, layer)
+    lay = maze_layouts(3 * n, seed=seed, cheese="anywhere", **env_kwargs)
+    walls, agent, cheese = lay["walls"], lay["agent"], lay["cheese"]
+    rng = np.random.default_rng(seed)
+    rows_a, src_same, src_diff = [], [], []
+    for i in range(len(walls)):
+        others = [j for j in rng.permutation(len(walls))[:40] if j != i]
+        same = [j for j in others if not walls[j][tuple(cheese[i])] and not (agent[j] == cheese[i]).all()]
+        diff = [j for j in others if not (cheese[j] == cheese[i]).all()]
+        if same and diff:
+            rows_a.append(i)
+            src_same.append((walls[same[0]], agent[same[0]], cheese[i]))
+            src_diff.append((walls[diff[0]], agent[diff[0]], cheese[diff[0]]))
+        if len(rows_a) == n:
+            break
+    if len(rows_a) < 10:
+        raise CourseError(f"only {len(rows_a)} mazes with a resampling partner: use more mazes")
+    ia = np.array(rows_a)
+    obs_a = torch.from_numpy(encode(walls[ia], agent[ia], cheese[ia]))
+    base = torch.softmax(policy(obs_a), -1)
+    ch = torch.as_tensor(list(channels), dtype=torch.long)
+    out = {}
+    for key, src in (("same", src_same), ("different", src_diff)):
+        w, a, c = (np.stack(x) for x in zip(*src))
+        donor = policy.run_with_cache(torch.from_numpy(encode(w, a, c)), names_filter=[layer])[1][layer]
+
+        def hook(act, hook, donor=donor):
+            act = act.clone()
+            act[:, ch] = donor[:, ch]
+            return act
+        p = torch.softmax(policy.run_with_hooks(obs_a, fwd_hooks=[(layer, hook)]), -1)
+        out[key] = _tv(base, p).numpy()
+    return out
+
+
+@torch.no_grad()
+def decision_square_steering(policy, data: dict[str, np.ndarray], layer: str, vectors: Tensor | None,
+                             coeff: float = 1.0) -> np.ndarray:
+    """P(the cheese-ward action) at each decision square of `data` (from `decision_square_data`) with
+    `vectors` [n, channels, H, W] subtracted at `layer` (None: unsteered). Turner et al. report the
+    median over mazes."""
+    obs = torch.as_tensor(data["obs"])
+    hooks = [(layer, subtract_hook(vectors, coeff))] if vectors is not None else []
+    p = torch.softmax(policy.run_with_hooks(obs, fwd_hooks=hooks) if hooks else policy(obs), -1).numpy()
+    a = np.asarray([int(x) for x in data["a_cheese_action"]])
+    return p[np.arange(len(a)), a]
 
 
 # ------------------------------------------------------------------ 8.7: predicting misgeneralisation
@@ -339,6 +445,39 @@ def cheese_channel_share(policy, layouts: dict[str, np.ndarray], layer: str) -> 
     act = policy.run_with_cache(torch.from_numpy(encode(layouts["walls"], layouts["agent"], layouts["cheese"])),
                                 names_filter=[layer])[1][layer]
     return float((v.flatten(1).norm(dim=1) / act.flatten(1).norm(dim=1).clamp_min(1e-9)).mean())
+
+
+def probe_strength(policy, layer: str, n: int = 600, seed: int = 0, **env_kwargs) -> float:
+    """Internal predictor: held-out accuracy of a linear probe (utils.interp.probes.train_probe) for
+    the cheese's square among the training region's squares, read from `layer` (flattened) on
+    training-distribution mazes. High: the layer says where the cheese is."""
+    from utils.interp.probes import train_probe
+    lay = maze_layouts(n, seed=seed, cheese="train", **env_kwargs)
+    with torch.no_grad():
+        acts = policy.run_with_cache(torch.from_numpy(encode(lay["walls"], lay["agent"], lay["cheese"])),
+                                     names_filter=[layer])[1][layer].flatten(1)
+    _, labels = np.unique(lay["cheese"][:, 0] * 1000 + lay["cheese"][:, 1], return_inverse=True)
+    return float(train_probe(acts, torch.as_tensor(labels), seed=seed).test_acc)
+
+
+def patching_mass(policy, pairs: dict, layer: str, k: int) -> float:
+    """Internal predictor: the share of the cheese's effect on the action carried by the `k` channels
+    that carry most of it alone (ratio of sums, training-distribution pairs)."""
+    eff = channel_patching(policy, pairs["clean"], pairs["corrupt"], layer, pairs["a_clean"], pairs["a_corrupt"])
+    top = torch.argsort(eff, descending=True)[:k].tolist()
+    return patch_channels(policy, pairs["clean"], pairs["corrupt"], layer, pairs["a_clean"], pairs["a_corrupt"], top)
+
+
+def within_level_ranks(values, levels) -> np.ndarray:
+    """Ranks computed separately within each level (ties averaged), scaled to [0, 1], so that a rank
+    correlation over the pooled agents measures association *within* levels only."""
+    from scipy.stats import rankdata
+    values, levels = np.asarray(values, float), np.asarray(levels)
+    out = np.zeros(len(values))
+    for lv in np.unique(levels):
+        m = levels == lv
+        out[m] = (rankdata(values[m]) - 1) / max(m.sum() - 1, 1)
+    return out
 
 
 def spearman(x, y) -> float:
@@ -367,7 +506,7 @@ def _norm_q(q: float) -> float:
     return NormalDist().inv_cdf(q)
 
 
-__all__ = ["CONV_LAYERS", "cheese_pairs", "channel_patching", "cheese_tracking", "cheese_vectors", "random_like",
+__all__ = ["conv_layers", "patch_channels", "random_channel_baseline", "cheese_pairs", "channel_patching", "cheese_tracking", "cheese_vectors", "random_like",
            "steered_success", "retarget_rate", "decision_square_data", "choice_regression", "cheese_sensitivity",
-           "cheese_channel_share", "spearman", "spearman_interval", "first_steps", "t_quantile", "AGENT", "CHEESE",
+           "cheese_channel_share", "probe_strength", "patching_mass", "within_level_ranks", "resampling_test", "decision_square_steering", "channel_maps", "spearman", "spearman_interval", "first_steps", "t_quantile", "AGENT", "CHEESE",
            "maze_layouts"]

@@ -110,6 +110,44 @@ def coinrun_behaviour(policy, n: int, coin: str = "anywhere", seed: int = 0, gre
     return out
 
 
+class OraclePolicy(torch.nn.Module):
+    """The shortest-path control: reads walls, agent and cheese (or coin) from the observation and puts
+    all its mass on the action that starts the shortest path to the cheese (`utils.envs.maze.
+    oracle_actions`); uniform where there is no cheese or no path. In CoinRun (`coinrun=True`) the
+    last column ends the level, so the oracle's path avoids it except at the coin. It is what a
+    perfect cheese-seeker does in the same mazes: corner-first for it is maze geometry, not a goal."""
+
+    def __init__(self, obs_shape, n_actions: int = 4, coinrun: bool = False):
+        super().__init__()
+        self.obs_shape, self.n_actions, self.coinrun = tuple(obs_shape), n_actions, coinrun
+        self._plans: dict = {}     # (walls, goal) -> the oracle's action map: one BFS per maze, not per step
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        from utils.envs.maze import oracle_actions
+        x = obs.reshape(-1, *self.obs_shape).numpy()
+        if len(self._plans) > 100_000:
+            self._plans.clear()
+        out = torch.zeros(len(x), self.n_actions)
+        for i, o in enumerate(x):
+            walls, agent, goal = o[0] > 0.5, np.argwhere(o[1] > 0.5), np.argwhere(o[2] > 0.5)
+            if len(agent) != 1 or len(goal) != 1:
+                continue
+            key = (walls.tobytes(), int(goal[0][0]), int(goal[0][1]))
+            if key not in self._plans:
+                if self.coinrun:
+                    walls = walls.copy()
+                    end = np.zeros_like(walls)
+                    end[:, -1] = True
+                    end[goal[0][0], goal[0][1]] = False
+                    walls |= end
+                self._plans[key] = oracle_actions(walls, goal[0])
+            a = self._plans[key][agent[0][0], agent[0][1]]
+            if a >= 0:
+                out[i] = -1e4
+                out[i, a] = 0.0
+        return out
+
+
 class UniformPolicy(torch.nn.Module):
     """The chance-level control: uniform logits over the actions, whatever the observation."""
 
