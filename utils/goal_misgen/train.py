@@ -18,7 +18,7 @@ Monster Gridworld agents are trained with PPO alone (they reach their task witho
 
 **Competence bar.** `COMPETENCE_BAR` is the share of fresh training-distribution layouts in which an
 agent must reach its goal (cheese or coin, actions sampled) before the chapter interprets it; the
-chapter and tests/test_goal_misgen.py assert it per seed. It is 0.85, below the 0.95 the course aims
+chapter and tests/test_goal_misgen.py assert it per seed. It is 0.80, below the 0.95 the course aims
 at: with this recipe the agents trained with the cheese top-right clear 0.95 of training mazes, but
 the control agents trained with the cheese anywhere (a harder task) do not (`data/manifest.json`
 holds every agent's numbers, and the chapter prints them).
@@ -67,7 +67,7 @@ SEEDS_PER_LEVEL = {"r0": 5, "r01": 5, "r03": 5, "r1": 3}
 SHIPPED_SEEDS = (0, 1, 2)          # CoinRun (trained with the coin at the end, and the control with it anywhere), Monster Gridworld
 # monster: with monsters (Shah et al.'s training) and the control trained without them
 SHIPPED_MONSTERS = {"monster": 2, "nomonster": 0}
-COMPETENCE_BAR = 0.85              # goal reached in training-distribution layouts, every seed (see the module docstring)
+COMPETENCE_BAR = 0.80              # goal reached in training-distribution layouts, every seed (see the module docstring)
 VAL_SEED, VAL_N, VAL_EVERY = 31_337, 300, 4
 
 
