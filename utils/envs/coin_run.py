@@ -30,6 +30,16 @@ CHANNELS = ("walls", "agent", "coin")
 COIN_MODES = ("train", "anywhere")
 
 
+def closed_end(walls: np.ndarray, coin=None) -> np.ndarray:
+    """The walls with the last column closed (reaching it ends the level), except at `coin` if given:
+    the grid a path must use to collect the coin."""
+    w = np.asarray(walls, bool).copy()
+    w[:, -1] = True
+    if coin is not None:
+        w[int(coin[0]), int(coin[1])] = False
+    return w
+
+
 class CoinRunEnv(BatchedEnv):
     """`n_envs` levels stepped together (see the module docstring)."""
 
@@ -67,9 +77,7 @@ class CoinRunEnv(BatchedEnv):
             while True:
                 w = np.zeros((self.h, self.w), bool)
                 w[:, 1:-1] = self.rng.random((self.h, self.w - 2)) < self.block_frac
-                closed = w.copy()
-                closed[:, -1] = True
-                dist = bfs_distances(closed, start)
+                dist = bfs_distances(closed_end(w), start)
                 if dist[self.h - 1, self.w - 2] >= 0:
                     break
             reach = np.argwhere(dist > 0)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from utils.core import CourseError
-from utils.envs.coin_run import CoinRunEnv
+from utils.envs.coin_run import CoinRunEnv, closed_end
 from utils.envs.maze import MazeEnv
 from utils.envs.monster_gridworld import MonsterGridworld
 
@@ -135,11 +135,7 @@ class OraclePolicy(torch.nn.Module):
             key = (walls.tobytes(), int(goal[0][0]), int(goal[0][1]))
             if key not in self._plans:
                 if self.coinrun:
-                    walls = walls.copy()
-                    end = np.zeros_like(walls)
-                    end[:, -1] = True
-                    end[goal[0][0], goal[0][1]] = False
-                    walls |= end
+                    walls = closed_end(walls, goal[0])
                 self._plans[key] = oracle_actions(walls, goal[0])
             a = self._plans[key][agent[0][0], agent[0][1]]
             if a >= 0:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.core import CourseError, set_seed
 from utils.envs import make_env
-from utils.envs.coin_run import CoinRunEnv
+from utils.envs.coin_run import CoinRunEnv, closed_end
 from utils.envs.maze import MazeEnv, bfs_distances, encode, oracle_actions
 from utils.models.conv_policy import HookedConvPolicy
 from utils.rl.ppo import PPOConfig, train_ppo
@@ -77,17 +77,9 @@ def env_kwargs_for(env_id: str, **kw) -> dict:
 
 
 # ------------------------------------------------------------------ the oracle's demonstrations
-def _coin_walls(walls, coin) -> np.ndarray:
-    """CoinRun's last column ends the level: for the oracle's path it is a wall except at the coin."""
-    w = np.asarray(walls, bool).copy()
-    w[:, -1] = True
-    w[int(coin[0]), int(coin[1])] = False
-    return w
-
-
 def coin_oracle(walls: np.ndarray, coin) -> np.ndarray:
     """CoinRun's shortest-path oracle [H, W] (see `oracle_actions`), the last column closed but at the coin."""
-    return oracle_actions(_coin_walls(walls, coin), coin)
+    return oracle_actions(closed_end(walls, coin), coin)
 
 
 def oracle_dataset(env_id: str, n_layouts: int, seed: int, gamma: float, **env_kwargs):
@@ -109,7 +101,7 @@ def oracle_dataset(env_id: str, n_layouts: int, seed: int, gamma: float, **env_k
             continue
         walls = np.repeat(env.walls[i][None], len(sq), 0)
         goal = np.repeat(goals[i][None], len(sq), 0)
-        d = bfs_distances(env.walls[i] if env_id == "maze" else _coin_walls(env.walls[i], goals[i]), goals[i])
+        d = bfs_distances(env.walls[i] if env_id == "maze" else closed_end(env.walls[i], goals[i]), goals[i])
         dist = d[sq[:, 0], sq[:, 1]]
         if env_id == "maze":
             obs.append(encode(walls, sq, goal))
