@@ -121,9 +121,8 @@ def procgen_available() -> bool:
 def import_procgen():
     if not procgen_available():
         raise CourseError(f"the procgen maze needs procgen-mirror 0.10.7: {INSTALL_HINT}")
-    import procgen
-
-    return procgen
+    # imported by name: procgen is installed on demand (ensure_procgen), not pinned in requirements.txt
+    return importlib.import_module("procgen")
 
 
 # ------------------------------------------------------------------ the serialized state (pure)
