@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +84,26 @@ def test_grouped_split_stops_a_leak():
     y = labels[idx]
     assert train_probe(x, y).test_acc > 0.9
     assert train_probe(x, y, groups=idx).test_acc < 0.75
+
+
+@pytest.mark.parametrize("n,d,n_classes,weight_decay", [(400, 60, 2, 1e-3), (300, 25, 4, 1e-2), (120, 200, 3, 0.0)])
+def test_closed_form_fit_matches_torch_adam_on_a_linear_layer(n, d, n_classes, weight_decay):
+    """_fit (the softmax gradient in closed form, Adam written out) is the optimiser nn.Linear +
+    cross_entropy + torch.optim.Adam runs: same weights to float precision, same predictions."""
+    from utils.interp.probes import _fit, _fit_autograd, _split
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g)
+    y = (x @ torch.randn(d, n_classes, generator=g) + 2 * torch.randn(n, n_classes, generator=g)).argmax(-1)
+    tr, te = _split(n, 0.25, 0, None)
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    xs = (x - mu) / sd
+    fast = _fit(xs, y, tr, te, mu, sd, n_classes, 3, 150, 0.05, weight_decay)
+    slow = _fit_autograd(xs, y, tr, te, mu, sd, n_classes, 3, 150, 0.05, weight_decay)
+    assert torch.allclose(fast.weight, slow.weight, rtol=1e-4, atol=1e-5 * slow.weight.abs().max().item())
+    assert torch.allclose(fast.bias, slow.bias, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(fast.test_correct, slow.test_correct)
+    assert (fast.train_acc, fast.test_acc, fast.majority_acc) == (slow.train_acc, slow.test_acc, slow.majority_acc)
+    # the comparison can fail: another step size lands elsewhere
+    assert not torch.allclose(_fit(xs, y, tr, te, mu, sd, n_classes, 3, 150, 0.01, weight_decay).weight,
+                              slow.weight, rtol=1e-4, atol=1e-5 * slow.weight.abs().max().item())

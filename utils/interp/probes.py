@@ -117,6 +117,42 @@ def train_probe(acts: Tensor, labels: Tensor, test_frac: float = 0.25, seed: int
 
 
 def _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -> ProbeResult:
+    """Full-batch Adam on the mean cross-entropy plus `weight_decay` x param (torch.optim.Adam's
+    coupled L2, betas (0.9, 0.999), eps 1e-8), written out with the softmax gradient in closed form:
+    the same optimiser as `torch.optim.Adam` on `nn.Linear`, without autograd's per-step overhead
+    (a probe is hundreds of tiny steps; this is several times faster)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.empty(n_classes, x.shape[1]).normal_(0, 0.01, generator=g)
+    b = torch.zeros(n_classes)
+    xtr, ytr = x[tr].contiguous(), labels[tr]
+    onehot = torch.nn.functional.one_hot(ytr, n_classes).float()
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    state = [(w, torch.zeros_like(w), torch.zeros_like(w)), (b, torch.zeros_like(b), torch.zeros_like(b))]
+    with torch.no_grad():
+        for step in range(1, epochs + 1):
+            dz = torch.softmax(torch.addmm(b, xtr, w.T), -1).sub_(onehot).div_(len(tr))
+            grads = (dz.T @ xtr, dz.sum(0))
+            bc1, bc2_sqrt = 1 - beta1 ** step, (1 - beta2 ** step) ** 0.5
+            for (p, m, v), grad in zip(state, grads):
+                if weight_decay:
+                    grad = grad.add(p, alpha=weight_decay)
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(eps), value=-lr / bc1)
+        pred = torch.addmm(b, x, w.T).argmax(-1)
+        train_acc = (pred[tr] == labels[tr]).float().mean().item()
+        test_acc = (pred[te] == labels[te]).float().mean().item()
+        majority = torch.bincount(labels[tr], minlength=n_classes).argmax()
+        majority_acc = (labels[te] == majority).float().mean().item()
+        # express the probe in the unstandardised activation space so its direction can steer
+        weight = w / sd
+        bias = b - (w * mu / sd).sum(-1)
+    return ProbeResult(train_acc, test_acc, majority_acc, weight, bias, test_correct=(pred[te] == labels[te]).numpy())
+
+
+def _fit_autograd(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -> ProbeResult:
+    """The reference `_fit` is checked against (tests/test_probes.py): nn.Linear, cross_entropy and
+    torch.optim.Adam, one autograd step per epoch."""
     g = torch.Generator().manual_seed(seed)
     lin = torch.nn.Linear(x.shape[1], n_classes)
     with torch.no_grad():
@@ -133,7 +169,6 @@ def _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -
         test_acc = (pred[te] == labels[te]).float().mean().item()
         majority = torch.bincount(labels[tr], minlength=n_classes).argmax()
         majority_acc = (labels[te] == majority).float().mean().item()
-        # express the probe in the unstandardised activation space so its direction can steer
         weight = lin.weight.detach() / sd
         bias = lin.bias.detach() - (lin.weight.detach() * mu / sd).sum(-1)
     return ProbeResult(train_acc, test_acc, majority_acc, weight, bias, test_correct=(pred[te] == labels[te]).numpy())
