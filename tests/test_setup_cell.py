@@ -575,7 +575,7 @@ def _empty_venv(path: Path) -> Path:
 
 
 def _calls(log: Path, prefix: Path) -> list[str]:
-    """The logged calls ("pip install -q", "pytest tests solutions", ...), each made by `prefix`'s Python."""
+    """The logged calls ("pip install -q", "pytest tests notebooks", ...), each made by `prefix`'s Python."""
     lines = log.read_text().splitlines() if log.exists() else []
     log.unlink(missing_ok=True)
     assert all(Path(line.split()[0]).resolve() == prefix.resolve() for line in lines), lines
@@ -591,7 +591,7 @@ def test_make_test_and_make_book_alone_install_first_in_a_fresh_venv(tmp_path):
     for name in ("Makefile", "requirements.txt"):
         shutil.copy2(REPO_ROOT / name, repo / name)
     log = tmp_path / "calls.log"
-    install, test, run, book = ("pip install -q", "pytest tests solutions", "utils.course run --profile",
+    install, test, run, book = ("pip install -q", "pytest tests notebooks", "utils.course run --profile",
                                 "utils.course book --executed")
 
     for order in (("test", "book"), ("book", "test")):

@@ -118,6 +118,19 @@ def oracle_dataset(env_id: str, n_layouts: int, seed: int, gamma: float, **env_k
             torch.from_numpy(np.concatenate(rets).astype(np.float32)))
 
 
+# the anti-diagonal reflection (r, c) -> (side-1-c, side-1-r) keeps a maze in the window's bottom-left
+# and its top-right corner (so the cheese region) in place; it turns up <-> right and down <-> left
+REFLECT_ACTIONS = torch.tensor([3, 2, 1, 0])
+
+
+def reflect_maze_data(obs: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor, obs_shape):
+    """The oracle's maze demonstrations with their anti-diagonal reflections appended (labels are
+    the oracle's on the reflected maze: a maze has one shortest path, so there are no ties)."""
+    x = obs.reshape(-1, *obs_shape)
+    flipped = x.transpose(-2, -1).flip(-2, -1).reshape(len(obs), -1)
+    return (torch.cat([obs, flipped]), torch.cat([actions, REFLECT_ACTIONS[actions]]), torch.cat([returns, returns]))
+
+
 def behaviour_clone(policy, obs, actions, returns, epochs: int, lr: float, batch: int, seed: int,
                     progress: bool = True) -> list[float]:
     """Fit the actor to the oracle's actions (cross-entropy) and the critic to its returns (squared
@@ -173,6 +186,8 @@ def train_agent(env_id: str, seed: int = 0, env_kwargs: dict | None = None, tota
     t0 = time.perf_counter()
     bc = BC_DEFAULTS[env_id]
     data = oracle_dataset(env_id, bc["n_layouts"], seed=1000 + seed, gamma=cfg.gamma, **env_kwargs)
+    if bc.get("reflect"):
+        data = reflect_maze_data(*data, env.obs_shape)
     log["bc_loss"] = behaviour_clone(policy, *data, epochs=bc["epochs"], lr=bc["lr"], batch=bc["batch"], seed=seed,
                                      progress=progress)
     log["bc_seconds"] = round(time.perf_counter() - t0, 1)
