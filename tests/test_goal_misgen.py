@@ -380,3 +380,34 @@ def test_shipped_agents_meet_the_competence_bar(name):
     kw = {k: v for k, v in kw.items() if k != "rand_frac"}
     rate = T.success_rate(env_id, policy, 200, seed=777, goal=goal, **kw)
     assert rate >= T.COMPETENCE_BAR - 0.03, f"{name}: {rate:.3f}"     # 200 episodes: allow sampling noise
+
+
+def test_reflected_demonstrations_are_the_oracle_on_the_reflected_maze():
+    """The anti-diagonal reflection (imitation data x2): the maze stays in the window's bottom-left
+    with its top-right corner fixed, each reflected label is the oracle's action there, and
+    reflecting twice gives the data back; a wrong action map is caught."""
+    env = MazeEnv(1, seed=0, auto_reset=False, **T.MAZE)
+    obs, acts, rets = T.oracle_dataset("maze", 30, seed=3, gamma=0.99, rand_frac=1.0, **T.MAZE)
+    big, big_acts, big_rets = T.reflect_maze_data(obs, acts, rets, env.obs_shape)
+    n, side = len(obs), env.side
+    assert len(big) == 2 * n and torch.equal(big[:n], obs) and torch.equal(big_rets[n:], rets)
+    wall = CHANNELS.index("walls")
+    flipped = big[n:].reshape(n, *env.obs_shape)
+    for k in range(0, n, 5):                  # the open squares keep their bounding box (the maze's place)
+        before = np.argwhere(obs.reshape(n, *env.obs_shape)[k, wall].numpy() < 0.5)
+        after = np.argwhere(flipped[k, wall].numpy() < 0.5)
+        assert (before.min(0) == after.min(0)).all() and (before.max(0) == after.max(0)).all()
+        assert before.max(0)[0] == side - 1 and before.min(0)[1] == 0          # bottom-left
+    wrong = torch.tensor([1, 0, 3, 2])         # up <-> down, left <-> right: a mirror, not this reflection
+    hits, misses = 0, 0
+    for k in range(0, n, 7):
+        x = flipped[k].numpy()
+        walls = x[wall] > 0.5
+        agent = np.argwhere(x[CHANNELS.index("agent")] > 0.5)[0]
+        cheese = np.argwhere(x[CHANNELS.index("cheese")] > 0.5)[0]
+        label = oracle_actions(walls, cheese)[agent[0], agent[1]]
+        hits += label == big_acts[n + k].item()
+        misses += label == wrong[acts[k]].item()
+    assert hits == len(range(0, n, 7)) and misses < hits
+    again = T.reflect_maze_data(big[n:], big_acts[n:], rets, env.obs_shape)
+    assert torch.equal(again[0][n:], obs) and torch.equal(again[1][n:], acts)

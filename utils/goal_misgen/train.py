@@ -21,7 +21,10 @@ agent must reach its goal (cheese or coin, actions sampled) before the chapter i
 chapter and tests/test_goal_misgen.py assert it per seed. It is 0.80, below the 0.95 the course aims
 at: with this recipe the agents trained with the cheese top-right clear 0.95 of training mazes, but
 the control agents trained with the cheese anywhere (a harder task) do not (`data/manifest.json`
-holds every agent's numbers, and the chapter prints them).
+holds every agent's numbers, and the chapter prints them). The imitation stage's generalisation is
+what falls short (its training loss goes near zero); `reflect_maze_data` (option `reflect` of
+`BC_DEFAULTS`) doubles the demonstrations with the maze's one symmetry that keeps it in place, the
+reflection across the anti-diagonal, for the recipe that is to replace this one.
 
     policy, metrics = train_agent("maze", seed=0, env_kwargs={"rand_frac": 0.0, **MAZE})
     policy = load_agent("ch06_maze_r0_s0")          # a shipped agent (data/manifest.json)
