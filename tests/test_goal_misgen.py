@@ -411,3 +411,9 @@ def test_reflected_demonstrations_are_the_oracle_on_the_reflected_maze():
     assert hits == len(range(0, n, 7)) and misses < hits
     again = T.reflect_maze_data(big[n:], big_acts[n:], rets, env.obs_shape)
     assert torch.equal(again[0][n:], obs) and torch.equal(again[1][n:], acts)
+
+
+def test_reflection_is_refused_outside_the_maze(monkeypatch):
+    monkeypatch.setitem(T.BC_DEFAULTS, "coin_run", {**T.BC_DEFAULTS["coin_run"], "reflect": True})
+    with pytest.raises(CourseError, match="maze only"):
+        T.train_agent("coin_run", seed=0, env_kwargs=T.env_kwargs_for("coin_run"), progress=False)

@@ -188,6 +188,8 @@ def train_agent(env_id: str, seed: int = 0, env_kwargs: dict | None = None, tota
         return res.policy, {"ppo_seconds": round(res.seconds, 1)}
     t0 = time.perf_counter()
     bc = BC_DEFAULTS[env_id]
+    if bc.get("reflect") and env_id != "maze":     # CoinRun runs left to right: no symmetry keeps it in place
+        raise CourseError(f"the imitation option reflect is for the maze only, not {env_id!r}: remove it")
     data = oracle_dataset(env_id, bc["n_layouts"], seed=1000 + seed, gamma=cfg.gamma, **env_kwargs)
     if bc.get("reflect"):
         data = reflect_maze_data(*data, env.obs_shape)

@@ -140,14 +140,7 @@ def _fit(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(eps), value=-lr / bc1)
         pred = torch.addmm(b, x, w.T).argmax(-1)
-        train_acc = (pred[tr] == labels[tr]).float().mean().item()
-        test_acc = (pred[te] == labels[te]).float().mean().item()
-        majority = torch.bincount(labels[tr], minlength=n_classes).argmax()
-        majority_acc = (labels[te] == majority).float().mean().item()
-        # express the probe in the unstandardised activation space so its direction can steer
-        weight = w / sd
-        bias = b - (w * mu / sd).sum(-1)
-    return ProbeResult(train_acc, test_acc, majority_acc, weight, bias, test_correct=(pred[te] == labels[te]).numpy())
+    return _scored(w, b, pred, labels, tr, te, mu, sd, n_classes)
 
 
 def _fit_autograd(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight_decay) -> ProbeResult:
@@ -164,14 +157,18 @@ def _fit_autograd(x, labels, tr, te, mu, sd, n_classes, seed, epochs, lr, weight
         torch.nn.functional.cross_entropy(lin(x[tr]), labels[tr]).backward()
         opt.step()
     with torch.no_grad():
-        pred = lin(x).argmax(-1)
-        train_acc = (pred[tr] == labels[tr]).float().mean().item()
-        test_acc = (pred[te] == labels[te]).float().mean().item()
-        majority = torch.bincount(labels[tr], minlength=n_classes).argmax()
-        majority_acc = (labels[te] == majority).float().mean().item()
-        weight = lin.weight.detach() / sd
-        bias = lin.bias.detach() - (lin.weight.detach() * mu / sd).sum(-1)
-    return ProbeResult(train_acc, test_acc, majority_acc, weight, bias, test_correct=(pred[te] == labels[te]).numpy())
+        return _scored(lin.weight.detach(), lin.bias.detach(), lin(x).argmax(-1), labels, tr, te, mu, sd, n_classes)
+
+
+@torch.no_grad()
+def _scored(w, b, pred, labels, tr, te, mu, sd, n_classes) -> ProbeResult:
+    """A fitted probe (w, b on standardised inputs; pred its class for every example) scored on the
+    split, with its weights expressed in the unstandardised activation space so its direction can steer."""
+    majority = torch.bincount(labels[tr], minlength=n_classes).argmax()
+    hits = pred[te] == labels[te]
+    return ProbeResult((pred[tr] == labels[tr]).float().mean().item(), hits.float().mean().item(),
+                       (labels[te] == majority).float().mean().item(), w / sd, b - (w * mu / sd).sum(-1),
+                       test_correct=hits.numpy())
 
 
 @dataclass
